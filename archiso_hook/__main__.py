@@ -1,0 +1,3 @@
+from archiso_hook.cli import main
+
+raise SystemExit(main())
