@@ -1,0 +1,354 @@
+"""The kernel command line: split as the kernel does, then typed once into Options.
+
+Only archiso's parameters are ours. Every other key is ignored; a bad value of
+one of ours is an InputError naming the parameter and the accepted forms.
+"""
+
+from __future__ import annotations
+
+import enum
+import platform
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import attrs
+
+from archiso_hook.errors import InputError
+from archiso_hook.sizes import Size, parse_size
+
+
+class Arch(enum.StrEnum):
+    I686 = "i686"
+    X86_64 = "x86_64"
+
+    @classmethod
+    def of_machine(cls, machine: str | None = None) -> Arch:
+        """The architecture whose images this machine runs (`uname -m`)."""
+        machine = machine or platform.machine()
+        if machine in {"i386", "i486", "i586", "i686"}:
+            return cls.I686
+        if machine in {"x86_64", "amd64"}:
+            return cls.X86_64
+        raise InputError(f"unsupported machine architecture {machine!r}: expected i686 or x86_64")
+
+
+class CowMode(enum.StrEnum):
+    """dm-snapshot exception store: transient, persistent, persistent with overflow."""
+
+    N = "N"
+    P = "P"
+    PO = "PO"
+
+
+def split_cmdline(text: str) -> list[tuple[str, str | None]]:
+    """Split a command line into (key, value) pairs following the kernel's next_arg().
+
+    Whitespace separates words except inside double quotes; the quotes around a
+    value (`archisolabel="ARCH 2011"`) or a whole word are removed. A bare word
+    has the value None.
+    """
+    pairs: list[tuple[str, str | None]] = []
+    word: list[str] = []
+    in_quote = False
+    for char in text:
+        if char.isspace() and not in_quote:
+            if word:
+                pairs.append(_split_word("".join(word)))
+                word = []
+            continue
+        if char == '"':
+            in_quote = not in_quote
+        word.append(char)
+    if word:  # an unterminated quote runs to the end of the line
+        pairs.append(_split_word("".join(word)))
+    return pairs
+
+
+def _split_word(word: str) -> tuple[str, str | None]:
+    if word.startswith('"'):
+        word = word[1:-1] if word.endswith('"') and len(word) > 1 else word[1:]
+    key, sep, value = word.partition("=")
+    if not sep:
+        return key, None
+    if value.startswith('"'):
+        value = value[1:-1] if value.endswith('"') and len(value) > 1 else value[1:]
+    return key, value
+
+
+def _label(value: str) -> str:
+    if not value:
+        raise InputError("archisolabel= is empty: expected the boot medium's filesystem label")
+    return value
+
+
+def _basedir(value: str) -> str:
+    parts = value.strip("/").split("/")
+    if value.startswith("/") or not value or any(p in {"", ".", ".."} for p in parts):
+        raise InputError(
+            f"archisobasedir={value} is not valid: expected a relative directory on the "
+            "medium such as arch, without '..'"
+        )
+    return "/".join(parts)
+
+
+def _device(value: str) -> str:
+    if not value.startswith("/dev/") or "/../" in value or value.endswith("/.."):
+        raise InputError(
+            f"archisodevice={value} is not valid: expected a device path such as /dev/sr0 "
+            "or /dev/disk/by-label/ARCH_202611"
+        )
+    return value
+
+
+def _arch(value: str) -> Arch:
+    try:
+        return Arch(value)
+    except ValueError:
+        raise InputError(f"arch={value} is not valid: expected i686 or x86_64") from None
+
+
+def _cow_persistent(value: str) -> CowMode:
+    try:
+        return CowMode(value)
+    except ValueError:
+        raise InputError(
+            f"cow_persistent={value} is not valid: expected N (transient), P (persistent) "
+            "or PO (persistent, overflow keeps reads working)"
+        ) from None
+
+
+def _chunksize(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 1 << 21 or int(value) & (int(value) - 1):
+        raise InputError(
+            f"cow_chunksize={value} is not valid: expected a power of two in 512-byte "
+            "sectors, 1..2097152 (8 = 4 KiB)"
+        )
+    return int(value)
+
+
+_DM_NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]{1,64}$")
+
+
+def _prefix(value: str) -> str:
+    if not _DM_NAME_RE.match(value):
+        raise InputError(
+            f"dm_snap_prefix={value} is not valid: expected 1..64 of A-Z a-z 0-9 _ . + -"
+        )
+    return value
+
+
+def _seconds(value: str) -> int:
+    if not value.isdigit() or int(value) > 86400:
+        raise InputError(f"rootdelay={value} is not valid: expected whole seconds, 0..86400")
+    return int(value)
+
+
+def _flag(name: str) -> Callable[[str], bool]:
+    def parse(value: str) -> bool:
+        if value in {"y", "yes", "1", "true", "on"}:
+            return True
+        if value in {"n", "no", "0", "false", "off"}:
+            return False
+        raise InputError(f"{name}={value} is not valid: expected y or n")
+
+    return parse
+
+
+def _cow_spacesize(value: str) -> Size:
+    return parse_size(value, what="cow_spacesize")
+
+
+@attrs.frozen
+class Parameter:
+    """One archiso kernel parameter: how to read it and what it means (README table)."""
+
+    name: str
+    field: str
+    parse: Callable[[str], Any]
+    accepted: str
+    meaning: str
+
+
+PARAMETERS: tuple[Parameter, ...] = (
+    Parameter(
+        "archisobasedir",
+        "basedir",
+        _basedir,
+        "relative directory",
+        "directory on the medium holding aitab and the images",
+    ),
+    Parameter(
+        "archisolabel", "label", _label, "filesystem label", "label of the boot medium's filesystem"
+    ),
+    Parameter(
+        "archisodevice",
+        "device",
+        _device,
+        "/dev/... path",
+        "device of the boot medium (default /dev/disk/by-label/<archisolabel>)",
+    ),
+    Parameter(
+        "arch",
+        "arch",
+        _arch,
+        "i686 | x86_64",
+        "which architecture's images to mount (default: the running machine)",
+    ),
+    Parameter(
+        "cow_spacesize",
+        "cow_spacesize",
+        _cow_spacesize,
+        "size (256M, 1G) or 1%..100% of RAM",
+        "size of the tmpfs that holds the copy-on-write files",
+    ),
+    Parameter(
+        "cow_persistent",
+        "cow_persistent",
+        _cow_persistent,
+        "N | P | PO",
+        "dm-snapshot exception store: transient, persistent, persistent with overflow",
+    ),
+    Parameter(
+        "cow_chunksize",
+        "cow_chunksize",
+        _chunksize,
+        "power of two, in 512-byte sectors",
+        "dm-snapshot chunk size",
+    ),
+    Parameter(
+        "dm_snap_prefix",
+        "dm_snap_prefix",
+        _prefix,
+        "A-Z a-z 0-9 _ . + -",
+        "prefix of the device-mapper names, /dev/mapper/<prefix>_<image>",
+    ),
+    Parameter(
+        "rootdelay",
+        "rootdelay",
+        _seconds,
+        "seconds",
+        "how long to wait for the boot medium to appear",
+    ),
+    Parameter(
+        "quiet",
+        "quiet",
+        _flag("quiet"),
+        "bare word or y | n",
+        "show only warnings and errors on the console",
+    ),
+)
+_BY_NAME = {p.name: p for p in PARAMETERS}
+
+# archiso parameters this version does not act on yet: said out loud, never silently dropped.
+NOT_YET_SUPPORTED = frozenset(
+    {
+        "copytoram",
+        "copytoram_size",
+        "checksum",
+        "verify",
+        "cms_verify",
+        "cow_label",
+        "cow_device",
+        "cow_directory",
+        "cow_flags",
+        "archisosearchuuid",
+        "archisosearchfilename",
+        "img_dev",
+        "img_label",
+        "img_loop",
+        "img_flags",
+        "copy_resolvconf",
+        "archiso_nbd_srv",
+        "archiso_nbd_name",
+        "archiso_http_srv",
+        "archiso_http_spc",
+        "archiso_nfs_srv",
+        "archiso_nfs_opt",
+    }
+)
+RENAMED = {"cowspace_size": "cow_spacesize", "cowfile_size": "cow_spacesize"}
+
+
+DEFAULT_COW_SPACESIZE = Size(256 * 1024 * 1024)  # archiso's default since 2014
+
+
+def _default_arch() -> Arch:
+    return Arch.of_machine()
+
+
+@attrs.frozen
+class Options:
+    """Everything the hook was told on the kernel command line, with defaults applied."""
+
+    basedir: str = "arch"
+    label: str | None = None
+    device: str | None = None
+    arch: Arch = attrs.field(factory=_default_arch)
+    cow_spacesize: Size = DEFAULT_COW_SPACESIZE
+    cow_persistent: CowMode = CowMode.N
+    cow_chunksize: int = 8
+    dm_snap_prefix: str = "arch"
+    rootdelay: int = 30
+    quiet: bool = False
+    debug: bool = False
+    # What was given but is not acted on, as messages for the boot log.
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def medium(self) -> str | None:
+        """The device to wait for: archisodevice, else the udev by-label link."""
+        if self.device:
+            return self.device
+        if self.label:
+            return "/dev/disk/by-label/" + udev_encode(self.label)
+        return None
+
+    def as_parameters(self) -> dict[str, Any]:
+        """The values in effect, keyed by archiso parameter name (for --json and reports)."""
+        out: dict[str, Any] = {}
+        for param in PARAMETERS:
+            value = getattr(self, param.field)
+            out[param.name] = str(value) if isinstance(value, Size | enum.Enum) else value
+        out["archisodevice"] = self.medium
+        return out
+
+
+def parse_options(
+    text: str, *, machine_arch: Arch | None = None, overrides: Iterable[tuple[str, str]] = ()
+) -> Options:
+    """Options from a command line; the last occurrence of a key wins, as with getarg."""
+    values: dict[str, Any] = {}
+    warnings: list[str] = []
+    debug = False
+    for key, raw in [*split_cmdline(text), *overrides]:
+        value = "y" if raw is None else raw
+        if key == "rd.debug":
+            debug = True
+        if key in _BY_NAME:
+            param = _BY_NAME[key]
+            values[param.field] = param.parse(value)
+        elif key in NOT_YET_SUPPORTED:
+            warnings.append(f"{key}= is not supported by this version of archiso-hook; ignored")
+        elif key in RENAMED:
+            warnings.append(f"{key}= is an old archiso parameter; use {RENAMED[key]}= instead")
+    if "arch" not in values and machine_arch is not None:
+        values["arch"] = machine_arch
+    return Options(**values, debug=debug, warnings=tuple(dict.fromkeys(warnings)))
+
+
+# udev's encode_devnode_name(): bytes outside this set become \xNN in /dev/disk/by-* names.
+_UDEV_SAFE = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz#+-.:=@_")
+
+
+def udev_encode(name: str) -> str:
+    """Encode a label the way udev names its /dev/disk/by-label/ links."""
+    out = []
+    for char in name:
+        if char.isascii():
+            out.append(char if ord(char) in _UDEV_SAFE else f"\\x{ord(char):02x}")
+        elif "\udc80" <= char <= "\udcff":  # an invalid byte (surrogateescape)
+            out.append(f"\\x{ord(char) - 0xDC00:02x}")
+        else:  # valid UTF-8 sequences are kept as they are
+            out.append(char)
+    return "".join(out)

@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import pytest
+
+from archiso_hook.cmdline import Arch, CowMode, parse_options, split_cmdline, udev_encode
+from archiso_hook.errors import InputError
+from archiso_hook.sizes import Size
+
+X86 = Arch.X86_64
+
+
+def test_split_follows_the_kernel_quoting_rules() -> None:
+    assert split_cmdline('a=1  b="two words" "c=x y" quiet d= e="unterminated') == [
+        ("a", "1"),
+        ("b", "two words"),
+        ("c", "x y"),
+        ("quiet", None),
+        ("d", ""),
+        ("e", "unterminated"),
+    ]
+    assert split_cmdline("  \n") == []
+    assert split_cmdline("k=v=w") == [("k", "v=w")]
+
+
+def test_defaults() -> None:
+    options = parse_options("BOOT_IMAGE=/vmlinuz root=/dev/sda1", machine_arch=X86)
+    assert options.basedir == "arch"
+    assert options.label is None and options.medium is None
+    assert options.arch is X86
+    assert options.cow_spacesize == Size(256 << 20)
+    assert options.cow_persistent is CowMode.N
+    assert options.cow_chunksize == 8
+    assert options.dm_snap_prefix == "arch"
+    assert options.rootdelay == 30
+    assert not options.quiet and not options.debug
+    assert options.warnings == ()
+
+
+def test_archiso_parameters_are_typed() -> None:
+    options = parse_options(
+        'archisobasedir=live/ archisolabel="ARCH 2011" arch=i686 cow_spacesize=50% '
+        "cow_persistent=PO cow_chunksize=16 dm_snap_prefix=live rootdelay=5 quiet rd.debug",
+        machine_arch=X86,
+    )
+    assert options.basedir == "live"
+    assert options.label == "ARCH 2011"
+    assert options.medium == "/dev/disk/by-label/ARCH\\x202011"
+    assert options.arch is Arch.I686
+    assert options.cow_spacesize == Size(50, percent=True)
+    assert options.cow_persistent is CowMode.PO
+    assert options.cow_chunksize == 16
+    assert options.dm_snap_prefix == "live"
+    assert options.rootdelay == 5
+    assert options.quiet and options.debug
+
+
+def test_device_wins_over_label_and_last_key_wins() -> None:
+    options = parse_options(
+        "archisolabel=A archisodevice=/dev/sr0 archisolabel=B", machine_arch=X86
+    )
+    assert options.label == "B"
+    assert options.medium == "/dev/sr0"
+
+
+def test_bare_word_means_y() -> None:
+    assert parse_options("quiet", machine_arch=X86).quiet
+    assert not parse_options("quiet=n", machine_arch=X86).quiet
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("cow_spacesize=0", "cow_spacesize=0 is not valid"),
+        ("cow_spacesize=12Q", "cow_spacesize=12Q is not valid: expected a size such as 256M"),
+        ("cow_spacesize=101%", "1%..100%"),
+        ("cow_persistent=X", "cow_persistent=X is not valid: expected N (transient), P"),
+        ("cow_chunksize=12", "cow_chunksize=12 is not valid: expected a power of two"),
+        ("cow_chunksize=0", "cow_chunksize=0"),
+        ("arch=armv7", "arch=armv7 is not valid: expected i686 or x86_64"),
+        ("archisobasedir=../etc", "archisobasedir=../etc is not valid"),
+        ("archisobasedir=/arch", "archisobasedir=/arch is not valid"),
+        ("archisodevice=sr0", "archisodevice=sr0 is not valid: expected a device path"),
+        ("dm_snap_prefix=a/b", "dm_snap_prefix=a/b is not valid"),
+        ("rootdelay=soon", "rootdelay=soon is not valid: expected whole seconds"),
+        ("quiet=maybe", "quiet=maybe is not valid: expected y or n"),
+        ("archisolabel=", "archisolabel= is empty"),
+        ("cow_persistent", "cow_persistent=y is not valid"),
+    ],
+)
+def test_bad_values_name_the_parameter_and_the_accepted_forms(text: str, names: str) -> None:
+    with pytest.raises(InputError) as excinfo:
+        parse_options(text, machine_arch=X86)
+    assert names in str(excinfo.value)
+
+
+def test_keys_that_are_not_ours_are_ignored() -> None:
+    options = parse_options(
+        "root=x ip=dhcp BOOTIF=01-aa foo.bar=1 init=/bin/sh size=12Q", machine_arch=X86
+    )
+    assert options.warnings == ()
+
+
+def test_archiso_parameters_not_yet_supported_are_said_not_dropped() -> None:
+    options = parse_options("copytoram cow_label=x cowspace_size=1G copytoram=y", machine_arch=X86)
+    assert options.warnings == (
+        "copytoram= is not supported by this version of archiso-hook; ignored",
+        "cow_label= is not supported by this version of archiso-hook; ignored",
+        "cowspace_size= is an old archiso parameter; use cow_spacesize= instead",
+    )
+
+
+def test_arch_of_machine() -> None:
+    assert Arch.of_machine("i586") is Arch.I686
+    assert Arch.of_machine("x86_64") is Arch.X86_64
+    with pytest.raises(InputError, match="unsupported machine architecture 'riscv64'"):
+        Arch.of_machine("riscv64")
+
+
+def test_udev_encoding_of_labels() -> None:
+    assert udev_encode("ARCH_202611") == "ARCH_202611"
+    assert udev_encode("ARCH 2011") == "ARCH\\x202011"
+    assert udev_encode("a/b\\c") == "a\\x2fb\\x5cc"
+    assert udev_encode("Ünïcode") == "Ünïcode"
+
+
+def test_as_parameters_uses_archiso_names() -> None:
+    params = parse_options("archisolabel=L cow_spacesize=1G", machine_arch=X86).as_parameters()
+    assert params["archisolabel"] == "L"
+    assert params["archisodevice"] == "/dev/disk/by-label/L"
+    assert params["cow_spacesize"] == "1G"
+    assert params["cow_persistent"] == "N"
