@@ -1,0 +1,102 @@
+"""mount(2), umount2(2) and mknod through libc, with errno in every error.
+
+Signatures are declared once, in one table, for the whole process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Any
+
+from archiso_hook.errors import KernelError
+from archiso_hook.klog import KernelLogWindow
+
+# include/uapi/linux/mount.h
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_MOVE = 8192
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+# include/linux/fs.h (umount2 flags)
+MNT_FORCE = 1
+MNT_DETACH = 2
+
+_SIGNATURES: dict[str, tuple[list[Any], Any]] = {
+    "mount": (
+        [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p],
+        ctypes.c_int,
+    ),
+    "umount2": ([ctypes.c_char_p, ctypes.c_int], ctypes.c_int),
+}
+
+
+def _load_libc() -> ctypes.CDLL:
+    # dlopen(NULL): libc is already mapped into every process, so no find_library
+    # (which needs ldconfig or gcc, neither of them in an initramfs).
+    libc = ctypes.CDLL(None, use_errno=True)
+    for name, (argtypes, restype) in _SIGNATURES.items():
+        function = getattr(libc, name)
+        function.argtypes = argtypes
+        function.restype = restype
+    return libc
+
+
+_libc = _load_libc()
+
+
+def _b(value: str | None) -> bytes | None:
+    return None if value is None else os.fsencode(value)
+
+
+def mount(
+    source: str, target: str, fstype: str | None, flags: int = 0, data: str | None = None
+) -> None:
+    with KernelLogWindow() as klog:
+        if _libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data)) == 0:
+            return
+        errno = ctypes.get_errno()
+        what = f"{fstype} " if fstype else ""
+        raise KernelError(
+            f"cannot mount {what}{source} at {target}: {os.strerror(errno)}",
+            errno,
+            kernel_log=klog.lines(),
+        )
+
+
+def umount(target: str, flags: int = 0) -> None:
+    if _libc.umount2(_b(target), flags) != 0:
+        errno = ctypes.get_errno()
+        raise KernelError(f"cannot unmount {target}: {os.strerror(errno)}", errno)
+
+
+def mountpoints() -> dict[str, tuple[str, str]]:
+    """Mount points of this mount namespace: target -> (source, fstype), last one wins."""
+    points: dict[str, tuple[str, str]] = {}
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            target = _unescape(fields[4])
+            points[target] = (_unescape(fields[sep + 2]), fields[sep + 1])
+    return points
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes."""
+    if "\\" not in field:
+        return field
+    return (
+        field.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+    )
+
+
+def is_mountpoint(path: str) -> bool:
+    return os.path.realpath(path) in mountpoints()
