@@ -1,0 +1,224 @@
+"""archiso-hook's command line: plan, mount, status, build."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from archiso_hook import __version__
+from archiso_hook.errors import HookError, InputError
+
+EPILOG_PLAN = """example:
+  archiso-hook plan --cmdline 'archisobasedir=arch archisolabel=ARCH_2026' --aitab aitab
+"""
+EPILOG_MOUNT = """example (what the mkinitcpio hook runs):
+  archiso-hook mount /new_root
+"""
+EPILOG_STATUS = """example:
+  archiso-hook status --json
+"""
+EPILOG_BUILD = """example:
+  archiso-hook build --aitab aitab --src work --out media --iso live.iso --label ARCH_2026
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """Bad usage is bad input: one line and exit 2, like every other input error."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _read_cmdline(path: str = "/proc/cmdline") -> str:
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            return f.read()
+    except OSError as e:
+        raise HookError(f"cannot read {path}: {e.strerror}") from None
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from archiso_hook.aitab import parse_aitab  # noqa: PLC0415
+    from archiso_hook.cmdline import Arch, parse_options  # noqa: PLC0415
+    from archiso_hook.plan import plan_boot  # noqa: PLC0415
+
+    cmdline = args.cmdline if args.cmdline is not None else _read_cmdline()
+    arch = Arch.of_machine(args.arch) if args.arch else None
+    options = parse_options(cmdline, machine_arch=arch)
+    try:
+        text = Path(args.aitab).read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError as e:
+        raise InputError(f"cannot read {args.aitab}: {e.strerror}") from None
+    plan = plan_boot(options, parse_aitab(text, args.aitab), newroot=args.newroot)
+    if args.json:
+        print(json.dumps(plan.to_json(), indent=2))
+    else:
+        for warning in options.warnings:
+            print(f"warning: {warning}")
+        print(plan.describe())
+    return 0
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    from archiso_hook.boot import Boot  # noqa: PLC0415
+    from archiso_hook.cmdline import parse_options  # noqa: PLC0415
+    from archiso_hook.log import Log  # noqa: PLC0415
+
+    log = Log(kmsg=True)
+    debug = False
+    try:
+        options = parse_options(_read_cmdline())
+        debug = options.debug
+        log = Log(kmsg=True, quiet=options.quiet)
+        log.info(
+            f"archiso-hook {__version__}: mounting the {options.arch} images of "
+            f"{options.medium} at {args.newroot}"
+        )
+        for warning in options.warnings:
+            log.warning(warning)
+        Boot(options, args.newroot, log).run()
+    except HookError as e:
+        log.error(e.message)
+        if e.hint:
+            log.error(f"hint: {e.hint}")
+        return 2 if isinstance(e, InputError) else 1
+    except Exception as e:  # noqa: BLE001  (a bug must still end in the emergency shell)
+        log.error(
+            f"internal error: {type(e).__name__}: {e} (please report it; with rd.debug "
+            "on the kernel command line the traceback is printed)"
+        )
+        if debug:
+            log.error(traceback.format_exc())
+        return 1
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from archiso_hook import status  # noqa: PLC0415
+
+    report = status.collect(args.state)
+    print(json.dumps(report, indent=2) if args.json else status.format_text(report))
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from archiso_hook.builder import build  # noqa: PLC0415
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    result = build(
+        Path(args.aitab),
+        Path(args.src),
+        Path(args.out),
+        basedir=args.basedir,
+        arches=args.arch or None,
+        iso=Path(args.iso) if args.iso else None,
+        label=args.label,
+        log=log,
+    )
+    for image in result.images:
+        print(image.path)
+    if result.iso:
+        print(result.iso)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="archiso-hook",
+        description="Early-userspace boot hook for archiso-style live media: finds the medium, "
+        "mounts the images listed in its aitab (squashfs, or filesystem images "
+        "under a device-mapper snapshot whose writes go to RAM) as the new root.",
+    )
+    parser.add_argument("--version", action="version", version=f"archiso-hook {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def add(
+        name: str, func: Callable[[argparse.Namespace], int], help_: str, epilog: str
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name,
+            help=help_,
+            description=help_,
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.set_defaults(func=func)
+        return p
+
+    p = add(
+        "plan",
+        cmd_plan,
+        "print the steps a boot would take (a dry run; no root needed)",
+        EPILOG_PLAN,
+    )
+    p.add_argument("--cmdline", help="kernel command line (default: /proc/cmdline)")
+    p.add_argument("--aitab", required=True, help="the aitab file to plan from")
+    p.add_argument(
+        "--arch",
+        help="the machine to plan for (default: this one); the command "
+        "line's arch= still wins, as at boot",
+    )
+    p.add_argument("--newroot", default="/new_root", help="where the new root is mounted")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+    p = add(
+        "mount",
+        cmd_mount,
+        "mount the live root at NEWROOT (run by the initramfs hook)",
+        EPILOG_MOUNT,
+    )
+    p.add_argument("newroot", metavar="NEWROOT")
+
+    p = add(
+        "status",
+        cmd_status,
+        "show the loop devices, snapshots, mounts and COW files the "
+        "hook set up, checked against the kernel",
+        EPILOG_STATUS,
+    )
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.add_argument("--state", default="/run/archiso/state.json", help=argparse.SUPPRESS)
+
+    p = add(
+        "build",
+        cmd_build,
+        "build the images of an aitab from directories, and an ISO",
+        EPILOG_BUILD,
+    )
+    p.add_argument("--aitab", required=True, help="the aitab describing the images")
+    p.add_argument(
+        "--src",
+        required=True,
+        help="directory with one source directory per image: SRC/<arch>/<img> or SRC/<img>",
+    )
+    p.add_argument("--out", required=True, help="where to lay out <basedir>/<arch>/ images")
+    p.add_argument("--basedir", default="arch", help="directory on the medium (default: arch)")
+    p.add_argument(
+        "--arch", action="append", help="build only this architecture's images (repeatable)"
+    )
+    p.add_argument("--iso", help="also write an ISO 9660 image of OUT here")
+    p.add_argument("--label", help="the ISO's volume label (archisolabel=)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except HookError as e:
+        print(f"archiso-hook: error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, InputError) else 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # noqa: BLE001
+        print(
+            f"archiso-hook: internal error: {type(e).__name__}: {e} (please report it)",
+            file=sys.stderr,
+        )
+        return 1

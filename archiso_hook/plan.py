@@ -1,0 +1,441 @@
+"""Plan a boot: (options, aitab, arch) -> the ordered steps, without touching anything.
+
+The executor (boot.py) carries the steps out; `archiso-hook plan` prints them.
+Steps name what they create with a `ref` that later steps use (a loop device's
+number is only known at run time).
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any
+
+import attrs
+
+from archiso_hook.aitab import AitabEntry, ImageType
+from archiso_hook.cmdline import CowMode, Options
+from archiso_hook.errors import InputError
+from archiso_hook.sizes import MiB, Size
+
+RUN_DIR = "/run/archiso"
+BOOTMNT = f"{RUN_DIR}/bootmnt"
+COWSPACE = f"{RUN_DIR}/cowspace"
+SFS_DIR = f"{RUN_DIR}/sfs"
+STATE_FILE = f"{RUN_DIR}/state.json"
+
+
+@attrs.frozen
+class LoadModules:
+    names: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"load kernel modules {', '.join(self.names)} (where not built in or loaded)"
+
+
+@attrs.frozen
+class FindMedium:
+    ref: str
+    device: str
+    timeout: int
+
+    def describe(self) -> str:
+        return f"wait up to {self.timeout} s for the boot medium {self.device}"
+
+
+@attrs.frozen
+class Mount:
+    source: str  # a path, or "@ref" of an earlier step's device
+    target: str
+    fstype: str | None  # None: probe the superblock
+    read_only: bool
+    options: str | None = None
+    live_path: str | None = None  # where the live system sees it after switch_root
+
+    def describe(self) -> str:
+        how = "read-only" if self.read_only else "read-write"
+        fstype = self.fstype or "(probed)"
+        opts = f" -o {self.options}" if self.options else ""
+        return f"mount {fstype} {self.source} {how}{opts} at {self.target}"
+
+
+@attrs.frozen
+class MakeDirectory:
+    path: str
+    mode: int
+
+    def describe(self) -> str:
+        return f"create directory {self.path} (mode {self.mode:04o})"
+
+
+@attrs.frozen
+class AttachLoop:
+    ref: str
+    backing: str
+    read_only: bool
+    expect_fstype: str | None = None  # checked before anything mounts it
+    aitab_line: int | None = None
+
+    def describe(self) -> str:
+        how = "read-only" if self.read_only else "read-write"
+        return f"attach {self.backing} {how} to a free loop device [{self.ref}]"
+
+
+@attrs.frozen
+class SizeCowFiles:
+    """Give each snapshot a COW size so that all of them together fit the cowspace."""
+
+    space: str
+    origins: tuple[str, ...]  # refs of the origin loop devices, in image order
+    mode: CowMode
+    chunk_sectors: int
+
+    def describe(self) -> str:
+        return (
+            f"size the COW files of {len(self.origins)} snapshot(s) to fit {self.space} "
+            "(never more in total than the space holds)"
+        )
+
+
+@attrs.frozen
+class CreateCowFile:
+    ref: str
+    path: str
+    origin: str  # ref of the origin loop; its size decides the COW file's
+
+    def describe(self) -> str:
+        return f"create sparse COW file {self.path} [{self.ref}]"
+
+
+@attrs.frozen
+class CreateSnapshot:
+    name: str
+    origin: str
+    cow: str
+    mode: CowMode
+    chunk_sectors: int
+
+    def describe(self) -> str:
+        return (
+            f"create /dev/mapper/{self.name}: 0 <origin sectors> snapshot @{self.origin} "
+            f"@{self.cow} {self.mode} {self.chunk_sectors}"
+        )
+
+
+Step = (
+    LoadModules
+    | FindMedium
+    | Mount
+    | MakeDirectory
+    | AttachLoop
+    | SizeCowFiles
+    | CreateCowFile
+    | CreateSnapshot
+)
+
+
+@attrs.frozen
+class ImagePlan:
+    entry: AitabEntry
+    path: str  # the image file on the medium
+    target: str  # where it is mounted, under the new root
+    fs_image: str | None  # the filesystem image: inside the container, or `path` itself
+    container: str | None  # mount point of the .fs.sfs container
+    dm_name: str | None
+    cow_file: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        entry = self.entry
+        return {
+            "name": entry.name,
+            "mount": entry.mount,
+            "type": str(entry.type),
+            "arch": entry.arch,
+            "path": self.path,
+            "target": self.target,
+            "sfs_comp": entry.sfs_comp,
+            "fs_type": entry.fs_type,
+            "fs_size": None if entry.fs_size is None else str(entry.fs_size),
+            "fs_image": self.fs_image,
+            "container": self.container,
+            "dm_name": self.dm_name,
+            "cow_file": self.cow_file,
+            "aitab_line": entry.line,
+        }
+
+
+@attrs.frozen
+class BootPlan:
+    options: Options
+    newroot: str
+    aitab: str
+    images: tuple[ImagePlan, ...]
+    medium_steps: tuple[Step, ...]  # before the aitab can be read
+    image_steps: tuple[Step, ...]  # from the aitab
+
+    @property
+    def steps(self) -> tuple[Step, ...]:
+        return self.medium_steps + self.image_steps
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "options": self.options.as_parameters(),
+            "newroot": self.newroot,
+            "aitab": self.aitab,
+            "images": [image.to_json() for image in self.images],
+            "steps": [
+                {"step": _kebab(type(s).__name__), **_step_json(s), "description": s.describe()}
+                for s in self.steps
+            ],
+        }
+
+    def describe(self) -> str:
+        lines = [
+            f"boot plan for {self.options.arch}: medium {self.options.medium}, "
+            f"new root {self.newroot}"
+        ]
+        lines += [f"{i:3d}. {step.describe()}" for i, step in enumerate(self.steps, start=1)]
+        return "\n".join(lines)
+
+
+def _kebab(name: str) -> str:
+    return "".join("-" + c.lower() if c.isupper() else c for c in name).lstrip("-")
+
+
+def _step_json(step: Step) -> dict[str, Any]:
+    return {
+        k: (str(v) if isinstance(v, CowMode) else list(v) if isinstance(v, tuple) else v)
+        for k, v in attrs.asdict(step, recurse=False).items()
+    }
+
+
+def medium_steps(options: Options) -> tuple[Step, ...]:
+    """What happens before the aitab can be read: find the medium and mount it."""
+    device = options.medium
+    if device is None:
+        raise InputError(
+            "no boot medium given: set archisolabel= (or archisodevice=) on the kernel command line"
+        )
+    return (
+        FindMedium("medium", device, options.rootdelay),
+        Mount("@medium", BOOTMNT, None, read_only=True),
+    )
+
+
+def cow_directory(options: Options) -> str:
+    """archiso's layout: persistent_<label>/<arch> inside the cowspace."""
+    label = (options.label or "").replace("/", "_")
+    return f"{COWSPACE}/persistent_{label}/{options.arch}"
+
+
+def plan_boot(
+    options: Options,
+    entries: list[AitabEntry],
+    *,
+    newroot: str = "/new_root",
+    aitab: str | None = None,
+) -> BootPlan:
+    """The whole boot, from finding the medium to the last mount under `newroot`."""
+    arch = str(options.arch)
+    aitab = aitab or f"{BOOTMNT}/{options.basedir}/aitab"
+    selected = [e for e in entries if e.arch in (arch, "any")]
+    if not selected:
+        raise InputError(f"{aitab}: no image for {arch} (every line is for another architecture)")
+    _check_mount_order(selected, aitab)
+
+    base = f"{BOOTMNT}/{options.basedir}"
+    cowdir = cow_directory(options)
+    images = []
+    for entry in selected:
+        path = f"{base}/{entry.arch}/{entry.filename}"
+        container = f"{SFS_DIR}/{entry.name}" if entry.type is ImageType.FS_SFS else None
+        fs_image = {
+            ImageType.SFS: None,
+            ImageType.FS: path,
+            ImageType.FS_SFS: f"{container}/{entry.name}.fs",
+        }[entry.type]
+        dm_name = f"{options.dm_snap_prefix}_{entry.name}" if entry.type.snapshot else None
+        if dm_name is not None and len(dm_name.encode()) > 127:
+            raise InputError(
+                f"{aitab}:{entry.line}: device-mapper name {dm_name} is longer "
+                "than 127 bytes; shorten dm_snap_prefix= or the image name"
+            )
+        images.append(
+            ImagePlan(
+                entry=entry,
+                path=path,
+                target=_under(newroot, entry.mount),
+                fs_image=fs_image,
+                container=container,
+                dm_name=dm_name,
+                cow_file=f"{cowdir}/{entry.name}.cow" if entry.type.snapshot else None,
+            )
+        )
+
+    steps: list[Step] = []
+    fstypes = sorted({i.entry.fs_type for i in images if i.entry.fs_type})
+    modules = ["loop"] + (["squashfs"] if any(i.entry.sfs_comp for i in images) else [])
+    if any(i.entry.type.snapshot for i in images):
+        modules += ["dm_mod", "dm_snapshot"]
+    steps.append(LoadModules(tuple(modules + [f"fs-{t}" for t in fstypes])))
+    snapshots = [i for i in images if i.entry.type.snapshot]
+    if snapshots:
+        steps += [
+            Mount(
+                "cowspace",
+                COWSPACE,
+                "tmpfs",
+                read_only=False,
+                options=f"size={options.cow_spacesize},mode=0700",
+            ),
+            MakeDirectory(cowdir, 0o700),
+        ]
+    # First every snapshot's origin, so the COW files can be sized against each other...
+    for image in snapshots:
+        name = image.entry.name
+        if image.container:
+            steps += [
+                AttachLoop(
+                    f"{name}.sfs",
+                    image.path,
+                    read_only=True,
+                    expect_fstype="squashfs",
+                    aitab_line=image.entry.line,
+                ),
+                Mount(f"@{name}.sfs", image.container, "squashfs", read_only=True),
+            ]
+        steps.append(
+            AttachLoop(
+                f"{name}.origin",
+                image.fs_image or image.path,
+                read_only=True,
+                expect_fstype=_probe_name(image.entry.fs_type),
+                aitab_line=image.entry.line,
+            )
+        )
+    if snapshots:
+        steps.append(
+            SizeCowFiles(
+                COWSPACE,
+                tuple(f"{i.entry.name}.origin" for i in snapshots),
+                options.cow_persistent,
+                options.cow_chunksize,
+            )
+        )
+    # ...then the mounts, in aitab order: a mount point may live inside an earlier image.
+    for image in images:
+        name = image.entry.name
+        if image.entry.type is ImageType.SFS:
+            steps += [
+                AttachLoop(
+                    f"{name}.sfs",
+                    image.path,
+                    read_only=True,
+                    expect_fstype="squashfs",
+                    aitab_line=image.entry.line,
+                ),
+                Mount(
+                    f"@{name}.sfs",
+                    image.target,
+                    "squashfs",
+                    read_only=True,
+                    live_path=image.entry.mount,
+                ),
+            ]
+            continue
+        assert image.dm_name is not None and image.cow_file is not None
+        steps += [
+            CreateCowFile(f"{name}.cow", image.cow_file, f"{name}.origin"),
+            AttachLoop(f"{name}.cowdev", image.cow_file, read_only=False),
+            CreateSnapshot(
+                image.dm_name,
+                f"{name}.origin",
+                f"{name}.cowdev",
+                options.cow_persistent,
+                options.cow_chunksize,
+            ),
+            Mount(
+                f"/dev/mapper/{image.dm_name}",
+                image.target,
+                image.entry.fs_type,
+                read_only=False,
+                live_path=image.entry.mount,
+            ),
+        ]
+    return BootPlan(
+        options=options,
+        newroot=newroot,
+        aitab=aitab,
+        images=tuple(images),
+        medium_steps=medium_steps(options),
+        image_steps=tuple(steps),
+    )
+
+
+def _probe_name(fs_type: str | None) -> str | None:
+    """How fsprobe names a filesystem: one name for the ext family."""
+    return "ext4" if fs_type in {"ext2", "ext3", "ext4"} else fs_type
+
+
+def _under(root: str, mount: str) -> str:
+    return root if mount == "/" else posixpath.join(root, mount.lstrip("/"))
+
+
+def _check_mount_order(entries: list[AitabEntry], aitab: str) -> None:
+    """Every mount point must come after the one it lives in, and / must be there."""
+    if not any(e.mount == "/" for e in entries):
+        raise InputError(
+            f"{aitab}: no image is mounted at / for this architecture; the new root needs one"
+        )
+    for i, entry in enumerate(entries):
+        for later in entries[i + 1 :]:
+            parent = later.mount
+            inside = parent == "/" or entry.mount.startswith(parent + "/")
+            if inside and entry.mount != parent:
+                raise InputError(
+                    f"{aitab}:{entry.line}: {entry.mount} is listed before {parent} "
+                    f"(line {later.line}), which would hide it; list {parent} first"
+                )
+
+
+# --- COW sizing (pure arithmetic, used by the executor once origin sizes are known) ---
+
+SECTOR = 512
+MIN_COW = 1 * MiB
+
+
+def cow_need(origin_bytes: int, mode: CowMode, chunk_sectors: int) -> int:
+    """COW bytes that let every chunk of the origin be written once.
+
+    A transient store keeps its metadata in RAM. A persistent one writes a header
+    chunk, then areas of one metadata chunk (chunk_bytes / 16 exceptions) followed
+    by the data chunks it describes (drivers/md/dm-snap-persistent.c).
+    """
+    chunk = chunk_sectors * SECTOR
+    data_chunks = -(-origin_bytes // chunk)
+    if mode is CowMode.N:
+        return data_chunks * chunk
+    per_area = chunk // 16
+    metadata_chunks = -(-data_chunks // per_area)
+    return (1 + metadata_chunks + data_chunks) * chunk
+
+
+def cow_sizes(origins: list[int], capacity: int, mode: CowMode, chunk_sectors: int) -> list[int]:
+    """Apparent COW file sizes whose sum never exceeds `capacity`.
+
+    A tmpfs that fills under a dm-snapshot makes the COW write fail, which
+    invalidates the snapshot; a COW that fills first is an orderly overflow.
+    Each image gets what it needs if all fit, else a share proportional to it.
+    """
+    chunk = chunk_sectors * SECTOR
+    needs = [cow_need(o, mode, chunk_sectors) for o in origins]
+    if sum(needs) <= capacity:
+        return needs
+    total = sum(needs)
+    sizes = [capacity * need // total // chunk * chunk for need in needs]
+    minimum = max(MIN_COW, 3 * chunk)
+    if any(size < minimum for size in sizes):
+        raise InputError(
+            f"the cowspace ({Size(capacity)}) is too small for {len(origins)} snapshot(s): each "
+            f"needs at least {Size(minimum)}; raise cow_spacesize="
+        )
+    return sizes

@@ -1,0 +1,79 @@
+"""The command line as a user meets it: exit codes, one-line errors, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+AITAB = "root / x86_64 xz ext4 50%\nshare /usr/share any xz none 0\n"
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "archiso_hook", *args], capture_output=True, text=True, check=False
+    )
+
+
+def test_plan_prints_the_steps(tmp_path: Path) -> None:
+    (tmp_path / "aitab").write_text(AITAB)
+    result = run(
+        "plan",
+        "--cmdline",
+        "archisolabel=LIVE",
+        "--aitab",
+        str(tmp_path / "aitab"),
+        "--arch",
+        "x86_64",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "wait up to 30 s for the boot medium /dev/disk/by-label/LIVE" in result.stdout
+    assert "create /dev/mapper/arch_root" in result.stdout
+
+
+def test_plan_json(tmp_path: Path) -> None:
+    (tmp_path / "aitab").write_text(AITAB)
+    (tmp_path / "aitab").write_text("root32 / i686 gzip ext4 50%\n" + AITAB)
+    result = run(
+        "plan",
+        "--cmdline",
+        "archisolabel=LIVE arch=i686",
+        "--aitab",
+        str(tmp_path / "aitab"),
+        "--json",
+    )
+    data = json.loads(result.stdout)
+    assert data["options"]["arch"] == "i686"  # the command line's arch= wins over the machine
+    assert [i["name"] for i in data["images"]] == ["root32", "share"]
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "aitab").write_text("root / x86_64 xz ext9 50%\n")
+    cases = [
+        ("plan", "--cmdline", "archisolabel=L", "--aitab", str(tmp_path / "aitab")),
+        (
+            "plan",
+            "--cmdline",
+            "archisolabel=L cow_persistent=Q",
+            "--aitab",
+            str(tmp_path / "aitab"),
+        ),
+        ("plan", "--aitab", str(tmp_path / "missing")),
+        ("plan",),
+        ("frobnicate",),
+    ]
+    for args in cases:
+        result = run(*args)
+        assert result.returncode == 2, args
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert "Traceback" not in result.stderr
+        assert result.stderr.startswith("archiso-hook"), result.stderr
+    assert f"{tmp_path}/aitab:1: field fs_type: unknown filesystem 'ext9'" in run(*cases[0]).stderr
+
+
+def test_help_of_every_command_has_an_example() -> None:
+    for command in ("plan", "mount", "status", "build"):
+        result = run(command, "--help")
+        assert result.returncode == 0
+        assert "example" in result.stdout, command
