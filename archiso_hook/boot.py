@@ -1,0 +1,351 @@
+"""Carry out a boot plan against the kernel, undoing everything if a step fails.
+
+Every resource is registered for undo the moment it exists, and recorded in the
+state file, so a failure half-way leaves no loop device, dm device or mount.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from archiso_hook import dm, fsprobe, loop, medium, syscalls
+from archiso_hook.aitab import parse_aitab
+from archiso_hook.cmdline import Options
+from archiso_hook.errors import HookError, InputError, KernelError
+from archiso_hook.log import Log
+from archiso_hook.plan import (
+    BOOTMNT,
+    STATE_FILE,
+    AttachLoop,
+    BootPlan,
+    CreateCowFile,
+    CreateSnapshot,
+    FindMedium,
+    LoadModules,
+    MakeDirectory,
+    Mount,
+    SizeCowFiles,
+    Step,
+    cow_sizes,
+    medium_steps,
+    plan_boot,
+)
+from archiso_hook.sizes import human
+from archiso_hook.state import State
+
+
+class UndoStack:
+    """Undo actions in reverse order of registration; each failure is logged, not raised."""
+
+    def __init__(self, log: Log) -> None:
+        self._actions: list[tuple[str, Callable[[], None]]] = []
+        self._log = log
+
+    def push(self, description: str, action: Callable[[], None]) -> None:
+        self._actions.append((description, action))
+
+    def rollback(self) -> list[str]:
+        """Run every action; return the descriptions of those that failed."""
+        failed = []
+        while self._actions:
+            description, action = self._actions.pop()
+            try:
+                action()
+            except (OSError, HookError) as e:
+                failed.append(description)
+                self._log.warning(f"could not {description}: {e}")
+        return failed
+
+    def forget(self) -> None:
+        self._actions.clear()
+
+
+def _load_modules(names: tuple[str, ...], log: Log) -> None:
+    from archiso_hook.kmod import ensure_modules  # noqa: PLC0415  (reads indexes: boot only)
+
+    loaded = ensure_modules(*names)
+    if loaded:
+        log.info(f"loaded kernel modules: {', '.join(loaded)}")
+
+
+def _filesystems() -> set[str]:
+    with open("/proc/filesystems", encoding="ascii") as f:
+        return {line.split()[-1] for line in f if line.strip()}
+
+
+class Boot:
+    """Runs `archiso-hook mount NEWROOT`: medium, aitab, cowspace, images."""
+
+    def __init__(
+        self, options: Options, newroot: str, log: Log, *, state_file: str = STATE_FILE
+    ) -> None:
+        self.options = options
+        self.newroot = newroot
+        self.log = log
+        self.state_file = state_file
+        self.state = State(newroot=newroot)
+        self.undo = UndoStack(log)
+        self.refs: dict[str, Any] = {}  # ref -> LoopDevice or device path
+        self.cow_bytes: dict[str, int] = {}  # origin ref -> COW file size
+        self._dm: dm.DeviceMapper | None = None
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            LoadModules: self._load_modules,
+            FindMedium: self._find_medium,
+            Mount: self._mount,
+            MakeDirectory: self._make_directory,
+            AttachLoop: self._attach_loop,
+            SizeCowFiles: self._size_cow_files,
+            CreateCowFile: self._create_cow_file,
+            CreateSnapshot: self._create_snapshot,
+        }
+
+    def run(self) -> BootPlan:
+        start = time.monotonic()
+        try:
+            plan = self._run()
+        except BaseException:
+            self._rollback()
+            raise
+        finally:
+            if self._dm is not None:
+                self._dm.close()
+        # Our fds go; autoclear now ties each loop device to the mount or dm table using it.
+        for ref in list(self.refs.values()):
+            if isinstance(ref, loop.LoopDevice):
+                ref.close()
+        self.undo.forget()
+        self.state.complete = True
+        self.state.timings["hook_seconds"] = round(time.monotonic() - start, 3)
+        self.state.save(self.state_file)
+        self.log.info(
+            f"live root ready at {self.newroot} in {time.monotonic() - start:.2f} s "
+            f"({len(plan.images)} image(s))"
+        )
+        return plan
+
+    def _run(self) -> BootPlan:
+        if not os.path.isdir(self.newroot):
+            raise InputError(f"new root {self.newroot} is not a directory")
+        if syscalls.is_mountpoint(BOOTMNT):  # another hook (loop_mnt, pxe) mounted it
+            self.log.info(f"using the medium already mounted at {BOOTMNT}")
+        else:
+            for step in medium_steps(self.options):
+                self._do(step)
+        aitab_path = f"{BOOTMNT}/{self.options.basedir}/aitab"
+        try:
+            with open(aitab_path, encoding="utf-8", errors="surrogateescape") as f:
+                text = f.read()
+        except OSError as e:
+            raise HookError(
+                f"cannot read {aitab_path}: {e.strerror}",
+                hint=f"is archisobasedir={self.options.basedir} right for this medium?",
+            ) from None
+        plan = plan_boot(
+            self.options, parse_aitab(text, aitab_path), newroot=self.newroot, aitab=aitab_path
+        )
+        self.state.images = [image.to_json() for image in plan.images]
+        for step in plan.image_steps:
+            self._do(step)
+        return plan
+
+    def _do(self, step: Step) -> None:
+        self.log.debug(step.describe())
+        self._handlers[type(step)](step)
+
+    def _rollback(self) -> None:
+        self.log.warning("undoing what was set up")
+        failed = self.undo.rollback()
+        for ref in self.refs.values():
+            if isinstance(ref, loop.LoopDevice):
+                ref.close()
+        if failed:
+            self.state.save(self.state_file)  # what is left, for `archiso-hook status`
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.state_file)
+
+    def _record(
+        self, kind: str, undo: str, action: Callable[[], None], key: str, **fields: Any
+    ) -> None:
+        """Register a resource: in the state file, and for undo."""
+        self.state.add(kind, **fields)
+        value = fields[key]
+
+        def undo_and_forget() -> None:
+            action()
+            self.state.remove(kind, key, value)
+
+        self.undo.push(undo, undo_and_forget)
+        self.state.save(self.state_file)
+
+    def _device(self, source: str) -> str:
+        if source.startswith("@"):
+            ref = self.refs[source[1:]]
+            return ref.path if isinstance(ref, loop.LoopDevice) else str(ref)
+        return source
+
+    # --- step handlers ---
+
+    def _load_modules(self, step: LoadModules) -> None:
+        _load_modules(step.names, self.log)
+
+    def _find_medium(self, step: FindMedium) -> None:
+        self.refs[step.ref] = medium.wait_for_device(step.device, step.timeout, self.log)
+
+    def _mount(self, step: Mount) -> None:
+        source = self._device(step.source)
+        fstype = step.fstype or medium.filesystem_type(source)
+        if fstype is None:
+            raise HookError(
+                f"{source} holds no filesystem this hook can recognise",
+                hint="is it the right device?",
+            )
+        if fstype not in _filesystems():
+            _load_modules((f"fs-{fstype}",), self.log)
+        os.makedirs(step.target, mode=0o755, exist_ok=True)
+        flags = syscalls.MS_RDONLY if step.read_only else 0
+        syscalls.mount(source, step.target, fstype, flags, step.options)
+        how = "read-only" if step.read_only else "read-write"
+        self.log.info(f"mounted {source} ({fstype}) {how} at {step.target}")
+        self._record(
+            "mount",
+            f"unmount {step.target}",
+            lambda: _unmount(step.target),
+            "target",
+            target=step.target,
+            source=source,
+            fstype=fstype,
+            read_only=step.read_only,
+            live_path=step.live_path,
+        )
+
+    def _make_directory(self, step: MakeDirectory) -> None:
+        os.makedirs(step.path, mode=step.mode, exist_ok=True)
+        os.chmod(step.path, step.mode)
+
+    def _attach_loop(self, step: AttachLoop) -> None:
+        if step.expect_fstype is not None:
+            found = fsprobe.probe(step.backing)
+            if found != step.expect_fstype:
+                where = f" (aitab line {step.aitab_line})" if step.aitab_line else ""
+                if not os.path.exists(step.backing):
+                    raise HookError(f"image {step.backing}{where} does not exist on the medium")
+                raise HookError(
+                    f"{step.backing}{where} is not a {step.expect_fstype} image (found "
+                    f"{found or 'no known filesystem'}): the file is corrupt or truncated, or "
+                    "the aitab line is wrong"
+                )
+        device = loop.attach(step.backing, read_only=step.read_only)
+        self.refs[step.ref] = device
+        self.log.info(
+            f"attached {step.backing} to {device.path}{' read-only' if step.read_only else ''}"
+        )
+        self._record(
+            "loop",
+            f"detach {device.path}",
+            device.detach,
+            "device",
+            device=device.path,
+            backing=step.backing,
+            read_only=step.read_only,
+        )
+
+    def _size_cow_files(self, step: SizeCowFiles) -> None:
+        fs = os.statvfs(step.space)
+        capacity = fs.f_blocks * fs.f_frsize
+        origins = [self.refs[ref].size() for ref in step.origins]
+        sizes = cow_sizes(origins, capacity, step.mode, step.chunk_sectors)
+        for ref, origin, size in zip(step.origins, origins, sizes, strict=True):
+            self.cow_bytes[ref] = size
+            name = ref.rsplit(".", 1)[0]
+            covered = min(100.0, 100.0 * size / origin) if origin else 100.0
+            self.log.info(
+                f"{name}: {human(size)} of writable space in {step.space} "
+                f"(origin {human(origin)}, {covered:.0f}% of it can change)"
+            )
+
+    def _create_cow_file(self, step: CreateCowFile) -> None:
+        if os.path.exists(step.path):
+            self.log.info(f"{step.path} exists but is not reused by this boot; recreating it")
+            os.unlink(step.path)
+        fd = os.open(step.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.ftruncate(fd, self.cow_bytes[step.origin])  # sparse: costs RAM only when written
+        finally:
+            os.close(fd)
+        self._record(
+            "file",
+            f"remove {step.path}",
+            lambda: os.unlink(step.path),
+            "path",
+            path=step.path,
+            apparent_bytes=self.cow_bytes[step.origin],
+        )
+
+    def _mapper(self) -> dm.DeviceMapper:
+        if self._dm is None:
+            self._dm = dm.DeviceMapper()
+        return self._dm
+
+    def _create_snapshot(self, step: CreateSnapshot) -> None:
+        origin: loop.LoopDevice = self.refs[step.origin]
+        cow: loop.LoopDevice = self.refs[step.cow]
+        mapper = self._mapper()
+        sectors = origin.size() // 512
+        table = dm.Target(
+            0, sectors, "snapshot", f"{origin.devno} {cow.devno} {step.mode} {step.chunk_sectors}"
+        )
+        info = mapper.create(step.name, uuid=f"ARCHISO-{step.name}")
+
+        def remove() -> None:
+            _remove_mapping(self._mapper(), step.name)
+            dm.remove_node(step.name)
+
+        self._record(
+            "dm",
+            f"remove /dev/mapper/{step.name}",
+            remove,
+            "name",
+            name=step.name,
+            device=f"/dev/mapper/{step.name}",
+            devno=info.devno,
+            origin=origin.path,
+            cow=cow.path,
+            mode=str(step.mode),
+            chunk_sectors=step.chunk_sectors,
+            table=str(table),
+        )
+        mapper.load(step.name, [table])
+        info = mapper.resume(step.name)
+        dm.make_node(step.name, info.major, info.minor)
+        self.log.info(f"created /dev/mapper/{step.name} ({info.devno}): {table}")
+
+
+def _unmount(target: str) -> None:
+    """Unmount; a briefly busy mount (udev probing) gets a few retries, then a lazy detach."""
+    for _ in range(5):
+        try:
+            syscalls.umount(target)
+            return
+        except KernelError as e:
+            if e.errno != errno.EBUSY:
+                raise
+            time.sleep(0.1)
+    syscalls.umount(target, syscalls.MNT_DETACH)
+
+
+def _remove_mapping(mapper: dm.DeviceMapper, name: str) -> None:
+    for _ in range(5):
+        try:
+            mapper.remove(name)
+            return
+        except KernelError as e:
+            if e.errno != errno.EBUSY:
+                raise
+            time.sleep(0.1)
+    mapper.remove(name, deferred=True)

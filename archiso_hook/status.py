@@ -1,0 +1,137 @@
+"""`archiso-hook status`: what the hook set up and how it is doing now."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from archiso_hook import dm, syscalls
+from archiso_hook.errors import HookError
+from archiso_hook.plan import STATE_FILE
+from archiso_hook.sizes import human
+from archiso_hook.state import State
+
+
+def collect(state_file: str = STATE_FILE) -> dict[str, Any]:
+    """The state file's resources, each checked against the kernel as it is now."""
+    try:
+        state = State.load(state_file)
+    except FileNotFoundError:
+        raise HookError(
+            f"{state_file} does not exist: the hook has not set anything up "
+            "(or everything was undone)"
+        ) from None
+    except (OSError, ValueError, TypeError) as e:
+        raise HookError(f"cannot read {state_file}: {e}") from None
+    mounts = syscalls.mountpoints()
+    out: dict[str, Any] = {
+        "complete": state.complete,
+        "newroot": state.newroot,
+        "timings": state.timings,
+        "mounts": [],
+        "loops": [],
+        "snapshots": [],
+        "cow_files": [],
+    }
+    mapper: dm.DeviceMapper | None = None
+    try:
+        for res in state.resources:
+            kind = res["kind"]
+            if kind == "mount":
+                # After switch_root the new root's mounts are seen at their live paths.
+                where = next(
+                    (p for p in (res["target"], res.get("live_path")) if p in mounts), None
+                )
+                out["mounts"].append(
+                    {**_public(res), "mounted_at": where, "present": where is not None}
+                )
+            elif kind == "loop":
+                name = os.path.basename(res["device"])
+                backing = _read(f"/sys/block/{name}/loop/backing_file")
+                out["loops"].append(
+                    {**_public(res), "present": backing is not None, "kernel_backing_file": backing}
+                )
+            elif kind == "dm":
+                if mapper is None:
+                    mapper = dm.DeviceMapper()
+                out["snapshots"].append({**_public(res), **_snapshot(mapper, res["name"])})
+            elif kind == "file":
+                out["cow_files"].append({**_public(res), **_file_usage(res["path"])})
+    finally:
+        if mapper is not None:
+            mapper.close()
+    return out
+
+
+def _public(res: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in res.items() if k != "kind"}
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _snapshot(mapper: dm.DeviceMapper, name: str) -> dict[str, Any]:
+    try:
+        info = mapper.info(name)
+        targets = mapper.status(name)
+    except HookError as e:
+        return {"present": False, "error": str(e)}
+    line = targets[0].params if targets else ""
+    status = dm.SnapshotStatus.parse(line)
+    fraction = status.used_fraction
+    return {
+        "present": True,
+        "open_count": info.open_count,
+        "event_nr": info.event_nr,
+        "state": status.state,
+        "status_line": line,
+        "allocated_sectors": status.allocated,
+        "total_sectors": status.total,
+        "metadata_sectors": status.metadata,
+        "used_percent": None if fraction is None else round(100 * fraction, 2),
+    }
+
+
+def _file_usage(path: str) -> dict[str, Any]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return {"present": False}
+    return {"present": True, "apparent_bytes": st.st_size, "allocated_bytes": st.st_blocks * 512}
+
+
+def format_text(status: dict[str, Any]) -> str:
+    lines = [
+        f"archiso-hook: {'complete' if status['complete'] else 'INCOMPLETE'} setup for "
+        f"{status['newroot']}"
+    ]
+    for m in status["mounts"]:
+        where = m["mounted_at"] or "NOT MOUNTED"
+        lines.append(f"  mount    {where:<28} {m['fstype']:<9} {m['source']}")
+    for lo in status["loops"]:
+        state = "" if lo["present"] else "  (gone)"
+        lines.append(f"  loop     {lo['device']:<28} {lo['backing']}{state}")
+    for s in status["snapshots"]:
+        if not s["present"]:
+            lines.append(f"  snapshot {s['device']:<28} MISSING: {s.get('error', '')}")
+        elif s["allocated_sectors"] is None:
+            lines.append(f"  snapshot {s['device']:<28} {s['state']}")
+        else:
+            used = human(s["allocated_sectors"] * 512)
+            total = human(s["total_sectors"] * 512)
+            lines.append(
+                f"  snapshot {s['device']:<28} {s['state']}: {used} of {total} COW "
+                f"used ({s['used_percent']}%), mode {s['mode']}"
+            )
+    for c in status["cow_files"]:
+        if c["present"]:
+            lines.append(
+                f"  cow file {c['path']:<28} {human(c['allocated_bytes'])} in RAM of "
+                f"{human(c['apparent_bytes'])}"
+            )
+    return "\n".join(lines)
