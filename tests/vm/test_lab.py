@@ -1,0 +1,943 @@
+"""The QEMU lab proves itself, without the archiso hook.
+
+Boot tests (`-m vm`): an initramfs with HOOKS `base udev` plus a lab-only hook whose mount
+handler mounts an ext4 live root (built with `make_liveroot()` and `mkfs.ext4 -d`) found
+at /dev/disk/by-label/<label> (so udev must work), then switch_root into it; the live
+root's init must print `LAB: PASS`. A failing mount handler must end in the emergency
+shell, which must answer typed commands.
+
+Unit tests (not `vm`): vmlinux extraction, the bash install API (via a bash harness),
+mkinitramfs output and reproducibility, the runtime command-line parser, the live root
+tree, the QEMU command line, and shellcheck on the lab's scripts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import lzma
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vm import VM_DIR
+from vm.initramfs import LAB_HOOKS, InitramfsError, build_initramfs
+from vm.kernel import Kernel, KernelError, extract_vmlinux, fetch_kernel
+from vm.liveroot import INIT_SCRIPT, LiverootError, make_ext4, make_liveroot, write_manifest
+from vm.qemu import DEFAULT_APPEND, Drive, Guest, GuestError, qemu_command
+
+ROOT_LABEL = "labroot"
+BASH = shutil.which("bash") or "/bin/bash"
+BUSYBOX = "/bin/busybox"
+# launch_interactive_shell's PS1 '[rootfs \W]\$ ': busybox shows \W of / as "".
+PROMPT = r"\[rootfs [^\]\n]*\]# "
+
+# A lab-only hook: its mount handler mounts the ext4 root found by label through udev.
+LABROOT_INSTALL = """\
+#!/bin/bash
+build() {
+    map add_module virtio_pci virtio_blk ext4
+    add_runscript
+}
+
+help() {
+    cat <<HELPEOF
+Lab only: mounts /dev/disk/by-label/\\$(getarg lab.root.label) read-write on /new_root.
+HELPEOF
+}
+"""
+LABROOT_RUNTIME = """\
+#!/usr/bin/ash
+run_hook() {
+    mount_handler=lab_mount_handler
+}
+
+lab_mount_handler() {
+    local dev up _idle
+    dev="/dev/disk/by-label/$(getarg lab.root.label labroot)"
+    if ! poll_device "$dev" 30; then
+        err "lab: $dev did not appear"
+        return 1
+    fi
+    if ! mount -t ext4 -o rw "$dev" "$1"; then
+        err "lab: cannot mount $dev"
+        return 1
+    fi
+    read -r up _idle </proc/uptime
+    echo "LAB-INITRAMFS: mounted $dev on $1 uptime=$up"
+}
+
+run_cleanuphook() {
+    local up _idle
+    read -r up _idle </proc/uptime
+    echo "LAB-INITRAMFS: switch_root uptime=$up"
+}
+"""
+LABFAIL_INSTALL = """\
+#!/bin/bash
+build() {
+    add_runscript
+}
+
+help() {
+    echo "Lab only: a mount handler that fails."
+}
+"""
+LABFAIL_RUNTIME = """\
+#!/usr/bin/ash
+run_hook() {
+    mount_handler=lab_failing_mount_handler
+}
+
+lab_failing_mount_handler() {
+    err "lab: simulated mount failure"
+    return 1
+}
+
+run_emergencyhook() {
+    echo "LAB-EMERGENCY: emergency hook ran"
+}
+"""
+
+
+def _write_hook(hookdir: Path, name: str, install: str, runtime: str) -> None:
+    (hookdir / "install").mkdir(parents=True, exist_ok=True)
+    (hookdir / "hooks").mkdir(parents=True, exist_ok=True)
+    (hookdir / "install" / name).write_text(install)
+    (hookdir / "hooks" / name).write_text(runtime)
+    (hookdir / "hooks" / name).chmod(0o755)
+
+
+# --- fixtures ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kernel() -> Kernel:
+    return fetch_kernel()
+
+
+@pytest.fixture(scope="module")
+def lab_hookdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    hookdir = tmp_path_factory.mktemp("labhooks")
+    _write_hook(hookdir, "labroot", LABROOT_INSTALL, LABROOT_RUNTIME)
+    _write_hook(hookdir, "labfail", LABFAIL_INSTALL, LABFAIL_RUNTIME)
+    return hookdir
+
+
+@pytest.fixture(scope="module")
+def root_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("liveroot")
+    tree = make_liveroot(work / "root", extra_files={"/etc/lab-marker": b"lab marker\n"})
+    write_manifest(tree)
+    return make_ext4(tree, work / "root.ext4", label=ROOT_LABEL)
+
+
+@pytest.fixture(scope="module")
+def labroot_initrd(
+    kernel: Kernel, lab_hookdir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    out = tmp_path_factory.mktemp("initrd") / "labroot.img"
+    started = time.monotonic()
+    build_initramfs(kernel, ["base", "udev", "labroot"], out, hook_dirs=[lab_hookdir])
+    print(f"initramfs base+udev+labroot: {time.monotonic() - started:.2f} s", file=sys.stderr)
+    return out
+
+
+@pytest.fixture(scope="module")
+def labfail_initrd(
+    kernel: Kernel, lab_hookdir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    out = tmp_path_factory.mktemp("initrd") / "labfail.img"
+    return build_initramfs(kernel, ["base", "udev", "labfail"], out, hook_dirs=[lab_hookdir])
+
+
+def _results(output: str, check: str) -> list[str]:
+    return re.findall(rf"^LAB-RESULT {re.escape(check)} (.*)$", output, re.MULTILINE)
+
+
+def _fields(result: str) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in result.split() if "=" in item)
+
+
+# --- boot tests -------------------------------------------------------------------------
+
+
+@pytest.mark.vm
+def test_boot_switch_root_into_ext4_liveroot(
+    kernel: Kernel, labroot_initrd: Path, root_image: Path
+) -> None:
+    started = time.monotonic()
+    with Guest(
+        "test_lab-switch_root",
+        kernel=kernel,
+        initrd=labroot_initrd,
+        drives=[Drive(root_image, "virtio", serial="labroot")],
+        append=f"lab.root.label={ROOT_LABEL} lab.check=write,mounts,files",
+        timeout=300,
+    ) as guest:
+        guest.expect(r"^:: running early hook \[udev\]$", 120)
+        guest.expect(r"^:: running hook \[labroot\]$", 120)
+        mounted = guest.expect(
+            rf"^LAB-INITRAMFS: mounted /dev/disk/by-label/{ROOT_LABEL} on /new_root "
+            r"uptime=([0-9.]+)$",
+            120,
+        )
+        # cleanup hooks run in reverse order: labroot's, then udev's
+        switched = guest.expect(r"^LAB-INITRAMFS: switch_root uptime=([0-9.]+)$", 30)
+        guest.expect(r"^:: running cleanup hook \[udev\]$", 30)
+        up = guest.expect(r"^LAB: live root up uptime=([0-9.]+)$", 60)
+        verdict = guest.expect(r"^LAB: (PASS|FAIL)([^\n]*)\n", 180)
+        assert verdict[1] == "PASS", f"the live root reported {verdict[0]!r}:\n{guest.tail()}"
+        assert guest.wait(60) == 0
+    wall = time.monotonic() - started
+    print(
+        f"boot: mounted at {mounted[1]} s, switch_root at {switched[1]} s, live root at "
+        f"{up[1]} s guest uptime; {wall:.1f} s wall",
+        file=sys.stderr,
+    )
+
+    out = guest.output
+    assert not re.search(r"^LAB-CHECK \S+ FAIL", out, re.MULTILINE), guest.tail()
+    for check in ("write", "mounts", "files"):
+        assert re.search(rf"^LAB-CHECK {check} ok$", out, re.MULTILINE), guest.tail()
+    # util-linux switch_root moved the initramfs's API mounts into the new root.
+    (init,) = _results(out, "init")
+    fields = _fields(init)
+    assert fields["pid"] == "1"
+    assert set(fields["premounted"].split(",")) == {"/proc", "/sys", "/dev", "/run"}
+    # The root is the ext4 virtio disk, mounted read-write.
+    mountinfo = [line.split() for line in _results(out, "mounts")]
+    (root,) = [m for m in mountinfo if m[4] == "/"]
+    sep = root.index("-")
+    assert root[sep + 1 : sep + 3] == ["ext4", f"/dev/disk/by-label/{ROOT_LABEL}"]
+    assert root[5].split(",")[0] == "rw"
+    assert "/run/initramfs" not in {m[4] for m in mountinfo}  # a directory, not a mount
+    files = _fields(_results(out, "files")[0])
+    assert files["failed"] == "0" and int(files["files"]) >= 3
+
+
+@pytest.mark.vm
+def test_failing_mount_handler_gives_emergency_shell(kernel: Kernel, labfail_initrd: Path) -> None:
+    with Guest(
+        "test_lab-emergency-shell",
+        kernel=kernel,
+        initrd=labfail_initrd,
+        append="break=premount",
+        timeout=240,
+    ) as guest:
+        # break=premount: emergency hooks, then a shell; `exit` resumes the boot
+        guest.expect(r"^LAB-EMERGENCY: emergency hook ran$", 150)
+        guest.expect(r"^:: Pre-mount break requested, type 'exit' to resume operation$", 30)
+        guest.expect(PROMPT, 60)
+        guest.send("exit")
+        guest.expect(r"^ERROR: lab: simulated mount failure$", 60)
+        guest.expect(r"^LAB-EMERGENCY: emergency hook ran$", 30)
+        guest.expect(r"^ERROR: Failed to mount the real root device\.$", 30)
+        guest.expect(r"^Bailing out, you are on your own\. Good luck\.$", 30)
+        guest.expect(PROMPT, 60)
+        guest.send("echo hello-$((6*7))")
+        guest.expect(r"^hello-42$", 30)
+        guest.expect(PROMPT, 30)
+        guest.send("echo pid=$$")  # launch_interactive_shell --exec: the shell is PID 1
+        guest.expect(r"^pid=1$", 30)
+        guest.expect(PROMPT, 30)
+        guest.send("poweroff -f")
+        assert guest.wait(60) == 0
+    assert "LAB: live root up" not in guest.output
+
+
+@pytest.mark.vm
+def test_failing_check_reports_fail(kernel: Kernel, labroot_initrd: Path, root_image: Path) -> None:
+    with Guest(
+        "test_lab-check-fails",
+        kernel=kernel,
+        initrd=labroot_initrd,
+        drives=[Drive(root_image, "virtio")],
+        append="lab.check=mounts,no-such-check",
+        timeout=300,
+    ) as guest:
+        guest.expect(r"^LAB-CHECK mounts ok$", 240)
+        guest.expect(r"^LAB-CHECK no-such-check FAIL unknown check$", 60)
+        guest.expect(r"^LAB: FAIL failed=no-such-check$", 30)
+        assert guest.wait(60) == 0
+    assert not re.search(r"^LAB: PASS", guest.output, re.MULTILINE)
+
+
+@pytest.mark.vm
+def test_status_check_runs_a_frozen_tree(
+    kernel: Kernel, labroot_initrd: Path, tmp_path: Path
+) -> None:
+    """`make_liveroot(hook_tree=...)` makes a PyInstaller onedir tree run in the busybox
+    root (glibc copied in); `lab.check=status` prints its JSON between the markers."""
+    script = tmp_path / "fake_hook.py"
+    script.write_text(
+        "import json, sys\n"
+        'print(json.dumps({"argv": sys.argv[1:], "frozen": bool(getattr(sys, "frozen", 0))}))\n'
+    )
+    pyinstaller = Path(sys.executable).parent / "pyinstaller"
+    if not pyinstaller.exists():
+        pytest.skip("pyinstaller is not installed in the venv")
+    subprocess.run(
+        [
+            str(pyinstaller),
+            "--onedir",
+            "--name",
+            "archiso-hook",
+            "--distpath",
+            str(tmp_path / "dist"),
+            "--workpath",
+            str(tmp_path / "work"),
+            "--specpath",
+            str(tmp_path),
+            "--noconfirm",
+            "--log-level",
+            "WARN",
+            str(script),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    tree = make_liveroot(tmp_path / "root", hook_tree=tmp_path / "dist" / "archiso-hook")
+    image = make_ext4(tree, tmp_path / "root.ext4", label=ROOT_LABEL)
+    with Guest(
+        "test_lab-status",
+        kernel=kernel,
+        initrd=labroot_initrd,
+        drives=[Drive(image, "virtio")],
+        append="lab.check=status",
+        timeout=300,
+    ) as guest:
+        status = guest.expect(r"^LAB-STATUS-BEGIN\n(.*?)\nLAB-STATUS-END$", 240)
+        guest.expect(r"^LAB: PASS$", 30)
+        assert guest.wait(60) == 0
+    assert status[1] == '{"argv": ["status", "--json"], "frozen": true}'
+
+
+@pytest.mark.vm
+def test_guest_monitor_and_timeouts(kernel: Kernel, labroot_initrd: Path, root_image: Path) -> None:
+    with Guest(
+        "test_lab-monitor",
+        kernel=kernel,
+        initrd=labroot_initrd,
+        drives=[Drive(root_image, "virtio", readonly=True, name="root")],
+        timeout=12,
+    ) as guest:
+        info = guest.monitor("info block")
+        assert re.search(r"^root\b.*root\.ext4 \(raw, read-only\)", info, re.MULTILINE), info
+        with pytest.raises(GuestError, match=r"(?s)timed out after 1 s.*serial log:"):
+            guest.expect("this never appears", timeout=1)
+        with pytest.raises(GuestError, match=r"hard timeout \(12 s\)"):
+            guest.expect("this never appears either", timeout=60)
+    assert "# qemu-system-x86_64 -accel tcg" in guest.log_path.read_text(errors="replace")
+
+
+@pytest.mark.vm
+def test_guest_reports_early_qemu_exit(tmp_path: Path) -> None:
+    not_a_kernel = tmp_path / "not-a-kernel"
+    not_a_kernel.write_bytes(b"\0" * 4096)
+    with (
+        Guest("test_lab-bad-kernel", kernel=not_a_kernel, initrd=not_a_kernel, timeout=60) as guest,
+        pytest.raises(GuestError, match=r"(?s)QEMU exited \(status 1\).*QEMU stderr"),
+    ):
+        guest.expect("never", timeout=30)
+
+
+# --- unit tests: kernel -----------------------------------------------------------------
+
+
+def _fake_bzimage(payload: bytes, *, protocol: int = 0x20F) -> bytes:
+    setup_sects = 1
+    image = bytearray((setup_sects + 1) * 512)
+    image[0x1F1] = setup_sects
+    image[0x202:0x206] = b"HdrS"
+    struct.pack_into("<H", image, 0x206, protocol)
+    offset = 0x40
+    struct.pack_into("<II", image, 0x248, offset, len(payload))
+    return bytes(image) + b"\0" * offset + payload + b"\x11\x22\x33\x44"
+
+
+def _fake_elf(machine: int) -> bytes:
+    header = bytearray(64)
+    header[:4] = b"\x7fELF"
+    header[4] = 2
+    struct.pack_into("<H", header, 18, machine)
+    return bytes(header) + b"kernel" * 1000
+
+
+def test_extract_vmlinux_from_xz_payload(tmp_path: Path) -> None:
+    elf = _fake_elf(62)
+    xz = lzma.compress(elf, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32)
+    for protocol in (0x20F, 0x206):  # header fields, and the magic scan fallback
+        bz = tmp_path / f"bz{protocol:x}"
+        bz.write_bytes(_fake_bzimage(xz, protocol=protocol))
+        out = extract_vmlinux(bz, tmp_path / f"vmlinux{protocol:x}", elf_machine=62)
+        assert out.read_bytes() == elf
+    with pytest.raises(KernelError, match="ELF machine 62, not 3"):
+        extract_vmlinux(bz, tmp_path / "wrong", elf_machine=3)
+    bz.write_bytes(_fake_bzimage(lzma.compress(b"not an elf", format=lzma.FORMAT_XZ)))
+    with pytest.raises(KernelError, match="not an ELF"):
+        extract_vmlinux(bz, tmp_path / "bad")
+    bz.write_bytes(b"MZ" + b"\0" * 4096)
+    with pytest.raises(KernelError, match="HdrS"):
+        extract_vmlinux(bz, tmp_path / "bad")
+
+
+def _elf_notes(data: bytes) -> Iterator[tuple[bytes, int]]:
+    """(name, type) of the notes in the PT_NOTE segments of a 64-bit ELF."""
+    (phoff,) = struct.unpack_from("<Q", data, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    for i in range(phnum):
+        p_type, _flags, p_offset, _vaddr, _paddr, p_filesz = struct.unpack_from(
+            "<IIQQQQ", data, phoff + i * phentsize
+        )
+        if p_type != 4:  # PT_NOTE
+            continue
+        pos, end = p_offset, p_offset + p_filesz
+        while pos + 12 <= end:
+            namesz, descsz, ntype = struct.unpack_from("<III", data, pos)
+            name = data[pos + 12 : pos + 12 + namesz].rstrip(b"\0")
+            yield name, ntype
+            pos += 12 + (namesz + 3) // 4 * 4 + (descsz + 3) // 4 * 4
+
+
+def test_fetched_kernel_is_bootable_elf(kernel: Kernel) -> None:
+    data = kernel.vmlinux.read_bytes()
+    assert data[:4] == b"\x7fELF" and data[4] == 2  # ELFCLASS64
+    assert struct.unpack_from("<H", data, 18)[0] == 62  # EM_X86_64
+    # QEMU boots an ELF vmlinux through PVH: XEN_ELFNOTE_PHYS32_ENTRY (18) must be there.
+    assert (b"Xen", 18) in set(_elf_notes(data))
+    assert kernel.bzimage.is_file() and kernel.bzimage.stat().st_size < len(data)
+    moddir = kernel.moduleroot / "lib" / "modules" / kernel.version
+    assert moddir == kernel.moduledir
+    assert (moddir / "modules.dep.bin").is_file()
+    assert (moddir / "kernel" / "fs" / "ext4" / "ext4.ko").is_file()
+    assert fetch_kernel() == kernel  # cached: same paths
+
+
+# --- unit tests: the install API (bash harness) -----------------------------------------
+
+
+def _harness(
+    script: str,
+    buildroot: Path,
+    *,
+    kernel: Kernel | None = None,
+    hookdir: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run `script` in bash after sourcing vm/initcpio/functions into a fresh buildroot;
+    it ends by printing ERRORS=<_builderrors>."""
+    prologue = f"""
+        set -o pipefail
+        BUILDROOT={buildroot}
+        EARLYROOT={buildroot}.early
+        KERNELVERSION={kernel.version if kernel else "none"}
+        _optmoduleroot={kernel.moduleroot if kernel else "''"}
+        _d_kmoduledir={kernel.moduledir if kernel else "''"}
+        _d_hooks={hookdir / "hooks" if hookdir else "''"}
+        _d_install={hookdir / "install" if hookdir else "''"}
+        _d_library={LAB_HOOKS}
+        _builderrors=0
+        . {LAB_HOOKS / "functions"}
+        initialize_buildroot "$BUILDROOT"
+    """
+    return subprocess.run(
+        [BASH, "-c", f"{prologue}\n{script}\necho ERRORS=$_builderrors"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "LC_ALL": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+    )
+
+
+def test_functions_add_file_and_symlinks(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "real.txt").write_text("real\n")
+    (src / "link.txt").symlink_to("real.txt")
+    (src / "sub" / "deep.txt").write_text("deep\n")
+    (src / ".hidden").write_text("hidden\n")
+    (src / "sub" / "deep.lnk").symlink_to("deep.txt")
+    (tmp_path / "linkdir").symlink_to("src")
+    root = tmp_path / "root"
+    proc = _harness(
+        f"""
+        add_file {src}/link.txt
+        add_file {src}/real.txt /etc/
+        add_file {src}/real.txt /etc/secret 600
+        printf 'from stdin\\n' | add_file - /etc/stdin.txt 640
+        add_file {tmp_path}/linkdir/real.txt
+        add_symlink /etc/hostlink {src}/link.txt
+        add_symlink {src}/sub/deep.lnk
+        add_full_dir {src} '*' {src}
+        add_full_dir {src} '*.txt' {tmp_path}
+        add_dir /var/lib/lab 700
+        map add_dir /a relative || echo map-failures=$?
+        """,
+        root,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "ERRORS=0" in proc.stdout, proc.stderr
+    assert "map-failures=1" in proc.stdout
+    inside = root / str(src).lstrip("/")
+    # a symlink source: its realpath is added, plus a link to it
+    assert (inside / "real.txt").read_text() == "real\n"
+    assert os.readlink(inside / "link.txt") == f"{src}/real.txt"
+    assert (root / "etc/real.txt").read_text() == "real\n"
+    assert (root / "etc/secret").stat().st_mode & 0o777 == 0o600
+    assert (root / "etc/stdin.txt").read_text() == "from stdin\n"
+    assert (root / "etc/stdin.txt").stat().st_mode & 0o777 == 0o640
+    # SRC == DEST under a symlinked directory: stored under the real directory + dir link
+    assert os.readlink(root / str(tmp_path / "linkdir").lstrip("/")) == "src"
+    # add_symlink: a symlink target is realpath'd; one argument keeps a same-dir link
+    assert os.readlink(root / "etc/hostlink") == f"{src}/real.txt"
+    assert os.readlink(inside / "sub/deep.lnk") == "deep.txt"
+    # add_full_dir with strip_prefix (v41): paths relative to the prefix, no dot files
+    assert (root / "real.txt").read_text() == "real\n"
+    assert os.readlink(root / "link.txt") == "real.txt"
+    assert (root / "sub/deep.txt").read_text() == "deep\n"
+    assert not (root / ".hidden").exists()
+    # the glob filters files and links by their full host path
+    assert (root / "src/sub/deep.txt").is_file() and (root / "src/link.txt").is_symlink()
+    assert not (root / "src/sub/deep.lnk").is_symlink()
+    assert (root / "var/lib/lab").stat().st_mode & 0o777 == 0o700
+    assert (root / "a").is_dir()
+
+
+def test_functions_count_build_errors(tmp_path: Path) -> None:
+    proc = _harness(
+        """
+        add_file /nonexistent/file || echo add_file=$?
+        add_binary no-such-binary-anywhere || echo add_binary=$?
+        add_udev_rule no-such-rule.rules || echo add_udev_rule=$?
+        add_dir relative || echo add_dir=$?
+        ln -s /tmp "$BUILDROOT/escape"
+        add_file /etc/os-release /escape/lab-must-not-exist || echo escape=$?
+        add_all_modules /fs/ext4/ || echo none-kernel=$?
+        """,
+        tmp_path / "root",
+    )
+    assert "add_file=1" in proc.stdout and "add_binary=1" in proc.stdout
+    assert "add_udev_rule=1" in proc.stdout and "add_dir=1" in proc.stdout
+    assert "none-kernel" not in proc.stdout  # KERNELVERSION=none: module calls succeed
+    assert "escape=1" in proc.stdout and not Path("/tmp/lab-must-not-exist").exists()
+    assert "ERRORS=3" in proc.stdout  # the missing rule and add_dir are not counted
+    assert "==> ERROR: file not found: '/nonexistent/file'" in proc.stderr
+    assert "==> ERROR: binary not found: 'no-such-binary-anywhere'" in proc.stderr
+
+
+def test_functions_add_binary_and_udev_rule(tmp_path: Path) -> None:
+    script = tmp_path / "script.sh"
+    script.write_text("#!/usr/bin/env python3\nprint('hi')\n")
+    script.chmod(0o755)
+    root = tmp_path / "root"
+    proc = _harness(
+        f"""
+        add_binary switch_root
+        add_binary {script} /usr/bin/lab-script
+        add_udev_rule 60-persistent-storage.rules
+        add_udev_rule 64-btrfs
+        """,
+        root,
+    )
+    assert "ERRORS=0" in proc.stdout, proc.stderr
+    # util-linux switch_root (from /usr/sbin, through the usr/sbin -> bin link) + glibc
+    assert (root / "usr/bin/switch_root").is_file()
+    assert not (root / "usr/bin/switch_root").is_symlink()
+    assert list(root.glob("usr/lib/*/libc.so.6"))
+    assert (root / "lib64/ld-linux-x86-64.so.2").exists()
+    # a script: the interpreter is only checked, with a warning
+    assert (root / "usr/bin/lab-script").is_file()
+    assert "Possibly missing '/usr/bin/env'" in proc.stderr
+    assert "Possibly missing 'python3'" in proc.stderr
+    # rules and the programs they IMPORT/RUN
+    assert (root / "usr/lib/udev/rules.d/60-persistent-storage.rules").is_file()
+    assert (root / "usr/lib/udev/rules.d/64-btrfs.rules").is_file()
+    for helper in ("ata_id", "scsi_id"):
+        assert (root / "usr/lib/udev" / helper).is_file()
+    assert (root / "usr/bin/udevadm").is_file()  # RUN+="/bin/udevadm ..." in 64-btrfs
+
+
+def test_functions_add_module(tmp_path: Path, kernel: Kernel) -> None:
+    proc = _harness(
+        """
+        add_module ext4
+        add_module virtio-blk.ko
+        add_module 'no_such_module?'
+        add_module ext4
+        add_module no_such_module || echo missing=$?
+        add_all_modules '/drivers/block/(loop|nbd)\\.ko'
+        add_checked_modules -f 'input' '/drivers/virtio/virtio_(mmio|input)'
+        add_all_modules '/no/such/dir/' || echo nomatch=$?
+        printf 'MOD %s\\n' "${!_modpaths[@]}"
+        printf 'ADDED %s=%s\\n' ext4 "${_addedmodules[ext4]}" \\
+            virtio_blk "${_addedmodules[virtio_blk]}"
+        """,
+        tmp_path / "root",
+        kernel=kernel,
+    )
+    assert "missing=1" in proc.stdout and "ERRORS=1" in proc.stdout, proc.stderr
+    assert "==> ERROR: module not found: 'no_such_module'" in proc.stderr
+    modules = {Path(line.split()[1]).name for line in proc.stdout.splitlines() if "MOD " in line}
+    # depends (jbd2, mbcache, crc16), the softdep crc32c, virtio_blk's depends
+    assert {"ext4.ko", "jbd2.ko", "mbcache.ko", "crc16.ko", "crc32c_generic.ko"} <= modules
+    assert {"virtio_blk.ko", "virtio.ko", "virtio_ring.ko"} <= modules
+    # add_all_modules/add_checked_modules: ERE on the path, -f filters out
+    assert {"loop.ko", "nbd.ko", "virtio_mmio.ko"} <= modules
+    assert "virtio_input.ko" not in modules
+    assert "nomatch=1" in proc.stdout
+    assert "ADDED ext4=1" in proc.stdout and "ADDED virtio_blk=1" in proc.stdout
+
+
+def test_functions_add_runscript_order(tmp_path: Path) -> None:
+    hookdir = tmp_path / "hooks"
+    for name in ("first", "second"):
+        _write_hook(
+            hookdir,
+            name,
+            "build() {\n    add_runscript\n}\n",
+            "#!/usr/bin/ash\nrun_earlyhook() { :; }\nrun_hook() { :; }\n"
+            "run_cleanuphook() { :; }\nrun_emergencyhook() { :; }\n",
+        )
+    root = tmp_path / "root"
+    proc = _harness(
+        """
+        run_build_hook first
+        run_build_hook second
+        run_build_hook missing-hook || echo missing=$?
+        for k in early hooks late cleanup emergency; do echo "RUN $k=[${_runhooks[$k]-}]"; done
+        """,
+        root,
+        hookdir=hookdir,
+    )
+    assert "RUN early=[ first second]" in proc.stdout
+    assert "RUN hooks=[ first second]" in proc.stdout
+    assert "RUN late=[]" in proc.stdout
+    assert "RUN cleanup=[second first ]" in proc.stdout
+    assert "RUN emergency=[second first ]" in proc.stdout
+    assert "missing=1" in proc.stdout and "ERRORS=1" in proc.stdout
+    assert (root / "hooks/first").stat().st_mode & 0o777 == 0o755
+
+
+# --- unit tests: mkinitramfs ------------------------------------------------------------
+
+
+def _cpio_list(image: Path) -> list[str]:
+    data = subprocess.run(["zstd", "-dc", str(image)], capture_output=True, check=True).stdout
+    listing = subprocess.run(
+        ["cpio", "-it", "--quiet"], input=data, capture_output=True, check=True
+    ).stdout
+    return listing.decode().splitlines()
+
+
+def test_mkinitramfs_image_is_reproducible_and_complete(
+    kernel: Kernel, lab_hookdir: Path, tmp_path: Path
+) -> None:
+    envhook = tmp_path / "envhook"
+    _write_hook(
+        envhook,
+        "labenv",
+        "build() {\n"
+        "    printf '%s\\n' \"$LAB_TEST_VALUE\" | add_file - /etc/lab-env 644\n"
+        "    add_runscript\n"
+        "}\n",
+        "#!/usr/bin/ash\nrun_latehook() { :; }\n",
+    )
+    images = []
+    for n in (1, 2):
+        out = tmp_path / f"image{n}.img"
+        started = time.monotonic()
+        build_initramfs(
+            kernel,
+            ["base", "udev", "labroot", "labenv"],
+            out,
+            hook_dirs=[lab_hookdir, envhook],
+            env={"LAB_TEST_VALUE": "from-the-environment"},
+            modules=["loop"],
+            builddir=tmp_path / f"build{n}",
+        )
+        print(f"initramfs build {n}: {time.monotonic() - started:.2f} s", file=sys.stderr)
+        images.append(out)
+    assert images[0].read_bytes() == images[1].read_bytes()
+    print(f"initramfs size: {images[0].stat().st_size} bytes", file=sys.stderr)
+
+    names = set(_cpio_list(images[0]))
+    moddir = f"usr/lib/modules/{kernel.version}"
+    for name in (
+        "init",
+        "init_functions",
+        "config",
+        "hooks/udev",
+        "hooks/labroot",
+        "usr/bin/busybox",
+        "usr/bin/ash",
+        "usr/bin/switch_root",
+        "usr/bin/kmod",
+        "usr/bin/modprobe",
+        "usr/lib/systemd/systemd-udevd",
+        "usr/lib/udev/rules.d/80-drivers.rules",
+        f"{moddir}/modules.dep.bin",
+        f"{moddir}/modules.alias.bin",
+        f"{moddir}/modules.devname",
+        f"{moddir}/modules.softdep",
+        f"{moddir}/kernel/fs/ext4/ext4.ko",
+        f"{moddir}/kernel/drivers/block/loop.ko",
+        "etc/lab-env",
+        "new_root",
+        "lib64",
+    ):
+        assert name in names, name
+    for name in ("modules.dep", "modules.alias", "modules.order", "modules.builtin"):
+        assert f"{moddir}/{name}" not in names
+
+    root = tmp_path / "build1"
+    assert (root / "config").read_text() == (
+        'MODULES="loop"\n'
+        'EARLYHOOKS="udev"\n'
+        'HOOKS="udev labroot"\n'
+        'LATEHOOKS="labenv"\n'
+        'CLEANUPHOOKS="labroot udev"\n'
+        'EMERGENCYHOOKS=""\n'
+    )
+    assert (root / "etc/lab-env").read_text() == "from-the-environment\n"
+    assert os.readlink(root / "usr/bin/ash") == "busybox"
+    assert os.readlink(root / "usr/bin/modprobe") == "kmod"
+    assert (root / "usr/bin/switch_root").read_bytes() == Path("/usr/sbin/switch_root").read_bytes()
+    assert (root / "init").read_bytes() == (LAB_HOOKS / "init").read_bytes()
+    assert os.readlink(root / "sbin") == "usr/bin" and os.readlink(root / "usr/sbin") == "bin"
+
+
+def test_mkinitramfs_fails_on_build_errors(kernel: Kernel, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    _write_hook(
+        broken,
+        "broken",
+        "build() {\n    add_binary /no/such/binary\n    add_module 'optional_missing?'\n}\n",
+        "",
+    )
+    with pytest.raises(InitramfsError, match=r"binary not found|file not found"):
+        build_initramfs(kernel, ["base", "broken"], tmp_path / "a.img", hook_dirs=[broken])
+    with pytest.raises(InitramfsError, match=r"Hook 'nosuchhook' cannot be found"):
+        build_initramfs(kernel, ["base", "nosuchhook"], tmp_path / "b.img", hook_dirs=[broken])
+    usage = subprocess.run(
+        [str(VM_DIR / "mkinitramfs")], capture_output=True, text=True, check=False
+    )
+    assert usage.returncode == 2 and "usage: mkinitramfs" in usage.stderr
+
+
+# --- unit tests: runtime functions (busybox ash) ----------------------------------------
+
+
+def _ash(script: str, tmp_path: Path) -> str:
+    proc = subprocess.run(
+        [
+            BUSYBOX,
+            "ash",
+            "-c",
+            f"cmdline_cache={tmp_path}/cmdline\n. {LAB_HOOKS}/init_functions\n" + script,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "queries"),
+    [
+        ("root=/dev/sda1 rw quiet", {"root": "/dev/sda1", "rw": "y", "quiet": "y"}),
+        ('a="b c d" e=f', {"a": "b c d", "e": "f"}),
+        ("x='single quoted' y=\"\"", {"x": "single quoted", "y": ""}),
+        ("lab.check=write,mounts lab.check=files", {"lab.check": "files"}),
+        ("one=1 #two=2 three=3", {"one": "1", "two": None, "three": None}),
+        ('k="unterminated value', {"k": "unterminated value"}),
+        ("key=with=equals", {"key": "with=equals"}),
+        ("break=premount init=/bin/sh", {"break": "premount", "init": "/bin/sh"}),
+        # keys named like the parser's own variables must not disturb it
+        ('_pc_v=1 quote=x line=y key=k a="b c"', {"quote": "x", "key": "k", "a": "b c"}),
+    ],
+)
+def test_parse_cmdline_and_getarg(
+    cmdline: str, queries: dict[str, str | None], tmp_path: Path
+) -> None:
+    lines = [f"parse_cmdline <<'EOF'\n{cmdline}\nEOF"]
+    for key in queries:
+        lines.append(
+            f"v=$(getarg '{key}'); st=$?; printf '%s=[%s] status=%s\\n' '{key}' \"$v\" $st"
+        )
+    out = _ash("\n".join(lines), tmp_path)
+    for key, value in queries.items():
+        if value is None:
+            assert f"{key}=[] status=1" in out, out
+        else:
+            assert f"{key}=[{value}] status=0" in out, out
+
+
+def test_parse_cmdline_variables_and_defaults(tmp_path: Path) -> None:
+    out = _ash(
+        "parse_cmdline <<'EOF'\n"
+        "ro fstype=ext4 rd.debug init=/sbin/other foo-bar=1 archisobasedir=arch\n"
+        "EOF\n"
+        'echo "rwopt=$rwopt rootfstype=$rootfstype rd_debug=$rd_debug init=$init"\n'
+        'echo "archisobasedir=$archisobasedir"\n'
+        'echo "default=$(getarg missing fallback) foo-bar=$(getarg foo-bar)"\n',
+        tmp_path,
+    )
+    assert "rwopt=ro rootfstype=ext4 rd_debug=y init=/sbin/other" in out
+    assert "archisobasedir=arch" in out
+    assert "default=fallback foo-bar=1" in out
+
+
+# --- unit tests: live root, QEMU command line, shellcheck -------------------------------
+
+
+def test_make_liveroot_tree(tmp_path: Path) -> None:
+    fake = tmp_path / "frozen"
+    (fake / "_internal").mkdir(parents=True)
+    shutil.copy2("/usr/bin/true", fake / "archiso-hook")
+    libz = next(Path("/").glob("usr/lib/*/libz.so.1"))
+    shutil.copy2(libz.resolve(), fake / "_internal" / "libz.so.1")
+    root = make_liveroot(
+        tmp_path / "root",
+        hook_tree=fake,
+        extra_files={"/usr/share/lab/run.sh": b"#!/bin/sh\necho hi\n", "etc/motd": b"m\n"},
+    )
+    assert (root / "sbin/init").read_bytes() == INIT_SCRIPT.read_bytes()
+    assert os.access(root / "sbin/init", os.X_OK)
+    assert "ID=archiso-hook-lab" in (root / "etc/os-release").read_text()
+    assert os.readlink(root / "usr/bin/sh") == "busybox"
+    assert (root / "usr/share/lab/run.sh").stat().st_mode & 0o777 == 0o755
+    assert (root / "etc/motd").stat().st_mode & 0o777 == 0o644
+    assert (root / "tmp").stat().st_mode & 0o7777 == 0o1777
+    # The frozen tree runs in the root: glibc was copied in, libz comes from _internal.
+    assert os.readlink(root / "usr/bin/archiso-hook") == "../lib/archiso-hook/archiso-hook"
+    assert (root / "usr/lib/archiso-hook/_internal/libz.so.1").is_file()
+    assert list(root.glob("usr/lib/*/libc.so.6"))
+    subprocess.run(["chroot", str(root), "/usr/bin/archiso-hook"], check=True)
+
+    manifest = write_manifest(root, exclude=["etc/motd"])
+    lines = manifest.read_text().splitlines()
+    entries = {line.split("  ", 1)[1]: line.split("  ", 1)[0] for line in lines}
+    os_release = (root / "etc/os-release").read_bytes()
+    assert entries["/etc/os-release"] == hashlib.sha256(os_release).hexdigest()
+    assert "/etc/motd" not in entries and "/lab/manifest.sha256" not in entries
+    assert "/usr/bin/sh" not in entries  # symlinks are not recorded
+    with pytest.raises(LiverootError, match="not empty"):
+        make_liveroot(root)
+
+
+def test_liveroot_init_checks_in_chroot(tmp_path: Path) -> None:
+    """The init's check functions, run on the host in a chroot of the live root."""
+    fake = tmp_path / "frozen"
+    (fake / "_internal").mkdir(parents=True)
+    (fake / "archiso-hook").write_text(
+        '#!/bin/sh\necho "warning on stderr" >&2\nprintf \'{"args": "%s"}\' "$*"\n'
+    )
+    (fake / "archiso-hook").chmod(0o755)
+    root = make_liveroot(tmp_path / "root", hook_tree=fake, extra_files={"/etc/a": b"a"})
+    write_manifest(root)
+    write_manifest(root / "etc", root / "usr/share/lab/manifest.sha256", prefix="/etc")
+    (root / "etc/a").write_bytes(b"changed")
+
+    def run(check: str) -> str:
+        proc = subprocess.run(
+            [
+                "chroot",
+                str(root),
+                "/bin/sh",
+                "-c",
+                f'LAB_INIT_LIBRARY=y . /sbin/init; {check}; echo "rc=$? reason=$reason"',
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return proc.stdout
+
+    out = run("check_status")
+    assert "LAB-RESULT status stderr=warning on stderr\n" in out
+    assert 'LAB-STATUS-BEGIN\n{"args": "status --json"}\nLAB-STATUS-END\n' in out
+    assert "LAB-RESULT status exit=0\nrc=0" in out
+    out = run("check_files")
+    assert "LAB-RESULT files bad=/etc/a: FAILED" in out
+    assert re.search(
+        r"^rc=1 reason=1 of \d+ files failed in /lab/manifest.sha256, "
+        r"1 of \d+ files failed in /usr/share/lab/manifest.sha256$",
+        out,
+        re.M,
+    ), out
+    (root / "usr/lib/archiso-hook/archiso-hook").write_text("#!/bin/sh\nexit 3\n")
+    out = run("check_status")
+    assert "rc=1 reason=archiso-hook status --json exited with 3" in out
+
+
+def test_qemu_command_line(tmp_path: Path) -> None:
+    img = tmp_path / "disk,with,commas.img"
+    img.write_bytes(b"\0" * 512)
+    cmd = qemu_command(
+        kernel=Path("/k"),
+        initrd=Path("/i"),
+        append="lab.check=write",
+        drives=[
+            Drive(img, "ide-cdrom", serial="CD0"),
+            Drive(img, "virtio", readonly=True),
+            Drive(img, "scsi-cd"),
+            Drive(img, "usb", name="stick"),
+            Drive(img, "ide-cdrom"),
+        ],
+        memory_mib=512,
+        monitor=tmp_path / "mon.sock",
+    )
+    line = " ".join(cmd)
+    assert line.startswith("qemu-system-x86_64 -accel tcg -M pc -m 512 -smp 1 -nodefaults")
+    assert "-no-reboot" in cmd and "-display none" in line
+    assert cmd[cmd.index("-append") + 1] == f"{DEFAULT_APPEND} lab.check=write"
+    assert "panic=1" in DEFAULT_APPEND and "oops=panic" in DEFAULT_APPEND
+    escaped = str(img).replace(",", ",,")
+    drives = [cmd[i + 1] for i, arg in enumerate(cmd) if arg == "-drive"]
+    devices = [cmd[i + 1] for i, arg in enumerate(cmd) if arg == "-device"]
+    assert drives[0] == f"id=drive0,if=none,file={escaped},format=raw,media=cdrom,readonly=on"
+    assert drives[1] == f"id=drive1,if=none,file={escaped},format=raw,readonly=on"
+    assert drives[3] == f"id=stick,if=none,file={escaped},format=raw"
+    assert devices == [
+        "ide-cd,drive=drive0,id=drive0-dev,bus=ide.0,unit=0,serial=CD0",
+        "virtio-blk-pci,drive=drive1,id=drive1-dev",
+        "virtio-scsi-pci,id=scsi0",
+        "scsi-cd,drive=drive2,id=drive2-dev,bus=scsi0.0",
+        "qemu-xhci,id=xhci",
+        "usb-storage,drive=stick,id=stick-dev,bus=xhci.0",
+        "ide-cd,drive=drive4,id=drive4-dev,bus=ide.0,unit=1",
+    ]
+    assert f"unix:{tmp_path}/mon.sock,server=on,wait=off" in cmd
+    with pytest.raises(ValueError, match="must be in"):
+        Drive(img, "floppy")  # type: ignore[arg-type]
+
+
+def test_lab_scripts_pass_shellcheck() -> None:
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed")
+    runtime = [
+        LAB_HOOKS / "init",
+        LAB_HOOKS / "init_functions",
+        *sorted((LAB_HOOKS / "hooks").iterdir()),
+        INIT_SCRIPT,
+    ]
+    build = [LAB_HOOKS / "functions", *sorted((LAB_HOOKS / "install").iterdir())]
+    build.append(VM_DIR / "mkinitramfs")
+    for shell, files in (("sh", runtime), ("bash", build)):
+        proc = subprocess.run(
+            [shellcheck, "-s", shell, *map(str, files)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stdout

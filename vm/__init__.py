@@ -1,0 +1,22 @@
+"""The QEMU test lab of archiso-hook.
+
+- `vm.kernel`: fetch a Debian kernel (uncompressed vmlinux + depmod'ed module tree).
+- `vm.initramfs`: build an mkinitcpio-style initramfs with the lab's bash emulation
+  of mkinitcpio (`vm/mkinitramfs`, `vm/initcpio/`).
+- `vm.liveroot`: build a tiny busybox live root whose `/sbin/init` runs checks.
+- `vm.qemu`: boot a guest under TCG and talk to its serial console and monitor.
+"""
+
+import os
+from pathlib import Path
+
+#: The `vm/` directory.
+VM_DIR = Path(__file__).resolve().parent
+#: Root of the repository (the parent of `vm/`).
+REPO = VM_DIR.parent
+
+
+def lab_dir() -> Path:
+    """Where the lab keeps caches, images and logs: `$ARCHISO_LAB_DIR` or `build/lab/`."""
+    override = os.environ.get("ARCHISO_LAB_DIR")
+    return Path(override) if override else REPO / "build" / "lab"

@@ -1,0 +1,513 @@
+"""Boot a lab guest in QEMU (TCG) and talk to its serial console and monitor.
+
+    with Guest("boot-ok", kernel=kernel, initrd=initrd, drives=[Drive(img)],
+               append="lab.check=write") as guest:
+        guest.expect(r"^LAB: PASS$", timeout=120)
+        guest.wait(30)
+
+The serial console is QEMU's stdio: every byte is appended to `<lab>/logs/<name>.log`
+(whose first line is the QEMU command, `shlex.join`ed) and kept in memory for `expect()`.
+The human monitor listens on a unix socket in a private temporary directory
+(`monitor()`). A watchdog kills QEMU after `timeout` seconds whatever the test does, and
+the context manager kills it on exit. A boot never passes by QEMU's exit status: callers
+`expect()` positive lines.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Literal, get_args
+
+import attrs
+
+from vm import lab_dir
+from vm.kernel import ARCHES, Kernel
+
+__all__ = [
+    "DEFAULT_APPEND",
+    "Drive",
+    "DriveKind",
+    "Guest",
+    "GuestError",
+    "qemu_command",
+]
+
+DriveKind = Literal["ide-cdrom", "virtio", "scsi-cd", "usb"]
+DRIVE_KINDS: tuple[str, ...] = get_args(DriveKind)
+
+#: Always on the kernel command line: serial console, and every panic or oops ends the
+#: guest (panic=1 reboots after 1 s, and -no-reboot turns the reboot into QEMU's exit).
+DEFAULT_APPEND = "console=ttyS0 panic=1 oops=panic"
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]|\x1b[=>]")
+
+
+class GuestError(AssertionError):
+    """A guest did not do what was expected (timeout, early exit); carries the log tail."""
+
+
+@attrs.frozen
+class Drive:
+    """A disk image attached to the guest.
+
+    `kind` is the bus: "ide-cdrom" (PIIX IDE CD-ROM), "virtio" (virtio-blk disk),
+    "scsi-cd" (CD-ROM on virtio-scsi) or "usb" (usb-storage on an xHCI controller).
+    CD-ROMs are always read-only. `serial` sets the device serial number (udev's
+    ID_SERIAL, /dev/disk/by-id). `name` is the QEMU drive id (default `drive<N>`); the
+    device id is `<name>-dev`, for monitor commands such as `device_del`.
+    """
+
+    path: Path = attrs.field(converter=Path)
+    kind: DriveKind = attrs.field(default="virtio", validator=attrs.validators.in_(DRIVE_KINDS))
+    serial: str | None = None
+    readonly: bool = False
+    name: str | None = None
+
+
+def _opt(value: str | Path) -> str:
+    """Escape a value for QEMU's comma-separated option syntax."""
+    return str(value).replace(",", ",,")
+
+
+def _drive_args(drives: Sequence[Drive]) -> list[str]:
+    args: list[str] = []
+    controllers: set[str] = set()
+    ide_slot = 0
+    for index, drive in enumerate(drives):
+        if not drive.path.exists():
+            raise FileNotFoundError(f"drive image not found: {drive.path}")
+        did = drive.name or f"drive{index}"
+        cdrom = drive.kind in ("ide-cdrom", "scsi-cd")
+        spec = f"id={did},if=none,file={_opt(drive.path.resolve())},format=raw"
+        if cdrom:
+            spec += ",media=cdrom"
+        if cdrom or drive.readonly:
+            spec += ",readonly=on"
+        device = {
+            "virtio": "virtio-blk-pci",
+            "ide-cdrom": "ide-cd",
+            "scsi-cd": "scsi-cd",
+            "usb": "usb-storage",
+        }[drive.kind]
+        device += f",drive={did},id={did}-dev"
+        if drive.kind == "ide-cdrom":
+            if ide_slot >= 4:
+                raise ValueError("the PIIX IDE controller has room for 4 drives")
+            device += f",bus=ide.{ide_slot // 2},unit={ide_slot % 2}"
+            ide_slot += 1
+        elif drive.kind == "scsi-cd":
+            if "scsi" not in controllers:
+                args += ["-device", "virtio-scsi-pci,id=scsi0"]
+                controllers.add("scsi")
+            device += ",bus=scsi0.0"
+        elif drive.kind == "usb":
+            if "usb" not in controllers:
+                args += ["-device", "qemu-xhci,id=xhci"]
+                controllers.add("usb")
+            device += ",bus=xhci.0"
+        if drive.serial is not None:
+            device += f",serial={_opt(drive.serial)}"
+        args += ["-drive", spec, "-device", device]
+    return args
+
+
+def qemu_command(
+    *,
+    kernel: Path,
+    initrd: Path,
+    append: str = "",
+    drives: Sequence[Drive] = (),
+    memory_mib: int = 1024,
+    monitor: Path | None = None,
+    qemu: str = "qemu-system-x86_64",
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    """The QEMU command line of a lab guest (TCG, no default devices, no reboot)."""
+    cmd = [
+        qemu,
+        "-accel",
+        "tcg",
+        "-M",
+        "pc",
+        "-m",
+        str(memory_mib),
+        "-smp",
+        "1",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-chardev",
+        "stdio,id=console,signal=off",
+        "-serial",
+        "chardev:console",
+    ]
+    if monitor is not None:
+        cmd += ["-monitor", f"unix:{_opt(monitor)},server=on,wait=off"]
+    cmd += [
+        "-kernel",
+        str(kernel),
+        "-initrd",
+        str(initrd),
+        "-append",
+        f"{DEFAULT_APPEND} {append}".strip(),
+    ]
+    cmd += _drive_args(drives)
+    cmd += list(extra_args)
+    return cmd
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "guest"
+
+
+class Guest:
+    """A running QEMU guest; use it as a context manager (QEMU is killed on exit).
+
+    `kernel` is a `Kernel` (its uncompressed `vmlinux` is booted) or a kernel file.
+    `timeout` is the hard limit of the whole run: the watchdog kills QEMU then.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        kernel: Kernel | Path,
+        initrd: Path,
+        append: str = "",
+        drives: Sequence[Drive] = (),
+        memory_mib: int = 1024,
+        timeout: float = 300.0,
+        extra_args: Sequence[str] = (),
+        log_dir: Path | None = None,
+    ) -> None:
+        self.name = _safe_name(name)
+        if isinstance(kernel, Kernel):
+            self.kernel_path = kernel.vmlinux
+            self.qemu = ARCHES[kernel.arch].qemu
+        else:
+            self.kernel_path = Path(kernel)
+            self.qemu = "qemu-system-x86_64"
+        self.initrd = Path(initrd)
+        self.append = append
+        self.drives = tuple(drives)
+        self.memory_mib = memory_mib
+        self.timeout = timeout
+        self.extra_args = tuple(extra_args)
+        logs = log_dir if log_dir is not None else lab_dir() / "logs"
+        self.log_path = logs / f"{self.name}.log"
+        self.stderr_path = logs / f"{self.name}.qemu-stderr.log"
+        self.command: list[str] = []
+
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._tmpdir: Path | None = None
+        self._cond = threading.Condition()
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._raw = bytearray()
+        self._text = ""
+        self._cursor = 0
+        self._stderr = bytearray()
+        self._eof = False
+        self._timed_out = False
+        self._started = 0.0
+        self._threads: list[threading.Thread] = []
+        self._watchdog: threading.Timer | None = None
+        self._log: IO[bytes] | None = None
+        self._monitor_sock: socket.socket | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def __enter__(self) -> Guest:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def monitor_path(self) -> Path:
+        if self._tmpdir is None:
+            raise RuntimeError("the guest is not started")
+        return self._tmpdir / "monitor.sock"
+
+    def start(self) -> None:
+        """Start QEMU (once)."""
+        if self._proc is not None:
+            raise RuntimeError(f"guest {self.name} already started")
+        self._tmpdir = Path(tempfile.mkdtemp(prefix="lab-qemu-"))
+        self.command = qemu_command(
+            kernel=self.kernel_path,
+            initrd=self.initrd,
+            append=self.append,
+            drives=self.drives,
+            memory_mib=self.memory_mib,
+            monitor=self.monitor_path,
+            qemu=self.qemu,
+            extra_args=self.extra_args,
+        )
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("wb")
+        log.write(f"# {shlex.join(self.command)}\n".encode())
+        log.flush()
+        self._log = log
+        self._started = time.monotonic()
+        try:
+            self._proc = subprocess.Popen(
+                self.command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError:
+            self.close()
+            raise
+        assert self._proc.stdout is not None and self._proc.stderr is not None
+        self._threads = [
+            threading.Thread(target=self._read_console, args=(self._proc.stdout,), daemon=True),
+            threading.Thread(target=self._read_stderr, args=(self._proc.stderr,), daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        self._watchdog = threading.Timer(self.timeout, self._on_deadline)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+
+    def close(self) -> None:
+        """Kill QEMU if it still runs and release everything (idempotent)."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        if self._monitor_sock is not None:
+            self._monitor_sock.close()
+            self._monitor_sock = None
+        if self._proc is not None and self._proc.poll() is None:
+            self._kill()
+            self._proc.wait()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        if self._proc is not None:
+            for stream in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
+        with self._cond:
+            log, self._log = self._log, None
+        if log is not None:
+            log.close()
+            self.stderr_path.write_bytes(bytes(self._stderr))
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+
+    def _kill(self) -> None:
+        assert self._proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._proc.pid, signal.SIGKILL)
+
+    def _on_deadline(self) -> None:
+        with self._cond:
+            self._timed_out = True
+            self._cond.notify_all()
+        if self._proc is not None and self._proc.poll() is None:
+            self._kill()
+
+    # --- console -----------------------------------------------------------------------
+
+    def _read_console(self, stream: IO[bytes]) -> None:
+        fd = stream.fileno()
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                data = b""
+            with self._cond:
+                if not data:
+                    self._text += self._decoder.decode(b"", final=True).replace("\r", "")
+                    self._eof = True
+                    self._cond.notify_all()
+                    return
+                self._raw += data
+                self._text += self._decoder.decode(data).replace("\r", "")
+                if self._log is not None:
+                    self._log.write(data)
+                    self._log.flush()
+                self._cond.notify_all()
+
+    def _read_stderr(self, stream: IO[bytes]) -> None:
+        fd = stream.fileno()
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            with self._cond:
+                self._stderr += data
+
+    @property
+    def output(self) -> str:
+        """Everything the console printed so far (decoded, carriage returns removed)."""
+        with self._cond:
+            return self._text
+
+    @property
+    def raw_output(self) -> bytes:
+        with self._cond:
+            return bytes(self._raw)
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since QEMU started."""
+        return time.monotonic() - self._started if self._started else 0.0
+
+    def expect(self, pattern: str | re.Pattern[str], timeout: float = 60.0) -> re.Match[str]:
+        """Wait for `pattern` in the console output after the previous match.
+
+        A `str` pattern is compiled with `re.MULTILINE | re.DOTALL` (as pexpect does: `^`
+        and `$` match at line ends, `.` matches newlines too; the output has no carriage
+        returns). The match is searched in everything printed so far, so anchor on "\\n"
+        when the whole line matters. Raises `GuestError` (with the log tail) on timeout,
+        when QEMU exits first, or when the hard timeout killed it.
+        """
+        if isinstance(pattern, str):
+            regex = re.compile(pattern, re.MULTILINE | re.DOTALL)
+        else:
+            regex = pattern
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                match = regex.search(self._text, self._cursor)
+                if match:
+                    self._cursor = match.end()
+                    return match
+                if self._timed_out:
+                    raise self._error(
+                        f"hard timeout ({self.timeout:.0f} s) hit while waiting for "
+                        f"/{regex.pattern}/; QEMU was killed"
+                    )
+                if self._eof:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise self._error(
+                        f"timed out after {timeout:.0f} s waiting for /{regex.pattern}/"
+                    )
+                self._cond.wait(min(remaining, 1.0))
+        # QEMU closed the console: let the readers finish (stderr explains why) first.
+        assert self._proc is not None
+        try:
+            status = self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._kill()
+            status = self._proc.wait()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        raise self._error(f"QEMU exited (status {status}) before /{regex.pattern}/ appeared")
+
+    def send(self, line: str) -> None:
+        """Type `line` and Enter on the serial console."""
+        if self._proc is None or self._proc.stdin is None:
+            raise RuntimeError("the guest is not started")
+        try:
+            self._proc.stdin.write(line.encode() + b"\n")
+            self._proc.stdin.flush()
+        except BrokenPipeError:
+            raise self._error(f"QEMU is gone: cannot send {line!r}") from None
+
+    def wait(self, timeout: float = 60.0) -> int:
+        """Wait for QEMU to exit and return its status; kill it and raise on timeout."""
+        if self._proc is None:
+            raise RuntimeError("the guest is not started")
+        try:
+            status = self._proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._kill()
+            self._proc.wait()
+            raise self._error(f"QEMU did not exit within {timeout:.0f} s; killed") from None
+        for thread in self._threads:
+            thread.join(timeout=5)
+        if self._timed_out:
+            raise self._error(f"hard timeout ({self.timeout:.0f} s): QEMU was killed")
+        return status
+
+    # --- monitor -----------------------------------------------------------------------
+
+    def monitor(self, command: str, timeout: float = 10.0) -> str:
+        """Run a human-monitor command (e.g. `info block`, `device_del drive1-dev`) and
+        return its output (without the echoed command and the prompt)."""
+        if self._monitor_sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    sock.connect(str(self.monitor_path))
+                    break
+                except (FileNotFoundError, ConnectionRefusedError):
+                    if time.monotonic() > deadline:
+                        sock.close()
+                        raise self._error("the QEMU monitor socket did not appear") from None
+                    time.sleep(0.05)
+            self._monitor_sock = sock
+            self._monitor_read(timeout)  # banner and first prompt
+        sock = self._monitor_sock
+        sock.settimeout(timeout)
+        sock.sendall(command.encode() + b"\n")
+        reply = _ANSI.sub("", self._monitor_read(timeout)).replace("\r", "")
+        lines = reply.split("\n")
+        if lines and lines[0].strip().endswith(command.strip()):
+            lines = lines[1:]
+        return "\n".join(lines).rstrip()
+
+    def _monitor_read(self, timeout: float) -> str:
+        assert self._monitor_sock is not None
+        data = b""
+        deadline = time.monotonic() + timeout
+        while not data.endswith(b"(qemu) "):
+            if time.monotonic() > deadline:
+                raise self._error("no (qemu) prompt from the monitor")
+            chunk = self._monitor_sock.recv(65536)
+            if not chunk:
+                raise self._error("the QEMU monitor closed the connection")
+            data += chunk
+        return data[: -len(b"(qemu) ")].decode(errors="replace")
+
+    # --- errors ------------------------------------------------------------------------
+
+    def tail(self, lines: int = 40) -> str:
+        with self._cond:
+            return "\n".join(self._text.rstrip("\n").split("\n")[-lines:])
+
+    def _error(self, message: str) -> GuestError:
+        with self._cond:
+            stderr = self._stderr.decode(errors="replace").strip()
+        parts = [
+            f"guest {self.name!r}: {message} (after {self.elapsed:.1f} s)",
+            f"serial log: {self.log_path}",
+            "--- last lines of the serial console ---",
+            self.tail(),
+            "--- end of the serial console ---",
+        ]
+        if stderr:
+            parts += ["--- QEMU stderr ---", stderr]
+        return GuestError("\n".join(parts))
