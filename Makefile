@@ -13,7 +13,7 @@ STAGE       := $(BUILD)/stage
 # What the lab and the frozen build need from Debian.
 APT_PACKAGES := python3-venv python3-dev libpython3.11 binutils \
 	qemu-system-x86 xorriso squashfs-tools busybox-static cpio zstd kmod \
-	e2fsprogs dosfstools udev util-linux shellcheck file
+	e2fsprogs dosfstools btrfs-progs udev util-linux shellcheck file
 
 PREFIX      ?= /usr
 DESTDIR     ?=
@@ -79,11 +79,23 @@ stage: frozen
 	rm -rf $(STAGE)
 	$(MAKE) --no-print-directory install DESTDIR=$(abspath $(STAGE)) PREFIX=/usr
 
+demo: setup stage
+	$(PY) -m vm.demo
+
+# Everything, the QEMU boots included. The frozen hook is staged first: the lab builds
+# its initramfs from what `make install` would put on a system.
+test: setup stage
+	$(MAKE) --no-print-directory lint
+	$(PY) -m pytest -q tests
+
+test-vm: setup stage
+	$(PY) -m pytest -q -m vm tests
+
 lint: setup
 	$(VENV)/bin/ruff check archiso_hook tests vm
 	$(VENV)/bin/ruff format --check archiso_hook tests vm
 	$(VENV)/bin/mypy
-	shellcheck -s sh initcpio/hooks/* vm/initcpio/init vm/initcpio/init_functions vm/initcpio/hooks/*
+	shellcheck -s sh initcpio/hooks/* vm/initcpio/init vm/initcpio/init_functions vm/initcpio/hooks/* vm/liveroot/init
 	shellcheck -s bash initcpio/install/* vm/initcpio/functions vm/initcpio/install/* vm/mkinitramfs .ci/run
 
 test-unit: setup

@@ -10,6 +10,7 @@ import contextlib
 import errno
 import os
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,32 @@ from archiso_hook.sizes import human
 from archiso_hook.state import State
 
 
+class BootFailedError(Exception):
+    """The boot failed; it was reported and everything was undone. Carries the exit code."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def report_failure(log: Log, exc: Exception, *, debug: bool) -> int:
+    """Log what went wrong in plain words (a traceback only under rd.debug); the exit code."""
+    if isinstance(exc, HookError):
+        log.error(exc.message)
+        if isinstance(exc, KernelError) and exc.kernel_log:
+            log.error("the kernel said: " + " | ".join(exc.kernel_log[-3:]))
+        if exc.hint:
+            log.error(f"hint: {exc.hint}")
+        return 2 if isinstance(exc, InputError) else 1
+    log.error(
+        f"internal error: {type(exc).__name__}: {exc} (please report it; with rd.debug on the "
+        "kernel command line the traceback is printed)"
+    )
+    if debug:
+        log.error("".join(traceback.format_exception(exc)))
+    return 1
+
+
 class UndoStack:
     """Undo actions in reverse order of registration; each failure is logged, not raised."""
 
@@ -59,10 +86,15 @@ class UndoStack:
             except (OSError, HookError) as e:
                 failed.append(description)
                 self._log.warning(f"could not {description}: {e}")
+            else:
+                self._log.info(f"undone: {description}")
         return failed
 
     def forget(self) -> None:
         self._actions.clear()
+
+    def __bool__(self) -> bool:
+        return bool(self._actions)
 
 
 def _load_modules(names: tuple[str, ...], log: Log) -> None:
@@ -105,9 +137,14 @@ class Boot:
         }
 
     def run(self) -> BootPlan:
+        """Mount the live root, or report why not, undo everything and raise BootFailedError."""
         start = time.monotonic()
         try:
             plan = self._run()
+        except Exception as exc:
+            code = report_failure(self.log, exc, debug=self.options.debug)
+            self._rollback()
+            raise BootFailedError(code) from exc
         except BaseException:
             self._rollback()
             raise
@@ -158,7 +195,8 @@ class Boot:
         self._handlers[type(step)](step)
 
     def _rollback(self) -> None:
-        self.log.warning("undoing what was set up")
+        if self.undo:
+            self.log.warning("undoing what was set up")
         failed = self.undo.rollback()
         for ref in self.refs.values():
             if isinstance(ref, loop.LoopDevice):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -64,36 +63,26 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    from archiso_hook.boot import Boot  # noqa: PLC0415
+    from archiso_hook.boot import Boot, BootFailedError, report_failure  # noqa: PLC0415
     from archiso_hook.cmdline import parse_options  # noqa: PLC0415
     from archiso_hook.log import Log  # noqa: PLC0415
 
     log = Log(kmsg=True)
-    debug = False
     try:
         options = parse_options(_read_cmdline())
-        debug = options.debug
-        log = Log(kmsg=True, quiet=options.quiet)
-        log.info(
-            f"archiso-hook {__version__}: mounting the {options.arch} images of "
-            f"{options.medium} at {args.newroot}"
-        )
-        for warning in options.warnings:
-            log.warning(warning)
-        Boot(options, args.newroot, log).run()
-    except HookError as e:
-        log.error(e.message)
-        if e.hint:
-            log.error(f"hint: {e.hint}")
-        return 2 if isinstance(e, InputError) else 1
     except Exception as e:  # noqa: BLE001  (a bug must still end in the emergency shell)
-        log.error(
-            f"internal error: {type(e).__name__}: {e} (please report it; with rd.debug "
-            "on the kernel command line the traceback is printed)"
-        )
-        if debug:
-            log.error(traceback.format_exc())
-        return 1
+        return report_failure(log, e, debug=False)
+    log = Log(kmsg=True, quiet=options.quiet, debug=options.debug)
+    log.info(
+        f"archiso-hook {__version__}: mounting the {options.arch} images of "
+        f"{options.medium} at {args.newroot}"
+    )
+    for warning in options.warnings:
+        log.warning(warning)
+    try:
+        Boot(options, args.newroot, log).run()
+    except BootFailedError as e:
+        return e.code
     return 0
 
 
@@ -116,7 +105,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         Path(args.src),
         Path(args.out),
         basedir=args.basedir,
-        arches=args.arch or None,
+        # Images marked `any` belong to every architecture's boot.
+        arches={*args.arch, "any"} if args.arch else None,
         iso=Path(args.iso) if args.iso else None,
         label=args.label,
         log=log,

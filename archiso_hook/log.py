@@ -28,24 +28,32 @@ class Log:
     """Writes to a console stream and, at boot, to /dev/kmsg."""
 
     def __init__(
-        self, *, stream: TextIO | None = None, kmsg: bool = False, quiet: bool = False
+        self,
+        *,
+        stream: TextIO | None = None,
+        kmsg: bool = False,
+        quiet: bool = False,
+        debug: bool = False,
     ) -> None:
         self.stream = stream or sys.stderr
         self.quiet = quiet
+        self.show_debug = debug
         self.kmsg = kmsg and os.access("/dev/kmsg", os.W_OK)
         # Levels below this are printed by the kernel when we write them to kmsg.
         self._kernel_echoes_below = _console_loglevel() if self.kmsg else 0
 
     def _emit(self, level: int, text: str) -> None:
+        prefix = {ERR: "error: ", WARNING: "warning: "}.get(level, "")
         for line in text.splitlines() or [""]:
+            # The same words wherever a line is read: console, kernel echo, journal.
+            message = f"{TAG}: {prefix}{line}"
             if self.kmsg:
-                self._write_kmsg(level, line)
+                self._write_kmsg(level, message)
             if level < self._kernel_echoes_below:
                 continue
             if self.quiet and level > WARNING:
                 continue
-            prefix = {ERR: "error: ", WARNING: "warning: "}.get(level, "")
-            self.stream.write(f"{TAG}: {prefix}{line}\n")
+            self.stream.write(message + "\n")
         self.stream.flush()
 
     def _write_kmsg(self, level: int, line: str) -> None:
@@ -58,7 +66,7 @@ class Log:
             self._kernel_echoes_below = 0
             return
         try:
-            os.write(fd, f"<{level}>{TAG}: {line}\n".encode("utf-8", "replace"))
+            os.write(fd, f"<{level}>{line}\n".encode("utf-8", "replace"))
         except OSError:
             pass
         finally:
@@ -74,4 +82,6 @@ class Log:
         self._emit(INFO, text)
 
     def debug(self, text: str) -> None:
-        self._emit(DEBUG, text)
+        """Only with rd.debug: the planned step before each action."""
+        if self.show_debug:
+            self._emit(DEBUG, text)
