@@ -1,0 +1,88 @@
+"""The lab for boot tests: Debian's kernel, an initramfs with HOOKS=(base udev archiso)
+built from the staged install (`make stage`), and the sample media sources."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vm import lab_dir
+from vm.initramfs import build_initramfs
+from vm.kernel import Kernel, fetch_kernel
+from vm.media import STAGE, Media, build_media, make_sources
+from vm.qemu import Drive, Guest
+
+# Typed into the emergency shell: lists what a failed boot could have left behind.
+# The markers are computed by the shell so that its echo of the command does not match.
+LEAK_CHECK = (
+    "echo LEAK-$((1+1))-BEGIN; grep -E ' /(run/archiso|new_root)' /proc/mounts; "
+    "ls /sys/block | grep '^dm-'; cat /sys/block/loop*/loop/backing_file 2>/dev/null; "
+    "ls /dev/mapper 2>/dev/null | grep -v '^control$'; echo LEAK-$((1+1))-END"
+)
+
+
+class Lab:
+    def __init__(self, kernel: Kernel, initrd: Path, src: Path) -> None:
+        self.kernel = kernel
+        self.initrd = initrd
+        self.src = src
+        self._media: dict[str, Media] = {}
+
+    def media(self, name: str, **kwargs: object) -> Media:
+        if name not in self._media:
+            self._media[name] = build_media(name, self.src, **kwargs)  # type: ignore[arg-type]
+        return self._media[name]
+
+    def boot(
+        self,
+        name: str,
+        append: str,
+        drives: list[Drive],
+        *,
+        memory_mib: int = 1024,
+        timeout: float = 240.0,
+    ) -> Guest:
+        return Guest(
+            name,
+            kernel=self.kernel,
+            initrd=self.initrd,
+            append=append,
+            drives=drives,
+            memory_mib=memory_mib,
+            timeout=timeout,
+        )
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    hook = STAGE / "usr/lib/archiso-hook/archiso-hook"
+    if not hook.exists():
+        pytest.fail(f"{hook} is missing: run `make stage` (make test does it first)")
+    kernel = fetch_kernel()
+    initrd = build_initramfs(
+        kernel,
+        ["base", "udev", "archiso"],
+        lab_dir() / "initramfs-archiso.img",
+        hook_dirs=[STAGE / "usr/lib/initcpio"],
+        env={"ARCHISO_HOOK_SYSROOT": str(STAGE)},
+    )
+    src = make_sources(tmp_path_factory.mktemp("sources"), hook_tree=STAGE / "usr/lib/archiso-hook")
+    yield Lab(kernel, initrd, src)
+
+
+def status_reports(output: str) -> list[dict[str, Any]]:
+    """Every `archiso-hook status --json` the live root printed, in order."""
+    blocks = re.findall(r"LAB-STATUS-BEGIN\r?\n(.*?)LAB-STATUS-END", output, re.S)
+    return [json.loads(block) for block in blocks]
+
+
+def leak_report(guest: Guest) -> list[str]:
+    """Run LEAK_CHECK in the emergency shell; the lines it printed (none: nothing leaked)."""
+    guest.send(LEAK_CHECK)
+    match = guest.expect(r"LEAK-2-BEGIN\r?\n(.*?)LEAK-2-END", timeout=30)
+    return [line.strip() for line in match.group(1).splitlines() if line.strip()]

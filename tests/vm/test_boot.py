@@ -1,0 +1,116 @@
+"""Boot the live media through the frozen hook on Debian's kernel, under QEMU.
+
+Each test passes only on positive lines from the guest: the live root's checks
+(`LAB: PASS`) or the exact failure message followed by an empty leak report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.vm.conftest import Lab, leak_report, status_reports
+from vm.media import SAMPLE_LABEL
+from vm.qemu import Drive
+
+pytestmark = pytest.mark.vm
+
+SHELL_PROMPT = r"\[rootfs [^\]]*\]# "
+BASE = f"archisobasedir=arch archisolabel={SAMPLE_LABEL}"
+
+
+def test_iso_on_ide_cdrom_fs_sfs_root_and_sfs_share(lab: Lab) -> None:
+    media = lab.media("sample")
+    append = f"{BASE} lab.check=status,write,files,mounts,status"
+    with lab.boot("iso-ide-cdrom", append, [Drive(media.iso, kind="ide-cdrom")]) as guest:
+        guest.expect(r"LAB: (PASS|FAIL)", timeout=200)
+        output = guest.output
+    assert "LAB: PASS" in output, output[-3000:]
+    assert "archiso-hook: live root ready at /new_root" in output
+    before, after = status_reports(output)
+    (snapshot,) = after["snapshots"]
+    assert snapshot["name"] == "arch_root" and snapshot["state"] == "Active"
+    assert snapshot["table"].endswith(" snapshot 7:1 7:2 N 8")
+    # The 16 MiB the `write` check wrote went to the COW, not to the read-only origin.
+    grown = snapshot["allocated_sectors"] - before["snapshots"][0]["allocated_sectors"]
+    assert grown * 512 >= 16 << 20, (before, after)
+    mounts = {m["live_path"]: m for m in after["mounts"] if m["live_path"]}
+    assert mounts["/"]["source"] == "/dev/mapper/arch_root" and not mounts["/"]["read_only"]
+    assert mounts["/usr/share"]["fstype"] == "squashfs" and mounts["/usr/share"]["read_only"]
+    assert all(m["present"] for m in after["mounts"])
+    assert all(lo["present"] for lo in after["loops"])
+
+
+def test_plain_fs_image(lab: Lab) -> None:
+    media = lab.media("plain-fs", aitab="root / x86_64 none ext4 64\n")
+    append = f"{BASE} cow_persistent=P lab.check=write,files,status"
+    with lab.boot("plain-fs", append, [Drive(media.iso, kind="ide-cdrom")]) as guest:
+        guest.expect(r"LAB: (PASS|FAIL)", timeout=200)
+        output = guest.output
+    assert "LAB: PASS" in output, output[-3000:]
+    (report,) = status_reports(output)
+    (snapshot,) = report["snapshots"]
+    assert snapshot["origin"] == report["loops"][0]["device"]
+    assert report["loops"][0]["backing"] == "/run/archiso/bootmnt/arch/x86_64/root.fs"
+    assert snapshot["mode"] == "P" and snapshot["state"] == "Active"
+    assert snapshot["metadata_sectors"] > 0  # a persistent store writes metadata
+
+
+def test_wrong_label_fails_clearly_within_rootdelay_and_leaves_nothing(lab: Lab) -> None:
+    media = lab.media("sample")
+    append = "archisobasedir=arch archisolabel=NO_SUCH_LABEL rootdelay=3"
+    with lab.boot("wrong-label", append, [Drive(media.iso, kind="ide-cdrom")]) as guest:
+        guest.expect(
+            r"boot medium /dev/disk/by-label/NO_SUCH_LABEL did not appear within 3 s; "
+            rf"block devices seen: sr0 \(iso9660, label '{SAMPLE_LABEL}'",
+            timeout=200,
+        )
+        guest.expect(r"hint: check archisolabel=")
+        guest.expect(SHELL_PROMPT)
+        assert leak_report(guest) == []
+        guest.send("poweroff -f")
+        guest.wait(60)
+
+
+def test_failure_half_way_undoes_everything(lab: Lab) -> None:
+    """The second image is missing: the root snapshot made before it must be taken down."""
+
+    def list_a_missing_image(basedir: Path) -> None:
+        (basedir / "aitab").write_text("root / x86_64 zstd ext4 64\nghost /srv any zstd none 0\n")
+
+    media = lab.media("missing-image", edit=list_a_missing_image)
+    with lab.boot("missing-image", BASE, [Drive(media.iso, kind="ide-cdrom")]) as guest:
+        guest.expect(
+            r"image /run/archiso/bootmnt/arch/any/ghost.sfs \(aitab line 2\) "
+            r"does not exist on the medium",
+            timeout=200,
+        )
+        guest.expect(r"ERROR: the live root could not be mounted")
+        guest.expect(SHELL_PROMPT)
+        assert leak_report(guest) == []
+        guest.send("poweroff -f")
+        guest.wait(60)
+    # The error first, then everything made before it undone, in reverse order.
+    hook = [
+        line.split("archiso-hook: ", 1)[1]
+        for line in guest.output.splitlines()
+        if "archiso-hook: " in line
+    ]
+    failure = hook.index(
+        "error: image /run/archiso/bootmnt/arch/any/ghost.sfs (aitab line 2) "
+        "does not exist on the medium"
+    )
+    cowfile = "/run/archiso/cowspace/persistent_ARCHISO_SAMPLE/x86_64/root.cow"
+    assert hook[failure + 1 :] == [
+        "warning: undoing what was set up",
+        "undone: unmount /new_root",
+        "undone: remove /dev/mapper/arch_root",
+        "undone: detach /dev/loop2",
+        f"undone: remove {cowfile}",
+        "undone: detach /dev/loop1",
+        "undone: unmount /run/archiso/sfs/root",
+        "undone: detach /dev/loop0",
+        "undone: unmount /run/archiso/cowspace",
+        "undone: unmount /run/archiso/bootmnt",
+    ]
