@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import NoReturn
 
 from archiso_hook import __version__
@@ -49,7 +48,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     arch = Arch.of_machine(args.arch) if args.arch else None
     options = parse_options(cmdline, machine_arch=arch)
     try:
-        text = Path(args.aitab).read_text(encoding="utf-8", errors="surrogateescape")
+        with open(args.aitab, encoding="utf-8", errors="surrogateescape") as f:
+            text = f.read()
     except OSError as e:
         raise InputError(f"cannot read {args.aitab}: {e.strerror}") from None
     plan = plan_boot(options, parse_aitab(text, args.aitab), newroot=args.newroot)
@@ -95,6 +95,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from pathlib import Path  # noqa: PLC0415
+
     from archiso_hook.builder import build  # noqa: PLC0415
 
     def log(line: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes.util
 import os
 import stat
 import time
@@ -16,16 +15,21 @@ from archiso_hook.sizes import human
 # pyudev loads libudev with ctypes.util.find_library(), which runs ldconfig or gcc:
 # neither exists in an initramfs. Name the sonames directly instead.
 _SONAMES = {"udev": "libudev.so.1", "c": "libc.so.6"}
-_find_library = ctypes.util.find_library
-
-
-def _find_library_by_soname(name: str) -> str | None:
-    return _SONAMES.get(name) or _find_library(name)
 
 
 def import_pyudev() -> ModuleType:
-    ctypes.util.find_library = _find_library_by_soname
-    import pyudev  # noqa: PLC0415  (after the patch above; and only on the boot path)
+    """pyudev, made loadable in an initramfs (imported only when the hook has to wait)."""
+    import ctypes.util  # noqa: PLC0415  (pulls in subprocess: not at start-up)
+
+    find_library = ctypes.util.find_library
+    if not getattr(find_library, "by_soname", False):
+
+        def find_by_soname(name: str) -> str | None:
+            return _SONAMES.get(name) or find_library(name)
+
+        find_by_soname.by_soname = True  # type: ignore[attr-defined]
+        ctypes.util.find_library = find_by_soname
+    import pyudev  # noqa: PLC0415
 
     module: ModuleType = pyudev
     return module
