@@ -349,6 +349,7 @@ class Boot:
     def _mapper(self) -> dm.DeviceMapper:
         if self._dm is None:
             self._dm = dm.DeviceMapper()
+            self.log.info("device-mapper driver " + ".".join(map(str, self._dm.version())))
         return self._dm
 
     def _create_snapshot(self, step: CreateSnapshot) -> None:

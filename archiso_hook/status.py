@@ -57,6 +57,16 @@ def collect(state_file: str = STATE_FILE) -> dict[str, Any]:
                 out["snapshots"].append({**_public(res), **_snapshot(mapper, res["name"])})
             elif kind == "file":
                 out["cow_files"].append({**_public(res), **_file_usage(res["path"])})
+        if mapper is not None:
+            # Every mapping the kernel has, ours or not: what `dmsetup ls` would show.
+            ours = {s["name"] for s in out["snapshots"]}
+            out["device_mapper"] = {
+                "version": ".".join(map(str, mapper.version())),
+                "devices": [
+                    {"name": name, "devno": f"{major}:{minor}", "ours": name in ours}
+                    for name, major, minor in mapper.list_devices()
+                ],
+            }
     finally:
         if mapper is not None:
             mapper.close()
@@ -128,6 +138,9 @@ def format_text(status: dict[str, Any]) -> str:
                 f"  snapshot {s['device']:<28} {s['state']}: {used} of {total} COW "
                 f"used ({s['used_percent']}%), mode {s['mode']}"
             )
+    for device in status.get("device_mapper", {}).get("devices", []):
+        if not device["ours"]:
+            lines.append(f"  other dm /dev/mapper/{device['name']:<17} {device['devno']}")
     for c in status["cow_files"]:
         if c["present"]:
             lines.append(

@@ -40,6 +40,9 @@ def test_iso_on_ide_cdrom_fs_sfs_root_and_sfs_share(lab: Lab) -> None:
     assert mounts["/usr/share"]["fstype"] == "squashfs" and mounts["/usr/share"]["read_only"]
     assert all(m["present"] for m in after["mounts"])
     assert all(lo["present"] for lo in after["loops"])
+    assert after["device_mapper"]["devices"] == [
+        {"name": "arch_root", "devno": snapshot["devno"], "ours": True}
+    ]
 
 
 def test_plain_fs_image(lab: Lab) -> None:
