@@ -13,7 +13,7 @@ STAGE       := $(BUILD)/stage
 # What the lab and the frozen build need from Debian.
 APT_PACKAGES := python3-venv python3-dev libpython3.11 binutils \
 	qemu-system-x86 xorriso squashfs-tools busybox-static cpio zstd kmod \
-	e2fsprogs dosfstools btrfs-progs udev util-linux shellcheck file
+	e2fsprogs dosfstools btrfs-progs udev util-linux shellcheck file fdisk mtools
 
 PREFIX      ?= /usr
 DESTDIR     ?=
@@ -65,14 +65,14 @@ $(FROZEN)/archiso-hook: $(VENV)/.stamp $(PY_SOURCES)
 install: frozen
 	install -d $(DESTDIR)$(PREFIX)/lib/archiso-hook $(DESTDIR)$(PREFIX)/bin
 	cp -a $(FROZEN)/. $(DESTDIR)$(PREFIX)/lib/archiso-hook/
-	install -Dm644 initcpio/install/archiso $(DESTDIR)$(PREFIX)/lib/initcpio/install/archiso
-	install -Dm644 initcpio/hooks/archiso $(DESTDIR)$(PREFIX)/lib/initcpio/hooks/archiso
+	install -Dm644 -t $(DESTDIR)$(PREFIX)/lib/initcpio/install initcpio/install/*
+	install -Dm644 -t $(DESTDIR)$(PREFIX)/lib/initcpio/hooks initcpio/hooks/*
 	ln -sfn ../lib/archiso-hook/archiso-hook $(DESTDIR)$(PREFIX)/bin/archiso-hook
 
 uninstall:
 	rm -rf $(DESTDIR)$(PREFIX)/lib/archiso-hook
-	rm -f $(DESTDIR)$(PREFIX)/lib/initcpio/install/archiso \
-		$(DESTDIR)$(PREFIX)/lib/initcpio/hooks/archiso $(DESTDIR)$(PREFIX)/bin/archiso-hook
+	rm -f $(patsubst initcpio/%,$(DESTDIR)$(PREFIX)/lib/initcpio/%,$(wildcard initcpio/install/* initcpio/hooks/*)) \
+		$(DESTDIR)$(PREFIX)/bin/archiso-hook
 
 # The tree the lab builds its initramfs from: what `make install` puts on a system.
 stage: frozen

@@ -13,11 +13,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from archiso_hook import dm, fsprobe, loop, medium, syscalls
+from archiso_hook import cowfile, dm, fsprobe, loop, medium, syscalls
 from archiso_hook.aitab import parse_aitab
-from archiso_hook.cmdline import Options
+from archiso_hook.cmdline import CowMode, Options
 from archiso_hook.errors import HookError, InputError, KernelError
 from archiso_hook.log import Log
+from archiso_hook.mountopts import parse_mount_options
 from archiso_hook.plan import (
     BOOTMNT,
     STATE_FILE,
@@ -29,6 +30,8 @@ from archiso_hook.plan import (
     LoadModules,
     MakeDirectory,
     Mount,
+    Remount,
+    SearchMedium,
     SizeCowFiles,
     Step,
     cow_sizes,
@@ -144,6 +147,8 @@ class Boot:
             FindMedium: self._find_medium,
             Mount: self._mount,
             MakeDirectory: self._make_directory,
+            Remount: self._remount,
+            SearchMedium: self._search_medium,
             AttachLoop: self._attach_loop,
             SizeCowFiles: self._size_cow_files,
             CreateCowFile: self._create_cow_file,
@@ -254,7 +259,13 @@ class Boot:
         _load_modules(step.names, self.log)
 
     def _find_medium(self, step: FindMedium) -> None:
-        self.refs[step.ref] = medium.wait_for_device(step.device, step.timeout, self.log)
+        self.refs[step.ref] = medium.wait_for_device(
+            step.device,
+            step.timeout,
+            self.log,
+            what=f"{step.what} {step.device}",
+            hint=step.hint,
+        )
 
     def _mount(self, step: Mount) -> None:
         source = self._device(step.source)
@@ -267,8 +278,9 @@ class Boot:
         if fstype not in _filesystems():
             _load_modules((f"fs-{fstype}",), self.log)
         os.makedirs(step.target, mode=0o755, exist_ok=True)
-        flags = syscalls.MS_RDONLY if step.read_only else 0
-        syscalls.mount(source, step.target, fstype, flags, step.options)
+        options = parse_mount_options(step.options, what=f"options of {step.target}")
+        flags = options.flags | (syscalls.MS_RDONLY if step.read_only else 0)
+        syscalls.mount(source, step.target, fstype, flags, options.data)
         how = "read-only" if step.read_only else "read-write"
         self.log.info(f"mounted {source} ({fstype}) {how} at {step.target}")
         self._record(
@@ -282,6 +294,14 @@ class Boot:
             read_only=step.read_only,
             live_path=step.live_path,
         )
+
+    def _remount(self, step: Remount) -> None:
+        options = parse_mount_options(step.options, what=f"options of {step.target}")
+        syscalls.mount("", step.target, None, syscalls.MS_REMOUNT | options.flags, options.data)
+        self.log.info(f"remounted {step.target} read-write")
+
+    def _search_medium(self, step: SearchMedium) -> None:
+        self.refs[step.ref] = medium.search(step.uuid, step.filename, step.timeout, self.log)
 
     def _make_directory(self, step: MakeDirectory) -> None:
         os.makedirs(step.path, mode=step.mode, exist_ok=True)
@@ -316,12 +336,33 @@ class Boot:
 
     def _size_cow_files(self, step: SizeCowFiles) -> None:
         fs = os.statvfs(step.space)
-        capacity = fs.f_blocks * fs.f_frsize
-        origins = [self.refs[ref].size() for ref in step.origins]
-        sizes = cow_sizes(origins, capacity, step.mode, step.chunk_sectors)
-        for ref, origin, size in zip(step.origins, origins, sizes, strict=True):
-            self.cow_bytes[ref] = size
-            name = ref.rsplit(".", 1)[0]
+        fstype = syscalls.mountpoints().get(step.space, ("", ""))[1]
+        kept = {
+            ref: cowfile.Usage.of(path)
+            for ref, path in zip(step.origins, step.files, strict=True)
+            if step.reuse and os.path.exists(path)
+        }
+        room = cowfile.room_for_new_files(fs.f_bavail * fs.f_frsize, list(kept.values()))
+        if kept and room < 0:
+            self.log.warning(
+                f"the kept COW files can grow {human(-room)} beyond the free space of "
+                f"{step.space}; if it fills, their snapshots become invalid"
+            )
+        new = [ref for ref in step.origins if ref not in kept]
+        origins = {ref: self.refs[ref].size() for ref in step.origins}
+        sizes = cow_sizes([origins[r] for r in new], max(room, 0), step.mode, step.chunk_sectors)
+        if fstype in cowfile.NO_SPARSE_FILES:
+            chunk = step.chunk_sectors * 512
+            sizes = [min(size, cowfile.FAT_MAX_FILE // chunk * chunk) for size in sizes]
+            if new:
+                self.log.warning(
+                    f"{fstype} has no sparse files: the new COW files take "
+                    f"{human(sum(sizes))} of {step.space} from now on"
+                )
+        self.cow_bytes.update(zip(new, sizes, strict=True))
+        for ref in step.origins:
+            name, origin = ref.rsplit(".", 1)[0], origins[ref]
+            size = kept[ref].apparent if ref in kept else self.cow_bytes[ref]
             covered = min(100.0, 100.0 * size / origin) if origin else 100.0
             self.log.info(
                 f"{name}: {human(size)} of writable space in {step.space} "
@@ -329,12 +370,23 @@ class Boot:
             )
 
     def _create_cow_file(self, step: CreateCowFile) -> None:
-        if os.path.exists(step.path):
-            self.log.info(f"{step.path} exists but is not reused by this boot; recreating it")
+        exists = os.path.exists(step.path)
+        if exists and step.reuse:
+            cowfile.check_reusable(step.path, cowfile.read_header(step.path))
+            usage = cowfile.Usage.of(step.path)
+            self.log.info(
+                f"reusing the persistent COW file {step.path} "
+                f"({human(usage.allocated)} used of {human(usage.apparent)})"
+            )
+            self.state.add("file", path=step.path, apparent_bytes=usage.apparent, kept=True)
+            return
+        if exists:
+            why = "cow_reset=y" if self.options.cow_reset else "a transient store (N) was asked for"
+            self.log.info(f"starting {step.path} over: {why}")
             os.unlink(step.path)
         fd = os.open(step.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            os.ftruncate(fd, self.cow_bytes[step.origin])  # sparse: costs RAM only when written
+            os.ftruncate(fd, self.cow_bytes[step.origin])  # sparse: costs space only when written
         finally:
             os.close(fd)
         self._record(
@@ -344,6 +396,7 @@ class Boot:
             "path",
             path=step.path,
             apparent_bytes=self.cow_bytes[step.origin],
+            kept=False,
         )
 
     def _mapper(self) -> dm.DeviceMapper:
@@ -384,6 +437,14 @@ class Boot:
         info = mapper.resume(step.name)
         dm.make_node(step.name, info.major, info.minor)
         self.log.info(f"created /dev/mapper/{step.name} ({info.devno}): {table}")
+        # A persistent store the kernel found damaged loads fine and then fails every I/O.
+        status = dm.SnapshotStatus.parse(mapper.status(step.name)[0].params)
+        if status.state != "Active":
+            raise HookError(
+                f"/dev/mapper/{step.name} is {status.state}: its COW file {cow.backing} "
+                "cannot be used",
+                hint=cowfile.RESET_HINT if step.mode is not CowMode.N else None,
+            )
 
 
 def _unmount(target: str) -> None:

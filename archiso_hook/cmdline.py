@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 
 from archiso_hook.errors import InputError
+from archiso_hook.mountopts import parse_mount_options
 from archiso_hook.sizes import Size, parse_size
 
 
@@ -92,12 +93,62 @@ def _basedir(value: str) -> str:
     return "/".join(parts)
 
 
-def _device(value: str) -> str:
-    if not value.startswith("/dev/") or "/../" in value or value.endswith("/.."):
+_TAGS = {"UUID": "by-uuid", "LABEL": "by-label", "PARTUUID": "by-partuuid",
+         "PARTLABEL": "by-partlabel"}  # fmt: skip
+
+
+def _device_spec(name: str) -> Callable[[str], str]:
+    """A device: a /dev path, or UUID=, LABEL=, PARTUUID=, PARTLABEL= as udev links name them."""
+
+    def parse(value: str) -> str:
+        tag, sep, tagged = value.partition("=")
+        if sep and tag in _TAGS and tagged and "/" not in tagged:
+            return value
+        parts = value.split("/")
+        if value.startswith("/dev/") and ".." not in parts and "." not in parts:
+            return value
         raise InputError(
-            f"archisodevice={value} is not valid: expected a device path such as /dev/sr0 "
-            "or /dev/disk/by-label/ARCH_202611"
+            f"{name}={value} is not valid: expected a device path such as /dev/sr0, or "
+            "UUID=, LABEL=, PARTUUID= or PARTLABEL= followed by the value"
         )
+
+    return parse
+
+
+def device_path(spec: str) -> str:
+    """The /dev path of a device spec: tags become the links udev makes for them."""
+    tag, sep, value = spec.partition("=")
+    if sep and tag in _TAGS:
+        return f"/dev/disk/{_TAGS[tag]}/{udev_encode(value)}"
+    return spec
+
+
+def _relative_path(name: str, example: str) -> Callable[[str], str]:
+    """A path inside a filesystem, without '..': leading slashes are dropped."""
+
+    def parse(value: str) -> str:
+        parts = value.strip("/").split("/")
+        if not value.strip("/") or any(p in {"", ".", ".."} for p in parts):
+            raise InputError(
+                f"{name}={value} is not valid: expected a path inside the filesystem such as "
+                f"{example}, without '..'"
+            )
+        return "/".join(parts)
+
+    return parse
+
+
+def _mount_options(name: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        parse_mount_options(value, what=name)  # validates; mounting parses again
+        return value
+
+    return parse
+
+
+def _uuid(value: str) -> str:
+    if not value or "/" in value or any(c.isspace() or not c.isprintable() for c in value):
+        raise InputError(f"archisosearchuuid={value} is not valid: expected a filesystem UUID")
     return value
 
 
@@ -170,103 +221,65 @@ class Parameter:
     meaning: str
 
 
+P = Parameter
+# fmt: off
 PARAMETERS: tuple[Parameter, ...] = (
-    Parameter(
-        "archisobasedir",
-        "basedir",
-        _basedir,
-        "relative directory",
-        "directory on the medium holding aitab and the images",
-    ),
-    Parameter(
-        "archisolabel", "label", _label, "filesystem label", "label of the boot medium's filesystem"
-    ),
-    Parameter(
-        "archisodevice",
-        "device",
-        _device,
-        "/dev/... path",
-        "device of the boot medium (default /dev/disk/by-label/<archisolabel>)",
-    ),
-    Parameter(
-        "arch",
-        "arch",
-        _arch,
-        "i686 | x86_64",
-        "which architecture's images to mount (default: the running machine)",
-    ),
-    Parameter(
-        "cow_spacesize",
-        "cow_spacesize",
-        _cow_spacesize,
-        "size (256M, 1G) or 1%..100% of RAM",
-        "size of the tmpfs that holds the copy-on-write files",
-    ),
-    Parameter(
-        "cow_persistent",
-        "cow_persistent",
-        _cow_persistent,
-        "N | P | PO",
-        "dm-snapshot exception store: transient, persistent, persistent with overflow",
-    ),
-    Parameter(
-        "cow_chunksize",
-        "cow_chunksize",
-        _chunksize,
-        "power of two, in 512-byte sectors",
-        "dm-snapshot chunk size",
-    ),
-    Parameter(
-        "dm_snap_prefix",
-        "dm_snap_prefix",
-        _prefix,
-        "A-Z a-z 0-9 _ . + -",
-        "prefix of the device-mapper names, /dev/mapper/<prefix>_<image>",
-    ),
-    Parameter(
-        "rootdelay",
-        "rootdelay",
-        _seconds,
-        "seconds",
-        "how long to wait for the boot medium to appear",
-    ),
-    Parameter(
-        "quiet",
-        "quiet",
-        _flag("quiet"),
-        "bare word or y | n",
-        "show only warnings and errors on the console",
-    ),
+    P("archisobasedir", "basedir", _basedir, "relative directory",
+      "directory on the medium holding aitab and the images"),
+    P("archisolabel", "label", _label, "filesystem label",
+      "label of the boot medium's filesystem"),
+    P("archisodevice", "device", _device_spec("archisodevice"),
+      "/dev/... path, or UUID=, LABEL=, PARTUUID=, PARTLABEL=",
+      "device of the boot medium (default /dev/disk/by-label/<archisolabel>)"),
+    P("archisosearchuuid", "search_uuid", _uuid, "filesystem UUID",
+      "boot from the device with this filesystem UUID, or else from the first device "
+      "holding archisosearchfilename (removable devices first)"),
+    P("archisosearchfilename", "search_filename",
+      _relative_path("archisosearchfilename", "/boot/<uuid>.uuid"), "path",
+      "the file that marks the medium (default /boot/<archisosearchuuid>.uuid)"),
+    P("img_dev", "img_dev", _device_spec("img_dev"), "/dev/... path or a tag",
+      "device holding an ISO file to boot from"),
+    P("img_label", "img_label", _label, "filesystem label",
+      "label of that device (wins over img_dev=)"),
+    P("img_loop", "img_loop", _relative_path("img_loop", "/iso/archlinux.iso"), "path",
+      "path of the ISO file on img_dev"),
+    P("img_flags", "img_flags", _mount_options("img_flags"), "mount options",
+      "options for mounting img_dev (always read-only)"),
+    P("arch", "arch", _arch, "i686 | x86_64",
+      "which architecture's images to mount (default: the running machine)"),
+    P("cow_spacesize", "cow_spacesize", _cow_spacesize, "size (256M, 1G) or 1%..100% of RAM",
+      "size of the tmpfs that holds the copy-on-write files"),
+    P("cow_label", "cow_label", _label, "filesystem label",
+      "label of a filesystem to keep the COW files on, across boots (wins over cow_device=)"),
+    P("cow_device", "cow_device", _device_spec("cow_device"), "/dev/... path or a tag",
+      "device of that filesystem"),
+    P("cow_directory", "cow_directory", _relative_path("cow_directory", "persistent/x86_64"),
+      "path", "directory of the COW files (default persistent_<archisolabel>/<arch>)"),
+    P("cow_flags", "cow_flags", _mount_options("cow_flags"), "mount options",
+      "options for mounting the COW device"),
+    P("cow_persistent", "cow_persistent", _cow_persistent, "N | P | PO",
+      "dm-snapshot exception store: transient, persistent, persistent with overflow "
+      "(default P with a COW device, else N)"),
+    P("cow_reset", "cow_reset", _flag("cow_reset"), "bare word or y | n",
+      "start the persistent COW files over, discarding the changes kept in them"),
+    P("cow_chunksize", "cow_chunksize", _chunksize, "power of two, in 512-byte sectors",
+      "dm-snapshot chunk size"),
+    P("dm_snap_prefix", "dm_snap_prefix", _prefix, "A-Z a-z 0-9 _ . + -",
+      "prefix of the device-mapper names, /dev/mapper/<prefix>_<image>"),
+    P("rootdelay", "rootdelay", _seconds, "seconds",
+      "how long to wait for the boot medium (and the COW device) to appear"),
+    P("quiet", "quiet", _flag("quiet"), "bare word or y | n",
+      "show only warnings and errors on the console"),
 )
+# fmt: on
 _BY_NAME = {p.name: p for p in PARAMETERS}
 
 # archiso parameters this version does not act on yet: said out loud, never silently dropped.
-NOT_YET_SUPPORTED = frozenset(
-    {
-        "copytoram",
-        "copytoram_size",
-        "checksum",
-        "verify",
-        "cms_verify",
-        "cow_label",
-        "cow_device",
-        "cow_directory",
-        "cow_flags",
-        "archisosearchuuid",
-        "archisosearchfilename",
-        "img_dev",
-        "img_label",
-        "img_loop",
-        "img_flags",
-        "copy_resolvconf",
-        "archiso_nbd_srv",
-        "archiso_nbd_name",
-        "archiso_http_srv",
-        "archiso_http_spc",
-        "archiso_nfs_srv",
-        "archiso_nfs_opt",
-    }
-)
+NOT_YET_SUPPORTED = frozenset({
+    "copytoram", "copytoram_size", "checksum", "verify", "cms_verify", "copy_resolvconf",
+    "archiso_nbd_srv", "archiso_nbd_name", "archiso_http_srv", "archiso_http_spc",
+    "archiso_nfs_srv", "archiso_nfs_opt",
+})  # fmt: skip
 RENAMED = {"cowspace_size": "cow_spacesize", "cowfile_size": "cow_spacesize"}
 
 
@@ -279,14 +292,29 @@ def _default_arch() -> Arch:
 
 @attrs.frozen
 class Options:
-    """Everything the hook was told on the kernel command line, with defaults applied."""
+    """Everything the hook was told on the kernel command line, as given (validated).
+
+    Properties derive what takes effect: the devices behind labels and tags, the
+    default COW mode and directory.
+    """
 
     basedir: str = "arch"
     label: str | None = None
     device: str | None = None
+    search_uuid: str | None = None
+    search_filename: str | None = None
+    img_dev: str | None = None
+    img_label: str | None = None
+    img_loop: str | None = None
+    img_flags: str | None = None
     arch: Arch = attrs.field(factory=_default_arch)
     cow_spacesize: Size = DEFAULT_COW_SPACESIZE
-    cow_persistent: CowMode = CowMode.N
+    cow_label: str | None = None
+    cow_device: str | None = None
+    cow_directory: str | None = None
+    cow_flags: str | None = None
+    cow_persistent: CowMode | None = None
+    cow_reset: bool = False
     cow_chunksize: int = 8
     dm_snap_prefix: str = "arch"
     rootdelay: int = 30
@@ -299,10 +327,42 @@ class Options:
     def medium(self) -> str | None:
         """The device to wait for: archisodevice, else the udev by-label link."""
         if self.device:
-            return self.device
+            return device_path(self.device)
         if self.label:
-            return "/dev/disk/by-label/" + udev_encode(self.label)
+            return device_path(f"LABEL={self.label}")
         return None
+
+    @property
+    def iso_device(self) -> str | None:
+        """The device holding an ISO file to boot from (img_label wins, as in archiso)."""
+        if self.img_label:
+            return device_path(f"LABEL={self.img_label}")
+        return device_path(self.img_dev) if self.img_dev else None
+
+    @property
+    def cow_device_path(self) -> str | None:
+        if self.cow_label:
+            return device_path(f"LABEL={self.cow_label}")
+        return device_path(self.cow_device) if self.cow_device else None
+
+    @property
+    def cow_mode(self) -> CowMode:
+        """A user's cow_persistent always wins; else P on a COW device, N in RAM."""
+        if self.cow_persistent is not None:
+            return self.cow_persistent
+        return CowMode.P if self.cow_device_path else CowMode.N
+
+    @property
+    def cow_dir(self) -> str:
+        """Relative to the cowspace: archiso's persistent_<label>/<arch> by default."""
+        label = (self.label or "").replace("/", "_")
+        return self.cow_directory or f"persistent_{label}/{self.arch}"
+
+    @property
+    def search_file(self) -> str | None:
+        if self.search_uuid is None:
+            return None
+        return self.search_filename or f"boot/{self.search_uuid}.uuid"
 
     def as_parameters(self) -> dict[str, Any]:
         """The values in effect, keyed by archiso parameter name (for --json and reports)."""
@@ -310,7 +370,14 @@ class Options:
         for param in PARAMETERS:
             value = getattr(self, param.field)
             out[param.name] = str(value) if isinstance(value, Size | enum.Enum) else value
-        out["archisodevice"] = self.medium
+        out.update(
+            archisodevice=self.medium,
+            img_dev=self.iso_device,
+            cow_device=self.cow_device_path,
+            cow_directory=self.cow_dir,
+            cow_persistent=str(self.cow_mode),
+            archisosearchfilename=self.search_file and "/" + self.search_file,
+        )
         return out
 
 

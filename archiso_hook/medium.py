@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import stat
 import time
+from collections.abc import Callable
 from types import ModuleType
 
+from archiso_hook.cmdline import device_path
 from archiso_hook.errors import HookError
 from archiso_hook.fsprobe import probe
 from archiso_hook.log import Log
@@ -61,11 +63,17 @@ def present(path: str) -> str | None:
     return real
 
 
-def wait_for_device(path: str, timeout: float, log: Log) -> str:
-    """Return the real device node of `path` once it exists; woken by udev, not polling."""
-    found = present(path)
+def wait_until(
+    find: Callable[[], str | None], timeout: float, what: str, log: Log
+) -> tuple[str | None, str]:
+    """Call `find` now and after every block device event until it answers or time runs out.
+
+    Returns what `find` answered (None on timeout) and, on timeout, a description of
+    the block devices that were present, for the error message.
+    """
+    found = find()
     if found:
-        return found
+        return found, ""
     pyudev = import_pyudev()
     context = pyudev.Context()
     # udevd creates the /dev/disk/by-* links; without it only kernel names appear.
@@ -74,21 +82,106 @@ def wait_for_device(path: str, timeout: float, log: Log) -> str:
     monitor.start()
     start = time.monotonic()
     deadline = start + timeout
-    log.info(f"waiting up to {timeout:g} s for the boot medium {path}")
+    log.info(f"waiting up to {timeout:g} s for {what}")
     while True:
-        found = present(path)  # checked after subscribing, so no event is missed
+        found = find()  # after subscribing, so no event can slip by unseen
         if found:
-            log.info(f"found {path} -> {found} after {time.monotonic() - start:.2f} s")
-            return found
+            log.info(f"found {what}: {found}, after {time.monotonic() - start:.2f} s")
+            return found, ""
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise MediumNotFoundError(
-                f"boot medium {path} did not appear within {timeout:g} s; block devices seen: "
-                f"{describe_block_devices(pyudev, context)}",
-                hint="check archisolabel=/archisodevice= against the medium (a USB writing "
-                "tool may have changed its label); rootdelay= sets how long to wait",
-            )
+            return None, describe_block_devices(pyudev, context)
         monitor.poll(timeout=remaining)
+
+
+def wait_for_device(
+    path: str, timeout: float, log: Log, *, what: str = "", hint: str | None = None
+) -> str:
+    """The real device node of `path` (a node or a udev link), once it is there."""
+    what = what or f"the boot medium {path}"
+    found, seen = wait_until(lambda: present(path), timeout, what, log)
+    if found is None:
+        raise MediumNotFoundError(
+            f"{what} did not appear within {timeout:g} s; block devices seen: {seen}",
+            hint=hint,
+        )
+    return found
+
+
+def search(uuid: str, filename: str, timeout: float, log: Log) -> str:
+    """archisosearchuuid: the filesystem with this UUID, else the first holding `filename`."""
+    by_uuid = device_path(f"UUID={uuid}")
+    looked_at: set[tuple[str, int]] = set()
+
+    def find() -> str | None:
+        found = present(by_uuid)
+        if found:
+            return found
+        for device, fstype, size in _candidates():
+            if (device, size) in looked_at:
+                continue
+            looked_at.add((device, size))
+            if _holds_file(device, fstype, filename, log):
+                log.info(f"{device} holds /{filename}")
+                return device
+        return None
+
+    what = f"a filesystem with UUID {uuid}, or one holding /{filename}"
+    found, seen = wait_until(find, timeout, what, log)
+    if found is None:
+        raise MediumNotFoundError(
+            f"{what} did not appear within {timeout:g} s; block devices seen: {seen}",
+            hint="check archisosearchuuid= against the medium's filesystem UUID; "
+            "rootdelay= sets how long to wait",
+        )
+    return found
+
+
+def _candidates() -> list[tuple[str, str, int]]:
+    """(device, filesystem type, size) of every device holding a filesystem we can mount,
+    removable devices first: the medium a user just plugged in is the likely one."""
+    out = []
+    for name in sorted(os.listdir("/sys/class/block")):
+        if name.startswith(("loop", "ram", "zram", "dm-")):
+            continue
+        size = _sysfs_int(f"/sys/class/block/{name}/size")
+        device = f"/dev/{name}"
+        fstype = probe(device) if size else None
+        if fstype is None or fstype == "squashfs":
+            continue
+        sys_dir = os.path.realpath(f"/sys/class/block/{name}")
+        disk = os.path.dirname(sys_dir) if os.path.exists(f"{sys_dir}/partition") else sys_dir
+        removable = _sysfs_int(f"{disk}/removable") == 1
+        out.append((not removable, device, fstype, size))
+    return [(device, fstype, size) for _, device, fstype, size in sorted(out)]
+
+
+def _sysfs_int(path: str) -> int:
+    try:
+        with open(path, encoding="ascii") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0
+
+
+SEARCH_MNT = "/run/archiso/search"
+
+
+def _holds_file(device: str, fstype: str, filename: str, log: Log) -> bool:
+    """Mount read-only for a moment and look; a device that cannot be mounted does not."""
+    from archiso_hook import kmod, syscalls  # noqa: PLC0415
+
+    os.makedirs(SEARCH_MNT, mode=0o700, exist_ok=True)
+    try:
+        kmod.ensure_modules(f"fs-{fstype}")
+        syscalls.mount(device, SEARCH_MNT, fstype, syscalls.MS_RDONLY)
+    except HookError as e:
+        log.debug(f"not looking in {device}: {e}")
+        return False
+    try:
+        return os.path.isfile(os.path.join(SEARCH_MNT, filename))
+    finally:
+        syscalls.umount(SEARCH_MNT)
 
 
 def describe_block_devices(pyudev: ModuleType, context: object) -> str:

@@ -15,6 +15,7 @@ import attrs
 from archiso_hook.aitab import AitabEntry, ImageType
 from archiso_hook.cmdline import CowMode, Options
 from archiso_hook.errors import InputError
+from archiso_hook.mountopts import parse_mount_options
 from archiso_hook.sizes import MiB, Size
 
 RUN_DIR = "/run/archiso"
@@ -37,9 +38,40 @@ class FindMedium:
     ref: str
     device: str
     timeout: int
+    what: str = "the boot medium"
+    hint: str | None = None  # for the message when it does not appear
 
     def describe(self) -> str:
-        return f"wait up to {self.timeout} s for the boot medium {self.device}"
+        return f"wait up to {self.timeout} s for {self.what} {self.device}"
+
+
+@attrs.frozen
+class SearchMedium:
+    """archisosearchuuid: the filesystem with that UUID, or the first holding the file."""
+
+    ref: str
+    uuid: str
+    filename: str
+    timeout: int
+
+    def describe(self) -> str:
+        return (
+            f"wait up to {self.timeout} s for a device with filesystem UUID {self.uuid}, or "
+            f"else holding /{self.filename} (removable devices first)"
+        )
+
+
+@attrs.frozen
+class Remount:
+    """Make a read-only mount writable (mounting read-only first lets the COW device be
+    the boot medium's own filesystem, already mounted read-only)."""
+
+    target: str
+    options: str | None = None
+
+    def describe(self) -> str:
+        opts = f" -o {self.options}" if self.options else ""
+        return f"remount {self.target} read-write{opts}"
 
 
 @attrs.frozen
@@ -86,13 +118,16 @@ class SizeCowFiles:
 
     space: str
     origins: tuple[str, ...]  # refs of the origin loop devices, in image order
+    files: tuple[str, ...]  # their COW files, in the same order
     mode: CowMode
     chunk_sectors: int
+    reuse: bool  # existing COW files are kept (persistent, not reset)
 
     def describe(self) -> str:
+        kept = "; existing ones are kept" if self.reuse else ""
         return (
             f"size the COW files of {len(self.origins)} snapshot(s) to fit {self.space} "
-            "(never more in total than the space holds)"
+            f"(never more in total than the space holds){kept}"
         )
 
 
@@ -101,9 +136,11 @@ class CreateCowFile:
     ref: str
     path: str
     origin: str  # ref of the origin loop; its size decides the COW file's
+    reuse: bool = False  # keep an existing file (persistent store, no cow_reset)
 
     def describe(self) -> str:
-        return f"create sparse COW file {self.path} [{self.ref}]"
+        how = "reuse, or create," if self.reuse else "create"
+        return f"{how} the COW file {self.path} [{self.ref}]"
 
 
 @attrs.frozen
@@ -122,7 +159,9 @@ class CreateSnapshot:
 
 
 Step = (
-    LoadModules
+    SearchMedium
+    | Remount
+    | LoadModules
     | FindMedium
     | Mount
     | MakeDirectory
@@ -208,23 +247,81 @@ def _step_json(step: Step) -> dict[str, Any]:
     }
 
 
+IMG_DEV_MNT = f"{RUN_DIR}/img_dev"
+
+
 def medium_steps(options: Options) -> tuple[Step, ...]:
-    """What happens before the aitab can be read: find the medium and mount it."""
+    """What happens before the aitab can be read: find the medium and mount it.
+
+    The medium is an ISO file on a disk (img_dev/img_label + img_loop), the device
+    found by archisosearchuuid, or archisodevice (archisolabel's link by default).
+    """
+    mount_medium = Mount("@medium", BOOTMNT, None, read_only=True)
+    if options.iso_device or options.img_loop:
+        if not (options.iso_device and options.img_loop):
+            raise InputError(
+                "booting an ISO file needs both img_dev= (or img_label=) and img_loop= "
+                "(the path of the ISO file on that device)"
+            )
+        iso = f"{IMG_DEV_MNT}/{options.img_loop}"
+        return (
+            FindMedium(
+                "isodev",
+                options.iso_device,
+                options.rootdelay,
+                what="the device holding the ISO file",
+                hint="check img_label=/img_dev= against the disk; rootdelay= sets how long to wait",
+            ),
+            Mount("@isodev", IMG_DEV_MNT, None, read_only=True, options=options.img_flags),
+            AttachLoop("medium", iso, read_only=True),
+            mount_medium,
+        )
+    if options.search_uuid and options.search_file:
+        return (
+            SearchMedium("medium", options.search_uuid, options.search_file, options.rootdelay),
+            mount_medium,
+        )
     device = options.medium
     if device is None:
         raise InputError(
-            "no boot medium given: set archisolabel= (or archisodevice=) on the kernel command line"
+            "no boot medium given: set archisolabel= (or archisodevice=, archisosearchuuid=, "
+            "img_label= with img_loop=) on the kernel command line"
         )
-    return (
-        FindMedium("medium", device, options.rootdelay),
-        Mount("@medium", BOOTMNT, None, read_only=True),
+    hint = (
+        "check archisolabel=/archisodevice= against the medium (a USB writing tool may "
+        "have changed its label); rootdelay= sets how long to wait"
     )
+    return (FindMedium("medium", device, options.rootdelay, hint=hint), mount_medium)
 
 
-def cow_directory(options: Options) -> str:
-    """archiso's layout: persistent_<label>/<arch> inside the cowspace."""
-    label = (options.label or "").replace("/", "_")
-    return f"{COWSPACE}/persistent_{label}/{options.arch}"
+def cowspace_steps(options: Options) -> list[Step]:
+    """A tmpfs in RAM, or the filesystem of cow_device (read-only first, then writable)."""
+    cowdir = f"{COWSPACE}/{options.cow_dir}"
+    device = options.cow_device_path
+    if device is None:
+        size = f"size={options.cow_spacesize},mode=0700"
+        return [
+            Mount("cowspace", COWSPACE, "tmpfs", read_only=False, options=size),
+            MakeDirectory(cowdir, 0o700),
+        ]
+    flags = parse_mount_options(options.cow_flags, what="cow_flags")
+    if flags.read_only:
+        raise InputError(
+            f"cow_flags={options.cow_flags} asks for a read-only COW device, which "
+            "cannot keep changes: drop ro"
+        )
+    return [
+        FindMedium(
+            "cowdev",
+            device,
+            options.rootdelay,
+            what="the COW device",
+            hint="check cow_label=/cow_device=; rootdelay= sets how long to wait",
+        ),
+        Mount("@cowdev", COWSPACE, None, read_only=True, options=options.cow_flags),
+        Remount(COWSPACE, options=options.cow_flags),
+        MakeDirectory(cowdir, 0o700),
+    ]
 
 
 def plan_boot(
@@ -243,7 +340,9 @@ def plan_boot(
     _check_mount_order(selected, aitab)
 
     base = f"{BOOTMNT}/{options.basedir}"
-    cowdir = cow_directory(options)
+    cowdir = f"{COWSPACE}/{options.cow_dir}"
+    # A persistent store is reused across boots unless the user starts it over.
+    reuse = options.cow_mode is not CowMode.N and not options.cow_reset
     images = []
     for entry in selected:
         path = f"{base}/{entry.arch}/{entry.filename}"
@@ -279,16 +378,7 @@ def plan_boot(
     steps.append(LoadModules(tuple(modules + [f"fs-{t}" for t in fstypes])))
     snapshots = [i for i in images if i.entry.type.snapshot]
     if snapshots:
-        steps += [
-            Mount(
-                "cowspace",
-                COWSPACE,
-                "tmpfs",
-                read_only=False,
-                options=f"size={options.cow_spacesize},mode=0700",
-            ),
-            MakeDirectory(cowdir, 0o700),
-        ]
+        steps += cowspace_steps(options)
     # First every snapshot's origin, so the COW files can be sized against each other...
     for image in snapshots:
         name = image.entry.name
@@ -317,8 +407,10 @@ def plan_boot(
             SizeCowFiles(
                 COWSPACE,
                 tuple(f"{i.entry.name}.origin" for i in snapshots),
-                options.cow_persistent,
+                tuple(i.cow_file for i in snapshots if i.cow_file),
+                options.cow_mode,
                 options.cow_chunksize,
+                reuse=reuse,
             )
         )
     # ...then the mounts, in aitab order: a mount point may live inside an earlier image.
@@ -344,13 +436,13 @@ def plan_boot(
             continue
         assert image.dm_name is not None and image.cow_file is not None
         steps += [
-            CreateCowFile(f"{name}.cow", image.cow_file, f"{name}.origin"),
+            CreateCowFile(f"{name}.cow", image.cow_file, f"{name}.origin", reuse=reuse),
             AttachLoop(f"{name}.cowdev", image.cow_file, read_only=False),
             CreateSnapshot(
                 image.dm_name,
                 f"{name}.origin",
                 f"{name}.cowdev",
-                options.cow_persistent,
+                options.cow_mode,
                 options.cow_chunksize,
             ),
             Mount(

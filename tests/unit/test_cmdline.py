@@ -28,7 +28,10 @@ def test_defaults() -> None:
     assert options.label is None and options.medium is None
     assert options.arch is X86
     assert options.cow_spacesize == Size(256 << 20)
-    assert options.cow_persistent is CowMode.N
+    assert options.cow_persistent is None and options.cow_mode is CowMode.N
+    assert options.cow_dir == "persistent_/x86_64"
+    assert options.cow_device_path is None and options.iso_device is None
+    assert not options.cow_reset
     assert options.cow_chunksize == 8
     assert options.dm_snap_prefix == "arch"
     assert options.rootdelay == 30
@@ -101,10 +104,10 @@ def test_keys_that_are_not_ours_are_ignored() -> None:
 
 
 def test_archiso_parameters_not_yet_supported_are_said_not_dropped() -> None:
-    options = parse_options("copytoram cow_label=x cowspace_size=1G copytoram=y", machine_arch=X86)
+    options = parse_options("copytoram checksum cowspace_size=1G copytoram=y", machine_arch=X86)
     assert options.warnings == (
         "copytoram= is not supported by this version of archiso-hook; ignored",
-        "cow_label= is not supported by this version of archiso-hook; ignored",
+        "checksum= is not supported by this version of archiso-hook; ignored",
         "cowspace_size= is an old archiso parameter; use cow_spacesize= instead",
     )
 
@@ -129,3 +132,73 @@ def test_as_parameters_uses_archiso_names() -> None:
     assert params["archisodevice"] == "/dev/disk/by-label/L"
     assert params["cow_spacesize"] == "1G"
     assert params["cow_persistent"] == "N"
+
+
+@pytest.mark.parametrize(
+    ("spec", "path"),
+    [
+        ("/dev/sr0", "/dev/sr0"),
+        ("UUID=2026-11-25-19-31-07-00", "/dev/disk/by-uuid/2026-11-25-19-31-07-00"),
+        ("LABEL=ARCH 2011", "/dev/disk/by-label/ARCH\\x202011"),
+        ("PARTUUID=0fc63daf-8483", "/dev/disk/by-partuuid/0fc63daf-8483"),
+        ("PARTLABEL=live", "/dev/disk/by-partlabel/live"),
+    ],
+)
+def test_archisodevice_takes_paths_and_tags(spec: str, path: str) -> None:
+    assert parse_options(f'archisodevice="{spec}"', machine_arch=X86).medium == path
+
+
+@pytest.mark.parametrize("spec", ["sr0", "UUID=", "SERIAL=x", "/dev/../etc/x", "LABEL=a/b"])
+def test_bad_device_specs(spec: str) -> None:
+    with pytest.raises(InputError, match=r"archisodevice=.* is not valid: expected a device path"):
+        parse_options(f"archisodevice={spec}", machine_arch=X86)
+
+
+def test_persistent_cow_device_and_its_defaults() -> None:
+    options = parse_options("archisolabel=LIVE cow_label=PERSIST", machine_arch=X86)
+    assert options.cow_device_path == "/dev/disk/by-label/PERSIST"
+    assert options.cow_mode is CowMode.P  # the default with a device...
+    assert options.cow_dir == "persistent_LIVE/x86_64"
+    # ...but a user's value always wins, N included.
+    assert parse_options("cow_device=/dev/vdb1 cow_persistent=N").cow_mode is CowMode.N
+    assert parse_options("cow_persistent=PO").cow_mode is CowMode.PO
+    options = parse_options(
+        "cow_device=/dev/vdb1 cow_label=L cow_directory=/keep/it/ cow_flags=noatime cow_reset",
+        machine_arch=X86,
+    )
+    assert options.cow_device_path == "/dev/disk/by-label/L"  # the label wins, as in archiso
+    assert options.cow_dir == "keep/it"
+    assert options.cow_flags == "noatime" and options.cow_reset
+
+
+def test_iso_file_on_a_disk() -> None:
+    options = parse_options("img_dev=/dev/vda1 img_loop=/iso/live.iso img_flags=noatime")
+    assert options.iso_device == "/dev/vda1"
+    assert options.img_loop == "iso/live.iso"
+    assert parse_options("img_dev=/dev/vda1 img_label=DATA").iso_device == (
+        "/dev/disk/by-label/DATA"
+    )
+
+
+def test_search_by_uuid() -> None:
+    options = parse_options("archisosearchuuid=2026-11-25-00")
+    assert options.search_file == "boot/2026-11-25-00.uuid"
+    assert parse_options("archisosearchuuid=u archisosearchfilename=/x.id").search_file == "x.id"
+    assert options.as_parameters()["archisosearchfilename"] == "/boot/2026-11-25-00.uuid"
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("img_loop=../x.iso", "img_loop=../x.iso is not valid: expected a path inside"),
+        ("cow_directory=a/../../b", "cow_directory=a/../../b is not valid"),
+        ("cow_flags=remount", "cow_flags=remount is not valid: remount is not a mount option"),
+        ("img_flags=a,,b", "img_flags=a,,b is not valid: an empty option"),
+        ("cow_reset=maybe", "cow_reset=maybe is not valid: expected y or n"),
+        ("archisosearchuuid=a/b", "archisosearchuuid=a/b is not valid"),
+    ],
+)
+def test_bad_values_of_the_persistence_and_iso_parameters(text: str, names: str) -> None:
+    with pytest.raises(InputError) as excinfo:
+        parse_options(text, machine_arch=X86)
+    assert names in str(excinfo.value)

@@ -8,10 +8,14 @@ from archiso_hook.errors import InputError
 from archiso_hook.plan import (
     AttachLoop,
     BootPlan,
+    CreateCowFile,
     CreateSnapshot,
     FindMedium,
     LoadModules,
+    MakeDirectory,
     Mount,
+    Remount,
+    SearchMedium,
     SizeCowFiles,
     cow_need,
     cow_sizes,
@@ -56,7 +60,9 @@ def test_the_other_arch_gets_its_own_images() -> None:
 
 def test_steps_find_the_medium_then_origins_then_mounts_in_order() -> None:
     steps = plan("archisolabel=ARCH cow_persistent=PO cow_chunksize=16 dm_snap_prefix=x").steps
-    assert steps[0] == FindMedium("medium", "/dev/disk/by-label/ARCH", 30)
+    find = steps[0]
+    assert isinstance(find, FindMedium)
+    assert (find.ref, find.device, find.timeout) == ("medium", "/dev/disk/by-label/ARCH", 30)
     assert steps[1] == Mount("@medium", "/run/archiso/bootmnt", None, read_only=True)
     assert steps[2] == LoadModules(("loop", "squashfs", "dm_mod", "dm_snapshot", "fs-ext4"))
     kinds = [type(s).__name__ for s in steps]
@@ -142,3 +148,73 @@ def test_cow_sizes_never_exceed_the_cowspace() -> None:
 def test_a_cowspace_too_small_is_a_clear_error() -> None:
     with pytest.raises(InputError, match=r"the cowspace \(2M\) is too small for 3 snapshot"):
         cow_sizes([100 * MiB] * 3, 2 * MiB, CowMode.N, 8)
+
+
+def _steps_before_images(cmdline: str) -> list[object]:
+    steps = plan(cmdline).steps
+    return list(steps[: [type(s).__name__ for s in steps].index("LoadModules")])
+
+
+def test_an_iso_file_on_a_disk_is_the_medium() -> None:
+    find, mount_disk, attach, mount_medium = _steps_before_images(
+        "img_label=DATA img_loop=/iso/live.iso img_flags=noatime"
+    )
+    assert isinstance(find, FindMedium) and find.device == "/dev/disk/by-label/DATA"
+    assert find.what == "the device holding the ISO file"
+    assert mount_disk == Mount(
+        "@isodev", "/run/archiso/img_dev", None, read_only=True, options="noatime"
+    )
+    assert attach == AttachLoop("medium", "/run/archiso/img_dev/iso/live.iso", read_only=True)
+    assert mount_medium == Mount("@medium", "/run/archiso/bootmnt", None, read_only=True)
+
+
+def test_search_by_uuid_or_file_is_the_medium() -> None:
+    search, mount_medium = _steps_before_images("archisosearchuuid=abc rootdelay=7")
+    assert search == SearchMedium("medium", "abc", "boot/abc.uuid", 7)
+    assert isinstance(mount_medium, Mount) and mount_medium.source == "@medium"
+
+
+@pytest.mark.parametrize("cmdline", ["img_dev=/dev/vda1", "img_loop=x.iso"])
+def test_an_iso_file_needs_both_halves(cmdline: str) -> None:
+    with pytest.raises(InputError, match=r"needs both img_dev= \(or img_label=\) and img_loop="):
+        plan(cmdline)
+
+
+def test_a_cow_device_is_mounted_read_only_then_writable_and_files_are_kept() -> None:
+    steps = plan("archisolabel=ARCH cow_label=KEEP cow_flags=noatime").steps
+    i = next(i for i, s in enumerate(steps) if isinstance(s, FindMedium) and s.ref == "cowdev")
+    assert steps[i + 1] == Mount(
+        "@cowdev", "/run/archiso/cowspace", None, read_only=True, options="noatime"
+    )
+    assert steps[i + 2] == Remount("/run/archiso/cowspace", options="noatime")
+    assert steps[i + 3] == MakeDirectory("/run/archiso/cowspace/persistent_ARCH/x86_64", 0o700)
+    sizing = next(s for s in steps if isinstance(s, SizeCowFiles))
+    assert sizing.mode is CowMode.P and sizing.reuse
+    assert sizing.files == (
+        "/run/archiso/cowspace/persistent_ARCH/x86_64/root-image.cow",
+        "/run/archiso/cowspace/persistent_ARCH/x86_64/srv.cow",
+    )
+    assert all(s.reuse for s in steps if isinstance(s, CreateCowFile))
+    snapshot = next(s for s in steps if isinstance(s, CreateSnapshot))
+    assert snapshot.mode is CowMode.P
+
+
+@pytest.mark.parametrize("cmdline", ["cow_label=KEEP cow_reset", "cow_label=KEEP cow_persistent=N"])
+def test_reset_and_transient_stores_start_over(cmdline: str) -> None:
+    steps = plan(f"archisolabel=ARCH {cmdline}").steps
+    assert not any(s.reuse for s in steps if isinstance(s, CreateCowFile | SizeCowFiles))
+
+
+def test_a_read_only_cow_device_is_refused() -> None:
+    with pytest.raises(InputError, match="cow_flags=ro asks for a read-only COW device"):
+        plan("archisolabel=ARCH cow_label=KEEP cow_flags=ro")
+
+
+def test_other_basedir_prefix_and_arch() -> None:
+    p = plan("archisolabel=A archisobasedir=live/boot dm_snap_prefix=x arch=i686")
+    assert [i.path for i in p.images] == [
+        "/run/archiso/bootmnt/live/boot/i686/other.fs.sfs",
+        "/run/archiso/bootmnt/live/boot/any/usr-share.sfs",
+    ]
+    assert p.images[0].dm_name == "x_other"
+    assert p.images[0].cow_file == "/run/archiso/cowspace/persistent_A/i686/other.cow"

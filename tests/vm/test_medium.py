@@ -1,0 +1,92 @@
+"""Every way of finding the boot medium, and every bus it comes on, in QEMU."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.vm.conftest import Lab, status_reports
+from vm.media import SAMPLE_LABEL, Media
+from vm.qemu import Drive, DriveKind
+
+pytestmark = pytest.mark.vm
+
+CHECKS = "lab.check=write,files,status"
+
+
+def iso_uuid(media: Media) -> str:
+    """What udev (blkid) calls the ISO's UUID: its volume modification date."""
+    return subprocess.run(
+        ["blkid", "-p", "-o", "value", "-s", "UUID", str(media.iso)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+def boot_and_pass(lab: Lab, name: str, append: str, drives: list[Drive]) -> str:
+    with lab.boot(name, append, drives) as guest:
+        guest.expect(r"LAB: (PASS|FAIL)", timeout=200)
+        output = guest.output
+    assert "LAB: PASS" in output, output[-3000:]
+    return output
+
+
+def medium_device(output: str) -> str:
+    (report,) = status_reports(output)
+    return str(next(m["source"] for m in report["mounts"] if m["target"] == "/run/archiso/bootmnt"))
+
+
+def test_archisodevice_by_uuid_tag(lab: Lab) -> None:
+    media = lab.media("sample")
+    append = f"archisodevice=UUID={iso_uuid(media)} {CHECKS}"
+    output = boot_and_pass(lab, "device-uuid", append, [Drive(media.iso, kind="ide-cdrom")])
+    assert medium_device(output) == "/dev/sr0"
+
+
+def test_archisosearchuuid_finds_the_marker_file_when_no_filesystem_has_the_uuid(
+    lab: Lab,
+) -> None:
+    marker = "3f2a7c1e-search-me"
+
+    def add_marker(basedir: Path) -> None:
+        (basedir.parent / "boot").mkdir()
+        (basedir.parent / "boot" / f"{marker}.uuid").write_text("")
+
+    media = lab.media("search-file", edit=add_marker)
+    other = lab.media("sample")  # a second disk with a filesystem but without the file
+    drives = [Drive(other.iso, kind="virtio"), Drive(media.iso, kind="ide-cdrom")]
+    output = boot_and_pass(lab, "search-file", f"archisosearchuuid={marker} {CHECKS}", drives)
+    assert "archiso-hook: /dev/sr0 holds /boot/3f2a7c1e-search-me.uuid" in output
+    assert medium_device(output) == "/dev/sr0"
+
+
+def test_archisosearchuuid_prefers_the_filesystem_with_that_uuid(lab: Lab) -> None:
+    media = lab.media("sample")
+    append = f"archisosearchuuid={iso_uuid(media)} {CHECKS}"
+    output = boot_and_pass(lab, "search-uuid", append, [Drive(media.iso, kind="scsi-cd")])
+    assert "holds /boot" not in output
+    assert medium_device(output) == "/dev/sr0"
+
+
+@pytest.mark.parametrize(("kind", "device"), [("virtio", "/dev/vda"), ("usb", "/dev/sda")])
+def test_the_same_iso_written_to_a_disk_or_a_usb_stick(
+    lab: Lab, kind: DriveKind, device: str
+) -> None:
+    media = lab.media("sample")
+    append = f"archisolabel={SAMPLE_LABEL} {CHECKS}"
+    output = boot_and_pass(lab, f"bus-{kind}", append, [Drive(media.iso, kind=kind)])
+    assert medium_device(output) == device
+
+
+def test_other_basedir_prefix_and_arch(lab: Lab) -> None:
+    media = lab.media("basedir-live", basedir="live")
+    append = (
+        f"archisobasedir=live archisolabel={SAMPLE_LABEL} dm_snap_prefix=live arch=x86_64 {CHECKS}"
+    )
+    output = boot_and_pass(lab, "basedir-live", append, [Drive(media.iso, kind="ide-cdrom")])
+    (report,) = status_reports(output)
+    assert [s["name"] for s in report["snapshots"]] == ["live_root"]
+    assert report["loops"][0]["backing"] == "/run/archiso/bootmnt/live/x86_64/root.fs.sfs"
