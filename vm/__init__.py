@@ -5,6 +5,9 @@
   of mkinitcpio (`vm/mkinitramfs`, `vm/initcpio/`).
 - `vm.liveroot`: build a tiny busybox live root whose `/sbin/init` runs checks.
 - `vm.qemu`: boot a guest under TCG and talk to its serial console and monitor.
+- `vm.disks`: partitioned disk images, ext4 and vfat filesystems, without root; reading
+  files back out of an ext4 image after a guest wrote to it.
+- `vm.media`: the sample live media, made with archiso-hook's own builder.
 """
 
 import os

@@ -287,33 +287,44 @@ def _tree_bytes(tree: Path) -> int:
     return total
 
 
-def make_ext4(tree: Path, image: Path, *, label: str, free_mib: int = 48) -> Path:
-    """Pack `tree` into a new ext4 image (`mkfs.ext4 -d`) labelled `label`.
+def make_ext4(
+    tree: Path | None,
+    image: Path,
+    *,
+    label: str,
+    free_mib: int = 48,
+    size_mib: int | None = None,
+    uuid: str | None = None,
+) -> Path:
+    """Pack `tree` into a new ext4 image (`mkfs.ext4 -d`) labelled `label`; with `tree`
+    None the filesystem is empty.
 
-    The image is the tree's size plus 20 % plus `free_mib` MiB (room for the journal and
-    for what the guest writes: the `write` check needs 16 MiB).
+    The image is `size_mib` MiB, or by default the tree's size plus 20 % plus `free_mib`
+    MiB (room for the journal and for what the guest writes: the `write` check needs 16
+    MiB). With `uuid`, the image is reproducible: that filesystem UUID, the same
+    directory hash seed, and mke2fs's clock at `$SOURCE_DATE_EPOCH` (default 1700000000).
     """
-    size_mib = (_tree_bytes(tree) * 12 // 10) // (1 << 20) + free_mib + 8
+    if size_mib is None:
+        used = _tree_bytes(tree) if tree is not None else 0
+        size_mib = (used * 12 // 10) // (1 << 20) + free_mib + 8
+    cmd = ["mkfs.ext4", "-q", "-F", "-m", "0", "-L", label]
+    env = dict(os.environ, LC_ALL="C")
+    if uuid is not None:
+        cmd += ["-U", uuid, "-E", f"hash_seed={uuid}"]
+        # mke2fs stamps the superblock with the current time unless told otherwise.
+        env["E2FSPROGS_FAKE_TIME"] = os.environ.get("SOURCE_DATE_EPOCH", "1700000000")
+    if tree is not None:
+        cmd += ["-d", str(tree)]
     image.parent.mkdir(parents=True, exist_ok=True)
     image.unlink(missing_ok=True)
     proc = subprocess.run(
-        [
-            "mkfs.ext4",
-            "-q",
-            "-F",
-            "-m",
-            "0",
-            "-L",
-            label,
-            "-d",
-            str(tree),
-            str(image),
-            f"{size_mib}M",
-        ],
+        [*cmd, str(image), f"{size_mib}M"],
         capture_output=True,
         text=True,
+        env=env,
         check=False,
     )
     if proc.returncode != 0:
-        raise LiverootError(f"mkfs.ext4 -d {tree} failed:\n{proc.stderr.strip()}")
+        what = f"-d {tree}" if tree is not None else str(image)
+        raise LiverootError(f"mkfs.ext4 {what} failed:\n{proc.stderr.strip()}")
     return image

@@ -4,7 +4,10 @@ Boot tests (`-m vm`): an initramfs with HOOKS `base udev` plus a lab-only hook w
 handler mounts an ext4 live root (built with `make_liveroot()` and `mkfs.ext4 -d`) found
 at /dev/disk/by-label/<label> (so udev must work), then switch_root into it; the live
 root's init must print `LAB: PASS`. A failing mount handler must end in the emergency
-shell, which must answer typed commands.
+shell, which must answer typed commands. A second lab-only hook mounts the live root from
+a partition of a disk made by `vm.disks.make_disk()`, found through udev's by-partlabel
+or by-partuuid link: a token written at one boot is read on the host from the powered-off
+disk and by the next boot; a USB stick with a FAT partition is seen by udev.
 
 Unit tests (not `vm`): vmlinux extraction, the bash install API (via a bash harness),
 mkinitramfs output and reproducibility, the runtime command-line parser, the live root
@@ -28,6 +31,18 @@ from pathlib import Path
 import pytest
 
 from vm import VM_DIR
+from vm.disks import (
+    ESP,
+    MS_BASIC_DATA,
+    Partition,
+    ext4_needs_recovery,
+    extract_partition,
+    list_dir_from_ext4,
+    make_disk,
+    make_vfat,
+    read_file_from_ext4,
+)
+from vm.disks import make_ext4 as make_ext4_image
 from vm.initramfs import LAB_HOOKS, InitramfsError, build_initramfs
 from vm.kernel import Kernel, KernelError, extract_vmlinux, fetch_kernel
 from vm.liveroot import INIT_SCRIPT, LiverootError, make_ext4, make_liveroot, write_manifest
@@ -106,6 +121,69 @@ run_emergencyhook() {
 }
 """
 
+# A lab-only hook for partitioned disks: its mount handler first shows each device of
+# lab.show=DEV,... (what udev knows of it, and the top-level files of its filesystem,
+# mounted read-only), then mounts the ext4 root lab.root=DEV read-write.
+LABDISK_INSTALL = """\
+#!/bin/bash
+build() {
+    map add_module virtio_pci virtio_blk ext4 xhci_pci xhci_hcd usb_storage sd_mod vfat \\
+        nls_cp437 nls_ascii nls_utf8
+    add_runscript
+}
+
+help() {
+    cat <<HELPEOF
+Lab only: shows the devices of lab.show=DEV,..., mounts lab.root=DEV on /new_root.
+HELPEOF
+}
+"""
+LABDISK_RUNTIME = """\
+#!/usr/bin/ash
+run_hook() {
+    mount_handler=lab_disk_mount_handler
+}
+
+lab_show() {
+    local dev="$1" props fstype file
+    if ! poll_device "$dev" 60; then
+        err "lab: $dev did not appear"
+        return 1
+    fi
+    props="$(udevadm info --query=property --name="$dev" |
+        grep -E '^(ID_BUS|ID_FS_(TYPE|LABEL|UUID)|ID_PART_ENTRY_(NAME|UUID))=' | tr '\\n' ' ')"
+    echo "LAB-INITRAMFS: found $dev -> $(readlink -f "$dev") ${props% }"
+    fstype="$(udevadm info --query=property --name="$dev" | sed -n 's/^ID_FS_TYPE=//p')"
+    mkdir -p /tmp/lab-show
+    if ! mount -t "$fstype" -o ro "$dev" /tmp/lab-show; then
+        err "lab: cannot mount $dev"
+        return 1
+    fi
+    for file in /tmp/lab-show/*; do
+        [ -f "$file" ] && echo "LAB-INITRAMFS: $dev file ${file##*/}: $(head -n 1 "$file")"
+    done
+    umount /tmp/lab-show
+}
+
+lab_disk_mount_handler() {
+    local dev
+    for dev in $(getarg lab.show | tr ',' ' '); do
+        lab_show "$dev" || return 1
+    done
+    dev="$(getarg lab.root)"
+    if ! poll_device "$dev" 60; then
+        err "lab: root $dev did not appear"
+        return 1
+    fi
+    if ! mount -t ext4 -o rw "$dev" "$1"; then
+        err "lab: cannot mount $dev"
+        return 1
+    fi
+    echo "LAB-INITRAMFS: mounted $dev on $1"
+}
+"""
+PERSIST_TOKEN = "abc123"
+
 
 def _write_hook(hookdir: Path, name: str, install: str, runtime: str) -> None:
     (hookdir / "install").mkdir(parents=True, exist_ok=True)
@@ -128,6 +206,7 @@ def lab_hookdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     hookdir = tmp_path_factory.mktemp("labhooks")
     _write_hook(hookdir, "labroot", LABROOT_INSTALL, LABROOT_RUNTIME)
     _write_hook(hookdir, "labfail", LABFAIL_INSTALL, LABFAIL_RUNTIME)
+    _write_hook(hookdir, "labdisk", LABDISK_INSTALL, LABDISK_RUNTIME)
     return hookdir
 
 
@@ -156,6 +235,62 @@ def labfail_initrd(
 ) -> Path:
     out = tmp_path_factory.mktemp("initrd") / "labfail.img"
     return build_initramfs(kernel, ["base", "udev", "labfail"], out, hook_dirs=[lab_hookdir])
+
+
+@pytest.fixture(scope="module")
+def labdisk_initrd(
+    kernel: Kernel, lab_hookdir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    out = tmp_path_factory.mktemp("initrd") / "labdisk.img"
+    return build_initramfs(kernel, ["base", "udev", "labdisk"], out, hook_dirs=[lab_hookdir])
+
+
+@pytest.fixture(scope="module")
+def partition_root_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The live root as a 32 MiB ext4 image, for `make_disk()` to copy into partitions."""
+    work = tmp_path_factory.mktemp("partroot")
+    tree = make_liveroot(work / "root")
+    return make_ext4_image(
+        tree,
+        work / "root.ext4",
+        size_mib=32,
+        label="labpart",
+        uuid="4c3a1d0e-9b7f-4e35-a1c2-6d5e4f3a2b10",
+    )
+
+
+def _boot_to_poweroff(
+    name: str,
+    *,
+    kernel: Kernel,
+    initrd: Path,
+    drives: list[Drive],
+    append: str,
+    root: str,
+) -> str:
+    """Boot until the live root powers off after `LAB: PASS` and a clean remount of its
+    root; `root` is the lab.root= device the labdisk hook must have mounted. Returns
+    the console output."""
+    started = time.monotonic()
+    with Guest(
+        name, kernel=kernel, initrd=initrd, drives=drives, append=append, timeout=300
+    ) as guest:
+        guest.expect(rf"^LAB-INITRAMFS: mounted {re.escape(root)} on /new_root$", 180)
+        verdict = guest.expect(r"^LAB: (PASS|FAIL)([^\n]*)\n", 120)
+        assert verdict[1] == "PASS", f"the live root reported {verdict[0]!r}:\n{guest.tail()}"
+        guest.expect(r"^LAB: root remounted read-only$", 60)
+        assert guest.wait(60) == 0
+    print(f"{name}: {time.monotonic() - started:.1f} s wall", file=sys.stderr)
+    assert "LAB: cannot remount" not in guest.output, guest.tail()
+    return guest.output
+
+
+def _root_mount(output: str) -> list[str]:
+    """The mountinfo fields of / after the separator: fstype, source, super options."""
+    mountinfo = [line.split() for line in _results(output, "mounts")]
+    (root,) = [m for m in mountinfo if m[4] == "/"]
+    assert root[5].split(",")[0] == "rw"
+    return root[root.index("-") + 1 :]
 
 
 def _results(output: str, check: str) -> list[str]:
@@ -327,6 +462,9 @@ def test_guest_monitor_and_timeouts(kernel: Kernel, labroot_initrd: Path, root_i
         kernel=kernel,
         initrd=labroot_initrd,
         drives=[Drive(root_image, "virtio", readonly=True, name="root")],
+        # Held in the pre-mount shell: on an idle machine the whole boot takes less
+        # than the 12 s the hard timeout needs.
+        append="break=premount",
         timeout=12,
     ) as guest:
         info = guest.monitor("info block")
@@ -336,6 +474,101 @@ def test_guest_monitor_and_timeouts(kernel: Kernel, labroot_initrd: Path, root_i
         with pytest.raises(GuestError, match=r"hard timeout \(12 s\)"):
             guest.expect("this never appears either", timeout=60)
     assert "# qemu-system-x86_64 -accel tcg" in guest.log_path.read_text(errors="replace")
+
+
+@pytest.mark.vm
+def test_persistence_across_boots_on_a_gpt_partition(
+    kernel: Kernel, labdisk_initrd: Path, partition_root_image: Path, tmp_path: Path
+) -> None:
+    """Boot 1 writes lab.token= into the root found by PARTLABEL and powers off cleanly;
+    the host reads it from the disk image; boot 2, by PARTUUID, reads it back."""
+    esp = make_vfat(None, tmp_path / "esp.fat", size_mib=8, label="LABESP")
+    layout = make_disk(
+        tmp_path / "persist.img",
+        [
+            Partition(8, image=esp, name="lab-esp", type=ESP),
+            Partition(40, image=partition_root_image, name="labpersist"),
+        ],
+    )
+    root = layout.partition("labpersist")
+    assert read_file_from_ext4(layout.path, "/root/lab-persist.txt", root.start) is None
+
+    out = _boot_to_poweroff(
+        "test_lab-persist-write",
+        kernel=kernel,
+        initrd=labdisk_initrd,
+        drives=[Drive(layout.path, "virtio")],
+        append=f"lab.root={root.partlabel_link} lab.check=persist-write,mounts "
+        f"lab.token={PERSIST_TOKEN}",
+        root=root.partlabel_link,
+    )
+    assert f"\nLAB-RESULT persist-write token={PERSIST_TOKEN}\n" in out
+    assert "\nLAB-CHECK persist-write ok\n" in out
+    assert _root_mount(out)[:2] == ["ext4", root.partlabel_link]
+
+    # The remount read-only left nothing in the journal: debugfs reads the final state.
+    assert not ext4_needs_recovery(layout.path, root.start)
+    data = read_file_from_ext4(layout.path, "/root/lab-persist.txt", root.start)
+    assert data == f"{PERSIST_TOKEN}\n".encode()
+    entries = {e.name: e for e in list_dir_from_ext4(layout.path, "/root", root.start) or []}
+    assert entries["lab-persist.txt"].is_file and entries["lab-persist.txt"].mode & 0o777 == 0o644
+    part = extract_partition(layout, "labpersist", tmp_path / "root-after.img")
+    fsck = subprocess.run(["e2fsck", "-fn", str(part)], capture_output=True, text=True, check=False)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+    out = _boot_to_poweroff(
+        "test_lab-persist-read",
+        kernel=kernel,
+        initrd=labdisk_initrd,
+        drives=[Drive(layout.path, "virtio")],
+        append=f"lab.root={root.partuuid_link} lab.check=persist-read,mounts",
+        root=root.partuuid_link,
+    )
+    assert f"\nLAB-RESULT persist-read present=yes content={PERSIST_TOKEN}\n" in out
+    assert "\nLAB-CHECK persist-read ok\n" in out
+    assert _root_mount(out)[:2] == ["ext4", root.partuuid_link]
+
+
+@pytest.mark.vm
+def test_usb_stick_with_a_vfat_partition(
+    kernel: Kernel, labdisk_initrd: Path, partition_root_image: Path, tmp_path: Path
+) -> None:
+    """A usb-storage stick with an MBR table: udev names its FAT partition by label and
+    its ext4 partition by PARTUUID (<disk id>-02); the hook mounts both."""
+    files = tmp_path / "stick"
+    files.mkdir()
+    (files / "hello.txt").write_text("hello from the stick\n")
+    fat = make_vfat(
+        files, tmp_path / "stick.fat", size_mib=16, label="LABUSB", volume_id="2026-0001"
+    )
+    layout = make_disk(
+        tmp_path / "stick.img",
+        [Partition(16, image=fat, type=MS_BASIC_DATA), Partition(40, image=partition_root_image)],
+        table="dos",
+    )
+    root = layout.partition(2)
+    show = "/dev/disk/by-label/LABUSB"
+    out = _boot_to_poweroff(
+        "test_lab-usb-vfat",
+        kernel=kernel,
+        initrd=labdisk_initrd,
+        drives=[Drive(layout.path, "usb", serial="LABSTICK")],
+        append=f"lab.show={show} lab.root={root.partuuid_link} lab.check=mounts",
+        root=root.partuuid_link,
+    )
+    found = re.search(rf"^LAB-INITRAMFS: found {show} -> (\S+) (.*)$", out, re.MULTILINE)
+    assert found, out
+    assert found[1] == "/dev/sda1"
+    props = _fields(found[2])
+    assert props["ID_BUS"] == "usb"
+    assert (props["ID_FS_TYPE"], props["ID_FS_LABEL"], props["ID_FS_UUID"]) == (
+        "vfat",
+        "LABUSB",
+        "2026-0001",
+    )
+    assert props["ID_PART_ENTRY_UUID"] == layout.partition(1).partuuid
+    assert f"\nLAB-INITRAMFS: {show} file hello.txt: hello from the stick\n" in out
+    assert _root_mount(out)[:2] == ["ext4", root.partuuid_link]
 
 
 @pytest.mark.vm
@@ -834,6 +1067,24 @@ def test_make_liveroot_tree(tmp_path: Path) -> None:
         make_liveroot(root)
 
 
+def _in_liveroot(root: Path, script: str) -> str:
+    """Run `script` after the live root's init functions, in a chroot of `root` (no
+    /proc there: getparam reads a plain /proc/cmdline file, if the test writes one)."""
+    proc = subprocess.run(
+        [
+            "chroot",
+            str(root),
+            "/bin/sh",
+            "-c",
+            f'LAB_INIT_LIBRARY=y . /sbin/init; {script}; echo "rc=$? reason=$reason"',
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return proc.stdout
+
+
 def test_liveroot_init_checks_in_chroot(tmp_path: Path) -> None:
     """The init's check functions, run on the host in a chroot of the live root."""
     fake = tmp_path / "frozen"
@@ -848,19 +1099,7 @@ def test_liveroot_init_checks_in_chroot(tmp_path: Path) -> None:
     (root / "etc/a").write_bytes(b"changed")
 
     def run(check: str) -> str:
-        proc = subprocess.run(
-            [
-                "chroot",
-                str(root),
-                "/bin/sh",
-                "-c",
-                f'LAB_INIT_LIBRARY=y . /sbin/init; {check}; echo "rc=$? reason=$reason"',
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return proc.stdout
+        return _in_liveroot(root, check)
 
     out = run("check_status")
     assert "LAB-RESULT status stderr=warning on stderr\n" in out
@@ -877,6 +1116,68 @@ def test_liveroot_init_checks_in_chroot(tmp_path: Path) -> None:
     (root / "usr/lib/archiso-hook/archiso-hook").write_text("#!/bin/sh\nexit 3\n")
     out = run("check_status")
     assert "rc=1 reason=archiso-hook status --json exited with 3" in out
+
+
+def test_liveroot_persist_checks_in_chroot(tmp_path: Path) -> None:
+    root = make_liveroot(tmp_path / "root")
+    cmdline = root / "proc/cmdline"
+    cmdline.write_text(f"console=ttyS0 lab.check=persist-write lab.token={PERSIST_TOKEN}\n")
+    persist = root / "root/lab-persist.txt"
+    out = _in_liveroot(root, "check_persist_write")
+    assert out == f"LAB-RESULT persist-write token={PERSIST_TOKEN}\nrc=0 reason=\n"
+    assert persist.read_text() == f"{PERSIST_TOKEN}\n"
+    out = _in_liveroot(root, "check_persist_read")
+    assert out == f"LAB-RESULT persist-read present=yes content={PERSIST_TOKEN}\nrc=0 reason=\n"
+    persist.unlink()
+    out = _in_liveroot(root, "check_persist_read")
+    assert out == "LAB-RESULT persist-read present=no content=\nrc=0 reason=\n"
+    persist.mkdir()  # there, but head cannot read it
+    out = _in_liveroot(root, "check_persist_read")
+    assert out == "rc=1 reason=/root/lab-persist.txt exists but cannot be read\n"
+    cmdline.write_text("console=ttyS0 lab.check=persist-write lab.tokens=x\n")
+    out = _in_liveroot(root, "check_persist_write")
+    assert out == "rc=1 reason=no lab.token= on the kernel command line\n"
+
+
+def test_liveroot_poweroff_remounts_disk_filesystems(tmp_path: Path) -> None:
+    """Read-write disk filesystems are remounted read-only, children first; API and /run
+    mounts, read-only and memory filesystems are left alone; a refusal is reported."""
+    root = make_liveroot(tmp_path / "root")
+    (root / "proc/self").mkdir()
+    (root / "proc/self/mountinfo").write_text(
+        "22 1 254:2 / / rw,relatime shared:1 - ext4 /dev/vda2 rw\n"
+        "23 22 0:5 / /dev rw,nosuid shared:2 - devtmpfs dev rw,size=1\n"
+        "24 22 0:21 / /proc rw,nosuid,nodev,noexec shared:3 - proc proc rw\n"
+        "25 22 0:22 / /run rw,nosuid,nodev shared:4 - tmpfs run rw\n"
+        "26 25 7:0 / /run/archiso/bootmnt ro,relatime shared:5 - iso9660 /dev/sr0 ro\n"
+        "27 25 8:1 / /run/archiso/cowspace rw,relatime - ext4 /dev/sda1 rw\n"
+        "28 22 8:2 / /mnt/a\\040b rw,relatime shared:7 - vfat /dev/sda2 rw,fmask=0022\n"
+        "29 22 8:3 / /usr/share ro,relatime shared:8 - ext4 /dev/sda3 rw\n"
+        "30 22 8:4 / /srv rw,relatime shared:9 master:1 - xfs /dev/sda4 rw\n"
+        "31 22 0:30 / /tmp rw,relatime - tmpfs tmp rw\n"
+        "32 22 8:5 / /proceeds rw - ext3 /dev/sda5 rw\n"
+    )
+    (root / "usr/local/bin").mkdir(parents=True)
+    fake_mount = root / "usr/local/bin/mount"  # first on the init's PATH
+    fake_mount.write_text(
+        '#!/bin/sh\necho "$*" >>/tmp/mount.log\n'
+        '[ "$3" = /srv ] && { echo "mount: /srv: Device or resource busy" >&2; exit 1; }\n'
+        "exit 0\n"
+    )
+    fake_mount.chmod(0o755)
+    assert _in_liveroot(root, "rw_disk_mounts /proc/self/mountinfo") == (
+        "/proceeds\n/srv\n/mnt/a b\n/\nrc=0 reason=\n"
+    )
+    assert _in_liveroot(root, "remount_readonly") == (
+        "LAB: /proceeds remounted read-only\n"
+        "LAB: cannot remount /srv read-only: mount: /srv: Device or resource busy\n"
+        "LAB: /mnt/a b remounted read-only\n"
+        "LAB: root remounted read-only\n"
+        "rc=0 reason=\n"
+    )
+    assert (root / "tmp/mount.log").read_text() == (
+        "-o remount,ro /proceeds\n-o remount,ro /srv\n-o remount,ro /mnt/a b\n-o remount,ro /\n"
+    )
 
 
 def test_qemu_command_line(tmp_path: Path) -> None:
