@@ -17,6 +17,7 @@ from archiso_hook import cowfile, dm, fsprobe, loop, medium, syscalls
 from archiso_hook.aitab import parse_aitab
 from archiso_hook.cmdline import CowMode, Options
 from archiso_hook.errors import HookError, InputError, KernelError
+from archiso_hook.klog import KernelLogWindow
 from archiso_hook.log import Log
 from archiso_hook.mountopts import parse_mount_options
 from archiso_hook.plan import (
@@ -38,6 +39,7 @@ from archiso_hook.plan import (
     medium_steps,
     plan_boot,
 )
+from archiso_hook.rootpath import resolve_in_root
 from archiso_hook.sizes import human
 from archiso_hook.state import State
 
@@ -53,6 +55,15 @@ def seconds_since_exec() -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
+
+
+def already_mounted(newroot: str, state_file: str = STATE_FILE) -> bool:
+    """A complete earlier run (from the emergency shell, say) left the live root mounted."""
+    try:
+        state = State.load(state_file)
+    except (OSError, ValueError, TypeError):
+        return False
+    return state.complete and state.newroot == newroot and syscalls.is_mountpoint(newroot)
 
 
 class BootFailedError(Exception):
@@ -277,22 +288,30 @@ class Boot:
             )
         if fstype not in _filesystems():
             _load_modules((f"fs-{fstype}",), self.log)
-        os.makedirs(step.target, mode=0o755, exist_ok=True)
+        target = step.target
+        if step.live_path is not None:  # under the new root: its symlinks stay inside it
+            target = resolve_in_root(self.newroot, step.live_path)
+            if target != step.target:
+                self.log.info(f"{step.live_path} resolves to {target} in the new root")
+        os.makedirs(target, mode=0o755, exist_ok=True)
         options = parse_mount_options(step.options, what=f"options of {step.target}")
         flags = options.flags | (syscalls.MS_RDONLY if step.read_only else 0)
-        syscalls.mount(source, step.target, fstype, flags, options.data)
+        syscalls.mount(source, target, fstype, flags, options.data)
         how = "read-only" if step.read_only else "read-write"
-        self.log.info(f"mounted {source} ({fstype}) {how} at {step.target}")
+        self.log.info(f"mounted {source} ({fstype}) {how} at {target}")
+        live_path = None
+        if step.live_path is not None:
+            live_path = "/" + os.path.relpath(target, self.newroot).removeprefix(".")
         self._record(
             "mount",
-            f"unmount {step.target}",
-            lambda: _unmount(step.target),
+            f"unmount {target}",
+            lambda: _unmount(target),
             "target",
-            target=step.target,
+            target=target,
             source=source,
             fstype=fstype,
             read_only=step.read_only,
-            live_path=step.live_path,
+            live_path=live_path,
         )
 
     def _remount(self, step: Remount) -> None:
@@ -309,16 +328,7 @@ class Boot:
 
     def _attach_loop(self, step: AttachLoop) -> None:
         if step.expect_fstype is not None:
-            found = fsprobe.probe(step.backing)
-            if found != step.expect_fstype:
-                where = f" (aitab line {step.aitab_line})" if step.aitab_line else ""
-                if not os.path.exists(step.backing):
-                    raise HookError(f"image {step.backing}{where} does not exist on the medium")
-                raise HookError(
-                    f"{step.backing}{where} is not a {step.expect_fstype} image (found "
-                    f"{found or 'no known filesystem'}): the file is corrupt or truncated, or "
-                    "the aitab line is wrong"
-                )
+            self._check_image(step.backing, step.expect_fstype, step.aitab_line)
         device = loop.attach(step.backing, read_only=step.read_only)
         self.refs[step.ref] = device
         self.log.info(
@@ -333,6 +343,37 @@ class Boot:
             backing=step.backing,
             read_only=step.read_only,
         )
+
+    def _check_image(self, path: str, fstype: str, aitab_line: int | None) -> None:
+        """Is it there, readable, of the right type and whole? Said plainly, before use."""
+        where = f" (aitab line {aitab_line})" if aitab_line else ""
+        if not os.path.exists(path):
+            raise HookError(f"image {path}{where} does not exist on the medium")
+        with KernelLogWindow() as klog:
+            try:
+                head = fsprobe.read_head(path)
+            except OSError as e:
+                raise KernelError(
+                    f"cannot read {path}{where}: {e.strerror}: the image or the medium is damaged",
+                    e.errno or 0,
+                    kernel_log=klog.lines(),
+                    hint="rewrite the medium; a scratched disc or failing stick reads like this",
+                ) from None
+        found = fsprobe.probe_bytes(head)
+        if found != fstype:
+            raise HookError(
+                f"{path}{where} is not a {fstype} image (found {found or 'no known filesystem'}): "
+                "the file is corrupt or truncated, or the aitab line is wrong"
+            )
+        declared = fsprobe.declared_size(head, fstype)
+        actual = os.stat(path).st_size
+        if declared is not None and declared > actual:
+            raise HookError(
+                f"{path}{where} is truncated: the {fstype} in it is {human(declared)} but the "
+                f"file has {human(actual)}",
+                hint="the image was cut short (an interrupted copy or download): rebuild or "
+                "rewrite the medium",
+            )
 
     def _size_cow_files(self, step: SizeCowFiles) -> None:
         fs = os.statvfs(step.space)

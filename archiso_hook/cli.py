@@ -14,8 +14,10 @@ from archiso_hook.errors import HookError, InputError
 EPILOG_PLAN = """example:
   archiso-hook plan --cmdline 'archisobasedir=arch archisolabel=ARCH_2026' --aitab aitab
 """
-EPILOG_MOUNT = """example (what the mkinitcpio hook runs):
-  archiso-hook mount /new_root
+EPILOG_MOUNT = """examples:
+  archiso-hook mount /new_root                       (what the mkinitcpio hook runs)
+  archiso-hook mount /new_root archisolabel=ARCH_2026 (from the emergency shell, with a
+                                                      corrected parameter; then: exit)
 """
 EPILOG_STATUS = """example:
   archiso-hook status --json
@@ -63,13 +65,26 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    from archiso_hook.boot import Boot, BootFailedError, report_failure  # noqa: PLC0415
+    from archiso_hook.boot import (  # noqa: PLC0415
+        Boot,
+        BootFailedError,
+        already_mounted,
+        report_failure,
+    )
     from archiso_hook.cmdline import parse_options  # noqa: PLC0415
     from archiso_hook.log import Log  # noqa: PLC0415
 
     log = Log(kmsg=True)
+    if already_mounted(args.newroot):
+        log.info(
+            f"the live root is already mounted at {args.newroot} (archiso-hook status "
+            "shows what was set up)"
+        )
+        return 0
+    # From the emergency shell a user can correct a parameter for this attempt.
+    overrides = [(key, value) for key, _, value in (word.partition("=") for word in args.set)]
     try:
-        options = parse_options(_read_cmdline())
+        options = parse_options(_read_cmdline(), overrides=overrides)
     except Exception as e:  # noqa: BLE001  (a bug must still end in the emergency shell)
         return report_failure(log, e, debug=False)
     log = Log(kmsg=True, quiet=options.quiet, debug=options.debug)
@@ -166,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
         EPILOG_MOUNT,
     )
     p.add_argument("newroot", metavar="NEWROOT")
+    p.add_argument(
+        "set",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="kernel parameters that replace those of /proc/cmdline for this attempt "
+        "(to correct one from the emergency shell)",
+    )
 
     p = add(
         "status",

@@ -44,3 +44,31 @@ def probe(path: str) -> str | None:
         return None
     finally:
         os.close(fd)
+
+
+def read_head(path: str) -> bytes:
+    """The bytes the probe needs; raises OSError (EIO from a damaged image, say)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.pread(fd, _PROBE_BYTES, 0)
+    finally:
+        os.close(fd)
+
+
+def declared_size(head: bytes, fstype: str) -> int | None:
+    """How big the filesystem says it is, from its superblock; None if unknown.
+
+    A file shorter than that was cut short: an interrupted copy or download.
+    """
+    if fstype == "ext4" and len(head) >= 0x554:
+        blocks = int.from_bytes(head[0x404:0x408], "little")
+        if int.from_bytes(head[0x460:0x464], "little") & 0x80:  # INCOMPAT_64BIT
+            blocks |= int.from_bytes(head[0x550:0x554], "little") << 32
+        log_block = int.from_bytes(head[0x418:0x41C], "little")
+        return blocks * (1024 << log_block) if log_block < 8 else None
+    if fstype == "squashfs" and len(head) >= 48:
+        return int.from_bytes(head[40:48], "little")  # bytes_used
+    if fstype == "iso9660" and len(head) >= 0x8082:
+        blocks = int.from_bytes(head[0x8050:0x8054], "little")  # volume space size
+        return blocks * int.from_bytes(head[0x8080:0x8082], "little")  # logical block size
+    return None

@@ -565,12 +565,41 @@ class Syscalls:
         )
 
 
+def cmdline_module_options(text: str) -> dict[str, bytes]:
+    """Module parameters given on the kernel command line, as modprobe applies them:
+    `loop.max_loop=8 dm-mod.use_blk_mq=y` -> {"loop": b"max_loop=8", "dm_mod": ...}.
+
+    The kernel keeps these for built-in code only; for a module they take effect
+    because the loader passes them along, which finit_module(2) leaves to us.
+    """
+    from archiso_hook.cmdline import split_cmdline  # noqa: PLC0415
+
+    options: dict[str, list[str]] = {}
+    for key, value in split_cmdline(text):
+        module, dot, param = key.partition(".")
+        if not (dot and module and param):
+            continue
+        quoted = f'"{value}"' if value is not None and any(c.isspace() for c in value) else value
+        word = param if quoted is None else f"{param}={quoted}"
+        options.setdefault(modname(module), []).append(word)
+    return {name: " ".join(words).encode() for name, words in options.items()}
+
+
+def _read_cmdline() -> str:
+    try:
+        with open("/proc/cmdline", encoding="utf-8", errors="surrogateescape") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 @attrs.define
 class LiveKernel:
     """The running kernel: /sys/module, and the module syscalls (bound on first use)."""
 
     sysfs: Path = SYSFS_MODULES
     syscalls: Syscalls | None = None
+    options: dict[str, bytes] = attrs.Factory(lambda: cmdline_module_options(_read_cmdline()))
 
     def release(self) -> str:
         return os.uname().release
@@ -600,8 +629,9 @@ class LiveKernel:
         with os.fdopen(fd, "rb") as file:
             compression = compression_of(file.read(6))
             flags = 0 if compression is None else MODULE_INIT_COMPRESSED_FILE
+            params = self.options.get(module.name, b"")
             try:
-                self.syscalls.finit_module(fd, b"", flags)
+                self.syscalls.finit_module(fd, params, flags)
                 return True
             except OSError as error:
                 if error.errno == errno.EEXIST:
@@ -619,7 +649,7 @@ class LiveKernel:
         if compression is not None:
             image = decompress(module.name, image, compression)
         try:
-            self.syscalls.init_module(image, b"")
+            self.syscalls.init_module(image, params)
         except OSError as error:
             if error.errno == errno.EEXIST:
                 return False

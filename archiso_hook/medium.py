@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
@@ -53,14 +54,37 @@ def present(path: str) -> str | None:
             return None
     except OSError:
         return None
-    name = os.path.basename(real)
+    return real if has_medium(real) else None
+
+
+MEDIA_POLL = "/sys/module/block/parameters/events_dfl_poll_msecs"
+
+
+def enable_media_polling(log: Log, msecs: int = 2000) -> None:
+    """Make the kernel report a disc inserted into an optical drive.
+
+    The kernel notices a new medium only if it polls for it, and by default it does
+    not: systemd's 60-block.rules turns polling on (every 2 s) once the real system
+    runs. A user inserting the medium while the hook waits needs it now.
+    """
     try:
-        with open(f"/sys/class/block/{name}/size", encoding="ascii") as f:
-            if int(f.read()) == 0:  # e.g. an optical drive without a disc
-                return None
+        with open(MEDIA_POLL, "r+", encoding="ascii") as f:
+            if int(f.read().strip() or 0) == 0:
+                f.seek(0)
+                f.write(str(msecs))
+                log.debug(f"media change polling enabled ({msecs} ms), as systemd does")
     except (OSError, ValueError):
         pass
-    return real
+
+
+def has_medium(device: str) -> bool:
+    """Whether the device can be read: an optical drive without a disc answers ENOMEDIUM
+    (its size in sysfs is no guide: an empty drive may report 1 GiB)."""
+    try:
+        os.close(os.open(device, os.O_RDONLY | os.O_CLOEXEC))
+    except OSError as e:
+        return e.errno not in (errno.ENOMEDIUM, errno.ENXIO, errno.ENODEV)
+    return True
 
 
 def wait_until(
@@ -74,6 +98,7 @@ def wait_until(
     found = find()
     if found:
         return found, ""
+    enable_media_polling(log)
     pyudev = import_pyudev()
     context = pyudev.Context()
     # udevd creates the /dev/disk/by-* links; without it only kernel names appear.
@@ -191,13 +216,12 @@ def describe_block_devices(pyudev: ModuleType, context: object) -> str:
         name = device.sys_name
         if name.startswith(("loop", "ram", "zram", "dm-")):
             continue
+        if not has_medium(f"/dev/{name}"):
+            parts.append(f"{name} (no medium)")
+            continue
         props = device.properties
         fstype = props.get("ID_FS_TYPE") or probe(f"/dev/{name}")
-        try:
-            with open(f"/sys/class/block/{name}/size", encoding="ascii") as f:
-                size = human(int(f.read()) * 512)
-        except (OSError, ValueError):
-            size = "?"
+        size = human(_sysfs_int(f"/sys/class/block/{name}/size") * 512)
         facts = [fstype or "no filesystem"]
         if props.get("ID_FS_LABEL"):
             facts.append(f"label '{props.get('ID_FS_LABEL')}'")

@@ -35,6 +35,7 @@ from archiso_hook.kmod import (
     ModuleIndex,
     Softdep,
     Syscalls,
+    cmdline_module_options,
     compression_of,
     default_index,
     fnmatch,
@@ -736,3 +737,18 @@ def test_the_process_shares_one_index_of_the_running_kernel() -> None:
     assert index is default_index()
     assert index.root == Path("/usr/lib/modules") / os.uname().release
     assert isinstance(index.kernel, LiveKernel)
+
+
+def test_module_options_from_the_kernel_command_line() -> None:
+    options = cmdline_module_options(
+        'quiet loop.max_loop=2 dm-mod.use_blk_mq=y usbcore.nousb x.y="a b" root=/dev/sda'
+    )
+    assert options == {
+        "loop": b"max_loop=2",
+        "dm_mod": b"use_blk_mq=y",
+        "usbcore": b"nousb",
+        "x": b'y="a b"',
+    }
+    assert cmdline_module_options("loop.max_loop=2 loop.max_part=8")["loop"] == (
+        b"max_loop=2 max_part=8"
+    )

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+import shutil
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +47,39 @@ class Lab:
         *,
         memory_mib: int = 1024,
         timeout: float = 240.0,
+        initrd: Path | None = None,
+        extra_args: Sequence[str] = (),
     ) -> Guest:
         return Guest(
             name,
             kernel=self.kernel,
-            initrd=self.initrd,
+            initrd=initrd or self.initrd,
             append=append,
             drives=drives,
             memory_mib=memory_mib,
             timeout=timeout,
+            extra_args=extra_args,
+        )
+
+    def initramfs_without(self, *modules: str) -> Path:
+        """An image whose install hook leaves these modules out (a broken initramfs)."""
+        name = "initramfs-without-" + "-".join(modules) + ".img"
+        hooks = lab_dir() / ("hooks-without-" + "-".join(modules))
+        if hooks.exists():
+            shutil.rmtree(hooks)
+        shutil.copytree(STAGE / "usr/lib/initcpio", hooks)
+        install = hooks / "install" / "archiso"
+        text = install.read_text()
+        for module in modules:
+            assert f" {module} " in text, module
+            text = text.replace(f" {module} ", " ")
+        install.write_text(text)
+        return build_initramfs(
+            self.kernel,
+            ["base", "udev", "archiso"],
+            lab_dir() / name,
+            hook_dirs=[hooks],
+            env={"ARCHISO_HOOK_SYSROOT": str(STAGE)},
         )
 
 
