@@ -37,6 +37,8 @@ ARCHES = ("i686", "x86_64", "any")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9_.+-]*$")
 FIELDS = ("img", "mnt", "arch", "sfs_comp", "fs_type", "fs_size")
+# Plain decimal digits: str.isdigit() also takes '²', which int() refuses.
+_NUMBER_RE = re.compile(r"[0-9]{1,20}")
 
 
 @attrs.frozen
@@ -66,7 +68,9 @@ class AitabEntry:
 def parse_aitab(text: str, source: str = "aitab") -> list[AitabEntry]:
     """Parse an aitab's text; `source` names it in errors (the file's path)."""
     entries: list[AitabEntry] = []
-    for lineno, raw in enumerate(text.splitlines(), start=1):
+    # Lines end at \n (a file read in text mode has no other line ends): str.splitlines()
+    # also breaks at \f, \x1c, \x85, \u2028, ..., which would put errors on wrong lines.
+    for lineno, raw in enumerate(text.split("\n"), start=1):
         fields = raw.split()
         for i, field in enumerate(fields):  # a word starting with '#' starts a comment
             if field.startswith("#"):
@@ -108,7 +112,7 @@ def _parse_line(fields: list[str], where: str, lineno: int) -> AitabEntry:
             "(expected letters, digits, _ + - . ; no '/', at most 64 characters)"
         )
     trimmed = mount.rstrip("/") or "/"
-    if not mount.startswith("/") or mount.startswith("//") or posixpath.normpath(mount) != trimmed:
+    if not mount.startswith("/") or "//" in mount or posixpath.normpath(mount) != trimmed:
         raise InputError(
             f"{where}: field mnt: {mount!r} is not an absolute, normalized path "
             "(expected e.g. / or /usr/share, without '..', '.' or '//')"
@@ -172,9 +176,9 @@ def _valid_fs_size(text: str) -> bool:
 
 def _parse_fs_size(text: str, where: str) -> Size:
     """fs_size: an absolute size in MiB, or N% of free space to leave (1..99)."""
-    if text.endswith("%") and text[:-1].isdigit() and 1 <= int(text[:-1]) <= 99:
+    if text.endswith("%") and _NUMBER_RE.fullmatch(text[:-1]) and 1 <= int(text[:-1]) <= 99:
         return Size(int(text[:-1]), percent=True)
-    if text.isdigit() and 0 < int(text) <= 1 << 24:
+    if _NUMBER_RE.fullmatch(text) and 0 < int(text) <= 1 << 24:
         return Size(int(text) * 1024 * 1024)
     raise InputError(
         f"{where}: field fs_size: {text!r} is not valid: expected a size in MiB "

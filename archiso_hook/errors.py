@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def printable(text: str) -> str:
+    """One line whatever a user typed: control characters (a newline or a terminal
+    escape in a quoted parameter) are shown escaped, as \\x1b."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class HookError(Exception):
     """A failure explained in one sentence, with an optional hint on what to do.
 

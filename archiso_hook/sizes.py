@@ -20,8 +20,10 @@ _SUFFIXES = {
     "p": 1 << 50,
     "e": 1 << 60,
 }
-_SIZE_RE = re.compile(r"^([0-9]+)([kmgtpe]?)$", re.IGNORECASE)
-_PERCENT_RE = re.compile(r"^([0-9]+)%$")
+# Matched whole (`$` also matches before a trailing newline), ASCII only (the Kelvin sign
+# is a k to re.IGNORECASE), at most 20 digits (2**64 has 20; int() refuses over 4300).
+_SIZE_RE = re.compile(r"([0-9]{1,20})([kmgtpe]?)", re.IGNORECASE | re.ASCII)
+_PERCENT_RE = re.compile(r"([0-9]{1,20})%")
 
 
 @attrs.frozen
@@ -48,16 +50,17 @@ class Size:
 def parse_size(text: str, *, what: str, allow_percent: bool = True, max_percent: int = 100) -> Size:
     """Parse `256M`, `1G`, `4096` (bytes) or `75%`; `what` names the setting in errors."""
     accepted = "a size such as 256M or 1G" + (f", or 1%..{max_percent}%" if allow_percent else "")
-    match = _PERCENT_RE.match(text)
+    match = _PERCENT_RE.fullmatch(text)
     if match:
         percent = int(match.group(1))
         if not allow_percent or not 1 <= percent <= max_percent:
             raise InputError(f"{what}={text} is not valid: expected {accepted}")
         return Size(percent, percent=True)
-    match = _SIZE_RE.match(text)
-    if not match or int(match.group(1)) == 0:
+    match = _SIZE_RE.fullmatch(text)
+    size = int(match.group(1)) * _SUFFIXES[match.group(2).lower()] if match else 0
+    if not 0 < size < 1 << 63:  # the kernel's size arithmetic is 64-bit
         raise InputError(f"{what}={text} is not valid: expected {accepted}")
-    return Size(int(match.group(1)) * _SUFFIXES[match.group(2).lower()])
+    return Size(size)
 
 
 def human(n: float) -> str:

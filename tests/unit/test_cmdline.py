@@ -28,7 +28,8 @@ def test_defaults() -> None:
     assert options.label is None and options.medium is None
     assert options.arch is X86
     assert options.cow_spacesize == Size(256 << 20)
-    assert options.cow_persistent is None and options.cow_mode is CowMode.N
+    assert options.cow_persistent is None and options.cow_mode is CowMode.PO
+    assert options.grows and options.cow_grow_max == Size(50, percent=True)
     assert options.cow_dir == "persistent_/x86_64"
     assert options.cow_device_path is None and options.iso_device is None
     assert not options.cow_reset
@@ -104,10 +105,10 @@ def test_keys_that_are_not_ours_are_ignored() -> None:
 
 
 def test_archiso_parameters_not_yet_supported_are_said_not_dropped() -> None:
-    options = parse_options("copytoram checksum cowspace_size=1G copytoram=y", machine_arch=X86)
+    options = parse_options("verify cms_verify cowspace_size=1G verify=y", machine_arch=X86)
     assert options.warnings == (
-        "copytoram= is not supported by this version of archiso-hook; ignored",
-        "checksum= is not supported by this version of archiso-hook; ignored",
+        "verify= is not supported by this version of archiso-hook; ignored",
+        "cms_verify= is not supported by this version of archiso-hook; ignored",
         "cowspace_size= is an old archiso parameter; use cow_spacesize= instead",
     )
 
@@ -131,7 +132,7 @@ def test_as_parameters_uses_archiso_names() -> None:
     assert params["archisolabel"] == "L"
     assert params["archisodevice"] == "/dev/disk/by-label/L"
     assert params["cow_spacesize"] == "1G"
-    assert params["cow_persistent"] == "N"
+    assert params["cow_persistent"] == "PO"  # overflow keeps reads working, in RAM
 
 
 @pytest.mark.parametrize(
