@@ -4,6 +4,10 @@ The hook search path is `hook_dirs` (in order; e.g. the project's `initcpio/` fo
 archiso hook, or a test's own hook directory) followed by `vm/initcpio`, which provides
 `base` and `udev`: the first directory with `install/<hook>` wins, so a caller can
 override the lab's hooks but never loses them.
+
+With `chroot`, mkinitramfs runs inside an i386 root made by `tools/i386-root`, so the
+image gets that root's i386 busybox, kmod, udevd and libraries: how the lab builds an
+i686 initramfs on this x86_64 host (archiso builds i686 images in an i686 chroot).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from vm import REPO, VM_DIR
 from vm.kernel import Kernel
 
 __all__ = [
+    "I386_ROOT_TOOL",
     "LAB_HOOKS",
     "MKINITRAMFS",
     "PROJECT_HOOKS",
@@ -33,6 +38,8 @@ MKINITRAMFS = VM_DIR / "mkinitramfs"
 LAB_HOOKS = VM_DIR / "initcpio"
 #: The project's hooks (the archiso hook).
 PROJECT_HOOKS = REPO / "initcpio"
+#: Creates the i386 build root and runs commands in it.
+I386_ROOT_TOOL = REPO / "tools" / "i386-root"
 _NO_ENV: Mapping[str, str] = MappingProxyType({})
 
 
@@ -50,6 +57,7 @@ def build_initramfs(
     modules: Sequence[str] = (),
     compression: Literal["zstd", "none"] = "zstd",
     builddir: Path | None = None,
+    chroot: Path | None = None,
 ) -> Path:
     """Build `out` with HOOKS `hooks` for `kernel` and return `out`.
 
@@ -59,6 +67,10 @@ def build_initramfs(
     `run_hook`). `builddir` keeps the build root there (it must not exist or be empty).
     mkinitramfs's output (and the build time) is written next to the image as
     `<out>.log`.
+
+    `chroot` (a root made by `tools/i386-root create`) runs mkinitramfs in that root
+    with this repository, the kernel's module tree, the hook directories, the output's
+    directory and every absolute path among `env`'s values bound at their own paths.
     """
     dirs = [Path(d).resolve() for d in hook_dirs]
     if LAB_HOOKS not in dirs:
@@ -87,6 +99,18 @@ def build_initramfs(
         cmd += ["-M", " ".join(modules)]
     if builddir is not None:
         cmd += ["-d", str(builddir)]
+    if chroot is not None:
+        paths = [REPO, kernel.moduleroot, out.parent, *dirs]
+        paths += [Path(v) for v in env.values() if v.startswith("/") and Path(v).exists()]
+        if builddir is not None:
+            builddir.parent.mkdir(parents=True, exist_ok=True)
+            paths.append(builddir.parent)
+        wrapper = [str(I386_ROOT_TOOL), "run", str(chroot)]
+        for path in _outermost(paths):
+            wrapper += ["-b", str(path)]
+        for name, value in {**env, "LC_ALL": "C"}.items():
+            wrapper += ["-e", f"{name}={value}"]
+        cmd = [*wrapper, "--", *cmd]
     started = time.monotonic()
     proc = subprocess.run(
         cmd,
@@ -107,3 +131,13 @@ def build_initramfs(
             f"mkinitramfs failed with status {proc.returncode} ({log}):\n{proc.stdout.strip()}"
         )
     return out
+
+
+def _outermost(paths: Sequence[Path]) -> list[Path]:
+    """The resolved `paths` without those inside another one (one bind covers them)."""
+    resolved = sorted({Path(p).resolve() for p in paths})
+    kept: list[Path] = []
+    for path in resolved:
+        if not any(path.is_relative_to(parent) for parent in kept):
+            kept.append(path)
+    return kept

@@ -38,6 +38,7 @@ __all__ = [
     "KernelError",
     "extract_vmlinux",
     "fetch_kernel",
+    "has_pvh_entry",
     "resolve_kernel_package",
 ]
 
@@ -88,6 +89,14 @@ class Kernel:
     arch: str
     #: Debian package version, e.g. "6.1.192-2"
     package_version: str = ""
+    #: the vmlinux has a PVH entry point (QEMU boots an ELF kernel only through one)
+    pvh: bool = True
+
+    @property
+    def boot_file(self) -> Path:
+        """What QEMU's `-kernel` boots: the vmlinux, or the bzImage when the vmlinux has
+        no PVH entry (Debian's 686 kernel: its build has no CONFIG_PVH)."""
+        return self.vmlinux if self.pvh else self.bzimage
 
     @property
     def moduledir(self) -> Path:
@@ -201,6 +210,7 @@ def _kernel_from_entry(entry: Path, arch: str) -> Kernel:
         moduleroot=entry / "root",
         arch=arch,
         package_version=meta.get("package_version", ""),
+        pvh=has_pvh_entry(entry / "vmlinux"),
     )
 
 
@@ -330,3 +340,39 @@ def extract_vmlinux(bzimage: Path, out: Path, *, elf_machine: int | None = None)
     tmp.write_bytes(data)
     tmp.rename(out)
     return out
+
+
+_PT_NOTE = 4
+_XEN_ELFNOTE_PHYS32_ENTRY = 18
+
+
+def has_pvh_entry(vmlinux: Path) -> bool:
+    """Whether an ELF kernel carries the Xen PVH entry note (`XEN_ELFNOTE_PHYS32_ENTRY`),
+    without which QEMU refuses to boot it. Reads only the headers and the notes."""
+    with vmlinux.open("rb") as f:
+        header = f.read(64)
+        if not header.startswith(_ELF_MAGIC) or header[4] not in (1, 2):
+            return False
+        is64 = header[4] == 2
+        phoff, phentsize, phnum = struct.unpack_from(
+            "<Q14xHH" if is64 else "<I10xHH", header, 32 if is64 else 28
+        )
+        for index in range(phnum):
+            f.seek(phoff + index * phentsize)
+            entry = f.read(phentsize)
+            if is64:
+                p_type, p_offset, p_filesz = struct.unpack_from("<I4xQ16xQ", entry)
+            else:
+                p_type, p_offset, p_filesz = struct.unpack_from("<II8xI", entry)
+            if p_type != _PT_NOTE:
+                continue
+            f.seek(p_offset)
+            notes = f.read(p_filesz)
+            at = 0
+            while at + 12 <= len(notes):
+                namesz, descsz, n_type = struct.unpack_from("<III", notes, at)
+                name = notes[at + 12 : at + 12 + namesz].rstrip(b"\0")
+                if name == b"Xen" and n_type == _XEN_ELFNOTE_PHYS32_ENTRY:
+                    return True
+                at += 12 + (namesz + 3) // 4 * 4 + (descsz + 3) // 4 * 4
+    return False

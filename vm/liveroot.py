@@ -5,6 +5,9 @@ image by the caller). Its `/sbin/init` is `vm/liveroot/init`, a busybox sh scrip
 runs the checks named in `lab.check=a,b,c` and prints `LAB: PASS` or `LAB: FAIL`, then
 powers off. `write_manifest()` records sha256 sums for its `files` check, and
 `make_ext4()` packs a tree into an ext4 image with `mkfs.ext4 -d`.
+
+With `sysroot` (the i386 root of `tools/i386-root`), busybox and the libraries come from
+that root instead of the host: an i686 live root built on this x86_64 host.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ __all__ = [
     "install_host_file",
     "make_ext4",
     "make_liveroot",
+    "sysroot_libraries",
     "write_manifest",
 ]
 
@@ -80,6 +84,7 @@ def make_liveroot(
     *,
     hook_tree: Path | None = None,
     extra_files: Mapping[str, bytes] = _NO_FILES,
+    sysroot: Path | None = None,
 ) -> Path:
     """Build the live root in `dest` (missing or empty) and return `dest`.
 
@@ -94,6 +99,9 @@ def make_liveroot(
 
     `extra_files` maps paths inside the root to contents; they are written last (mode
     0755 if the content starts with `#!`, else 0644), replacing what is there.
+
+    `sysroot` is a root of another architecture (an i386 Debian root): busybox-static
+    and the libraries the hook tree needs are taken from it (`sysroot_libraries`).
     """
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):
@@ -107,7 +115,7 @@ def make_liveroot(
     for name, target in _LINKS.items():
         (dest / name).symlink_to(target)
 
-    _install_busybox(dest)
+    _install_busybox(dest, sysroot)
     init = dest / "usr/sbin/init"
     shutil.copyfile(INIT_SCRIPT, init)
     init.chmod(0o755)
@@ -120,7 +128,7 @@ def make_liveroot(
     (etc / "fstab").write_text("")
 
     if hook_tree is not None:
-        _install_hook_tree(dest, Path(hook_tree))
+        _install_hook_tree(dest, Path(hook_tree), sysroot)
 
     for name, content in extra_files.items():
         path = _inside(dest, name)
@@ -139,21 +147,25 @@ def _inside(root: Path, name: str) -> Path:
     return root / rel
 
 
-def _install_busybox(root: Path) -> None:
-    if not BUSYBOX.is_file():
-        raise LiverootError(f"{BUSYBOX} is missing: apt-get install busybox-static")
+def _install_busybox(root: Path, sysroot: Path | None = None) -> None:
+    busybox = BUSYBOX
+    if sysroot is not None:
+        busybox = sysroot / _realpath_in(sysroot, BUSYBOX).relative_to("/")
+    if not busybox.is_file():
+        raise LiverootError(f"{busybox} is missing: apt-get install busybox-static")
     target = root / "usr/bin/busybox"
-    shutil.copyfile(BUSYBOX, target)
+    shutil.copyfile(busybox, target)
     target.chmod(0o755)
+    # An i386 busybox-static runs on this x86_64 kernel too (IA32 emulation).
     applets = subprocess.run(
-        [str(BUSYBOX), "--list"], capture_output=True, text=True, check=True
+        [str(busybox), "--list"], capture_output=True, text=True, check=True
     ).stdout.split()
     for applet in applets:
         if applet != "busybox" and "/" not in applet:
             (root / "usr/bin" / applet).symlink_to("busybox")
 
 
-def _install_hook_tree(root: Path, tree: Path) -> None:
+def _install_hook_tree(root: Path, tree: Path, sysroot: Path | None = None) -> None:
     exe = tree / "archiso-hook"
     if not (exe.is_file() and os.access(exe, os.X_OK) and (tree / "_internal").is_dir()):
         raise LiverootError(f"{tree}: not a PyInstaller onedir tree (archiso-hook + _internal/)")
@@ -161,8 +173,12 @@ def _install_hook_tree(root: Path, tree: Path) -> None:
     shutil.copytree(tree, dest, symlinks=True)
     (root / "usr/bin/archiso-hook").symlink_to("../lib/archiso-hook/archiso-hook")
     objects = [exe, *(p for p in sorted(tree.rglob("*.so*")) if p.is_file() and _is_elf(p))]
-    for lib in host_libraries(objects, bundled=tree):
-        install_host_file(root, lib)
+    if sysroot is None:
+        for lib in host_libraries(objects, bundled=tree):
+            install_host_file(root, lib)
+    else:
+        for lib in sysroot_libraries(objects, sysroot, bundled=tree):
+            install_host_file(root, lib, sysroot=sysroot)
 
 
 def _is_elf(path: Path) -> bool:
@@ -222,25 +238,145 @@ def host_libraries(objects: Iterable[Path], *, bundled: Path | None = None) -> l
     return sorted(found)
 
 
-def install_host_file(root: Path, path: Path) -> None:
+def install_host_file(root: Path, path: Path, *, sysroot: Path | None = None) -> None:
     """Copy the host file `path` to the same path under `root`, recreating the chain of
-    symlinks that leads to it (e.g. `/lib64/ld-linux-x86-64.so.2` -> the real loader)."""
+    symlinks that leads to it (e.g. `/lib64/ld-linux-x86-64.so.2` -> the real loader).
+
+    With `sysroot`, `path` names a file of that root (links resolved inside it)."""
     seen: set[Path] = set()
     while path not in seen:
         seen.add(path)
         inside = root / path.relative_to("/")
         inside.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_symlink():
-            link = os.readlink(path)
+        if sysroot is None:
+            source, base = path, Path(os.path.realpath(path.parent))
+        else:
+            base = _realpath_in(sysroot, path.parent)
+            source = sysroot / base.relative_to("/") / path.name
+        if source.is_symlink():
+            link = os.readlink(source)
             if not inside.is_symlink() and not inside.exists():
-                inside.symlink_to(link)
-            base = Path(os.path.realpath(path.parent))
+                # A relative link reached through a directory link (/lib64 -> /opt/x) must
+                # not dangle where the new root has a plain directory: point it home.
+                if not link.startswith("/") and _resolves_to(root, inside.parent) != base:
+                    inside.symlink_to(os.path.normpath(base / link))
+                else:
+                    inside.symlink_to(link)
             path = Path(os.path.normpath(link if link.startswith("/") else base / link))
             continue
         if not inside.exists():
-            shutil.copy2(path, inside)
+            shutil.copy2(source, inside)
         return
     raise LiverootError(f"symlink loop at {path}")
+
+
+def _resolves_to(root: Path, directory: Path) -> Path | None:
+    """Where `directory` (under `root`) leads, as an absolute path inside `root`."""
+    real = Path(os.path.realpath(directory))
+    try:
+        return Path("/") / real.relative_to(os.path.realpath(root))
+    except ValueError:
+        return None
+
+
+def _realpath_in(sysroot: Path, path: Path) -> Path:
+    """`path` (absolute) with its symlinks resolved inside `sysroot`, where an absolute
+    link target starts over at `sysroot` (as in a chroot); the result is absolute."""
+    parts = list(path.parts[1:])
+    resolved = Path("/")
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            resolved = resolved.parent
+            continue
+        candidate = resolved / part
+        host = sysroot / candidate.relative_to("/")
+        if not host.is_symlink():
+            resolved = candidate
+            continue
+        hops += 1
+        if hops > 40:
+            raise LiverootError(f"too many levels of symlinks at {path} in {sysroot}")
+        target = Path(os.readlink(host))
+        if target.is_absolute():
+            resolved = Path("/")
+            parts = [*target.parts[1:], *parts]
+        else:
+            parts = [*target.parts, *parts]
+    return resolved
+
+
+def _library_dirs(sysroot: Path) -> list[Path]:
+    """The directories the dynamic loader of `sysroot` searches: its ld.so.conf (with
+    the files it includes), then /lib and /usr/lib."""
+    dirs: list[Path] = []
+
+    def read(conf: Path) -> None:
+        for line in conf.read_text().splitlines():
+            words = line.split("#", 1)[0].split()
+            if words[:1] == ["include"]:
+                for pattern in words[1:]:
+                    for included in sorted(sysroot.glob(pattern.lstrip("/"))):
+                        read(included)
+            elif words and words[0].startswith("/"):
+                dirs.append(Path(words[0]))
+
+    conf = sysroot / "etc/ld.so.conf"
+    if conf.is_file():
+        read(conf)
+    dirs += [Path("/lib"), Path("/usr/lib")]
+    return list(dict.fromkeys(dirs))
+
+
+_NEEDED = re.compile(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]")
+_INTERP = re.compile(r"\[Requesting program interpreter: ([^\]]+)\]")
+
+
+def sysroot_libraries(
+    objects: Iterable[Path], sysroot: Path, *, bundled: Path | None = None
+) -> list[Path]:
+    """What `host_libraries` finds with ldd, for ELF objects of `sysroot`'s architecture:
+    the libraries they need (paths inside `sysroot`, sorted), found from their `NEEDED`
+    entries and `PT_INTERP` with `readelf` and searched in `sysroot`'s loader path.
+
+    The host's ldd cannot run another architecture's loader, so the walk is done here.
+    As there, a library found in `bundled` satisfies a shared object, not an executable.
+    A library that is neither found nor bundled raises `LiverootError`.
+    """
+    dirs = _library_dirs(sysroot)
+    bundled_names = {p.name for p in bundled.rglob("*.so*")} if bundled is not None else set()
+    found: set[Path] = set()
+    queue = [(Path(obj), ".so" in Path(obj).name) for obj in objects]
+    walked: set[Path] = set()
+    while queue:
+        obj, is_library = queue.pop()
+        if obj in walked:
+            continue
+        walked.add(obj)
+        proc = subprocess.run(
+            ["readelf", "--wide", "--dynamic", "--program-headers", str(obj)],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, LC_ALL="C"),
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise LiverootError(f"readelf {obj} failed:\n{proc.stderr.strip()}")
+        for interp in _INTERP.findall(proc.stdout):
+            found.add(Path(interp))
+        for soname in _NEEDED.findall(proc.stdout):
+            if is_library and soname in bundled_names:
+                continue
+            for directory in dirs:
+                real = sysroot / _realpath_in(sysroot, directory / soname).relative_to("/")
+                if real.is_file():
+                    found.add(directory / soname)
+                    queue.append((real, True))
+                    break
+            else:
+                raise LiverootError(f"{obj}: library {soname} not found in {sysroot}")
+    return sorted(found)
 
 
 def write_manifest(

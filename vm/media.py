@@ -16,11 +16,22 @@ from vm.liveroot import make_liveroot, write_manifest
 
 FROZEN_TREE = REPO / "build" / "frozen" / "archiso-hook"
 STAGE = REPO / "build" / "stage"
+#: `make frozen-i686`'s tree, and the i386 root it was built in (`tools/i386-root`).
+FROZEN_TREE_I686 = REPO / "build" / "frozen-i686" / "archiso-hook"
+I386_ROOT = REPO / "build" / "i386-root"
 
 SAMPLE_LABEL = "ARCHISO_SAMPLE"
 # A root filesystem image in a squashfs, under a dm-snapshot; a plain squashfs beside it.
 SAMPLE_AITAB = """\
 # img   mnt          arch    sfs_comp  fs_type  fs_size
+root    /            x86_64  zstd      ext4     64
+share   /usr/share   any     zstd      none     0
+"""
+
+# One medium for both architectures: each boots its own root, and both share /usr/share.
+DUAL_AITAB = """\
+# img   mnt          arch    sfs_comp  fs_type  fs_size
+root    /            i686    zstd      ext4     64
 root    /            x86_64  zstd      ext4     64
 share   /usr/share   any     zstd      none     0
 """
@@ -84,3 +95,18 @@ def build_media(
         edit(tree / basedir)
     iso = make_iso(tree, work / f"{name}.iso", label, result.epoch, log)
     return Media(name=name, label=label, iso=iso, tree=tree)
+
+
+def make_dual_sources(
+    src: Path,
+    *,
+    hook_tree: Path = FROZEN_TREE,
+    hook_tree_i686: Path = FROZEN_TREE_I686,
+    sysroot_i686: Path = I386_ROOT,
+) -> Path:
+    """Source trees of DUAL_AITAB: `make_sources`'s, plus src/i686/root, a live root of
+    i386 busybox-static and the i686 hook with its i386 glibc from `sysroot_i686`."""
+    make_sources(src, hook_tree=hook_tree)
+    root = make_liveroot(src / "i686" / "root", hook_tree=hook_tree_i686, sysroot=sysroot_i686)
+    write_manifest(root)
+    return src

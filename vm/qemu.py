@@ -179,7 +179,8 @@ def _safe_name(name: str) -> str:
 class Guest:
     """A running QEMU guest; use it as a context manager (QEMU is killed on exit).
 
-    `kernel` is a `Kernel` (its uncompressed `vmlinux` is booted) or a kernel file.
+    `kernel` is a `Kernel` (its uncompressed `vmlinux` is booted, or its bzImage when
+    the vmlinux has no PVH entry: `Kernel.boot_file`) or a kernel file.
     `timeout` is the hard limit of the whole run: the watchdog kills QEMU then.
     """
 
@@ -198,7 +199,7 @@ class Guest:
     ) -> None:
         self.name = _safe_name(name)
         if isinstance(kernel, Kernel):
-            self.kernel_path = kernel.vmlinux
+            self.kernel_path = kernel.boot_file
             self.qemu = ARCHES[kernel.arch].qemu
         else:
             self.kernel_path = Path(kernel)

@@ -1,11 +1,14 @@
 """Struct packing and ioctl numbers, against the numbers in the kernel's UAPI headers.
 
 The C half compiles the headers installed on this machine (linux-libc-dev) and
-prints what the compiler says; the Python half must agree.
+prints what the compiler says, once for each architecture the hook is built for
+(x86_64, and i686 with `gcc -m32`); the Python half must agree on both.
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
 import shutil
 import struct
 import subprocess
@@ -13,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from archiso_hook import dm, loop
+from archiso_hook import dm, kmod, loop
 from archiso_hook.ioctl import GENERIC, POWERPC_MIPS_SPARC, layout_for
 
 C_PROGRAM = r"""
@@ -22,8 +25,13 @@ C_PROGRAM = r"""
 #include <linux/fs.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <sys/syscall.h>
 #define P(name, value) printf("%s %lu\n", name, (unsigned long)(value))
 int main(void) {
+    P("sizeof_pointer", sizeof(void *));
+    P("SYS_finit_module", SYS_finit_module);
+    P("SYS_init_module", SYS_init_module);
+    P("sizeof_dm_name_list", sizeof(struct dm_name_list));
     P("sizeof_dm_ioctl", sizeof(struct dm_ioctl));
     P("sizeof_dm_target_spec", sizeof(struct dm_target_spec));
     P("off_dm_data_size", offsetof(struct dm_ioctl, data_size));
@@ -63,16 +71,38 @@ int main(void) {
 """
 
 
-@pytest.fixture(scope="module")
-def kernel_headers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
+#: The gcc flags of each architecture the hook is built for (-m32 needs gcc-multilib).
+GCC_FLAGS = {"x86_64": "-m64", "i686": "-m32"}
+
+
+def _arch(h: dict[str, int]) -> str:
+    """Which architecture these header values were compiled for."""
+    return {8: "x86_64", 4: "i686"}[h["sizeof_pointer"]]
+
+
+@pytest.fixture(scope="module", params=sorted(GCC_FLAGS))
+def kernel_headers(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, int]:
     gcc = shutil.which("gcc")
     if gcc is None or not Path("/usr/include/linux/dm-ioctl.h").exists():
         pytest.fail("gcc and linux-libc-dev are needed (make setup installs them)")
     work = tmp_path_factory.mktemp("abi")
     (work / "abi.c").write_text(C_PROGRAM)
-    subprocess.run([gcc, "-o", str(work / "abi"), str(work / "abi.c")], check=True)
+    flag = GCC_FLAGS[request.param]
+    build = subprocess.run(
+        [gcc, flag, "-o", str(work / "abi"), str(work / "abi.c")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if build.returncode != 0:
+        pytest.fail(f"gcc {flag} failed (make setup installs gcc-multilib):\n{build.stderr}")
+    # A 32-bit program runs here too: the x86_64 kernel has IA32 emulation.
     out = subprocess.run([str(work / "abi")], check=True, capture_output=True, text=True).stdout
-    return {name: int(value) for name, value in (line.split() for line in out.splitlines())}
+    values = {name: int(value) for name, value in (line.split() for line in out.splitlines())}
+    assert _arch(values) == request.param
+    return values
 
 
 def test_dm_ioctl_layout_matches_the_headers(kernel_headers: dict[str, int]) -> None:
@@ -80,6 +110,9 @@ def test_dm_ioctl_layout_matches_the_headers(kernel_headers: dict[str, int]) -> 
     assert dm.DM_IOCTL.size == h["sizeof_dm_ioctl"] == 312
     assert dm.DM_TARGET_SPEC.size == h["sizeof_dm_target_spec"] == 40
     assert dm.DM_NAME_LIST.size == h["off_name_list_name"] == 12
+    # Only the C struct's tail padding differs (__u64 is 4-byte aligned on i386); the
+    # kernel walks the list by `next` offsets, so the packing above holds on both.
+    assert h["sizeof_dm_name_list"] == {"x86_64": 16, "i686": 12}[_arch(h)]
     header = dm.pack_ioctl(
         data_size=0x11223344, name="N", uuid="U", flags=0x55, event_nr=0x66, dev=0x0102030405060708
     )
@@ -107,7 +140,7 @@ def test_dm_request_numbers_and_flags_match_the_headers(kernel_headers: dict[str
         "TABLE_STATUS",
         "LIST_DEVICES",
     ):
-        assert dm.request_number(dm.Cmd[name], layout_for("x86_64")) == h[f"DM_{name}"], name
+        assert dm.request_number(dm.Cmd[name], layout_for(_arch(h))) == h[f"DM_{name}"], name
     assert dm.Flag.BUFFER_FULL == h["DM_BUFFER_FULL_FLAG"]
     assert dm.Flag.STATUS_TABLE == h["DM_STATUS_TABLE_FLAG"]
     assert dm.Flag.DEFERRED_REMOVE == h["DM_DEFERRED_REMOVE"]
@@ -129,7 +162,35 @@ def test_loop_layout_and_numbers_match_the_headers(kernel_headers: dict[str, int
     assert loop.LOOP_CTL_GET_FREE == h["LOOP_CTL_GET_FREE"]
     assert loop.LOOP_SET_STATUS64 == h["LOOP_SET_STATUS64"]
     assert loop.LO_FLAGS_AUTOCLEAR == h["LO_FLAGS_AUTOCLEAR"]
-    assert layout_for("x86_64").ior(0x12, 114, 8) == h["BLKGETSIZE64"]
+    # _IOR(0x12, 114, size_t): the pointer size shows in the request number.
+    blkgetsize64 = {"x86_64": 0x80081272, "i686": 0x80041272}[_arch(h)]
+    assert layout_for(_arch(h)).ior(0x12, 114, h["sizeof_pointer"]) == h["BLKGETSIZE64"]
+    assert h["BLKGETSIZE64"] == blkgetsize64
+
+
+def test_module_syscall_numbers_match_the_headers(kernel_headers: dict[str, int]) -> None:
+    """kmod calls finit_module(2)/init_module(2) by number (glibc has no wrapper); a
+    32-bit hook uses i386's numbers even on a 64-bit kernel."""
+    h = kernel_headers
+    abi = {"x86_64": "x86_64", "i686": "i386"}[_arch(h)]
+    finit = kmod._SYSCALLS["finit_module"][1][abi]
+    init = kmod._SYSCALLS["init_module"][1][abi]
+    assert (finit, init) == (h["SYS_finit_module"], h["SYS_init_module"])
+    assert (finit, init) == {"x86_64": (313, 175), "i386": (350, 128)}[abi]
+
+
+@pytest.mark.parametrize(
+    ("machine", "pointer_size", "abi"),
+    [("x86_64", 8, "x86_64"), ("x86_64", 4, "i386"), ("i686", 4, "i386")],
+)
+def test_module_syscall_abi_is_the_process_one(
+    monkeypatch: pytest.MonkeyPatch, machine: str, pointer_size: int, abi: str
+) -> None:
+    """`uname -m` names the kernel: an i686 hook on an x86_64 kernel still uses i386's."""
+    uname = os.uname_result(("Linux", "lab", "6.1.0", "#1", machine))
+    monkeypatch.setattr(os, "uname", lambda: uname)
+    monkeypatch.setattr(ctypes, "sizeof", lambda _type: pointer_size)
+    assert kmod._abi() == abi
 
 
 def test_loop_info_round_trips() -> None:
