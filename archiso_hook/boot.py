@@ -13,15 +13,20 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from archiso_hook import cowfile, dm, fsprobe, loop, medium, syscalls
+from archiso_hook import checksums, cowfile, dm, fsprobe, loop, medium, syscalls, transfer
 from archiso_hook.aitab import parse_aitab
-from archiso_hook.cmdline import CowMode, Options
-from archiso_hook.errors import HookError, InputError, KernelError
+from archiso_hook.cmdline import CopyMode, CowMode, Options
+from archiso_hook.errors import HookError, InputError, KernelError, printable
 from archiso_hook.klog import KernelLogWindow
 from archiso_hook.log import Log
 from archiso_hook.mountopts import parse_mount_options
 from archiso_hook.plan import (
+    AUTO_MAX_IMAGES,
+    AUTO_RESERVE,
     BOOTMNT,
+    COPY_RESERVE,
+    COWSPACE,
+    IMG_DEV_MNT,
     STATE_FILE,
     AttachLoop,
     BootPlan,
@@ -31,10 +36,12 @@ from archiso_hook.plan import (
     LoadModules,
     MakeDirectory,
     Mount,
+    PrepareImages,
     Remount,
     SearchMedium,
     SizeCowFiles,
     Step,
+    cow_need,
     cow_sizes,
     medium_steps,
     plan_boot,
@@ -77,15 +84,17 @@ class BootFailedError(Exception):
 def report_failure(log: Log, exc: Exception, *, debug: bool) -> int:
     """Log what went wrong in plain words (a traceback only under rd.debug); the exit code."""
     if isinstance(exc, HookError):
-        log.error(exc.message)
+        log.error(printable(exc.message))
         if isinstance(exc, KernelError) and exc.kernel_log:
-            log.error("the kernel said: " + " | ".join(exc.kernel_log[-3:]))
+            log.error(printable("the kernel said: " + " | ".join(exc.kernel_log[-3:])))
         if exc.hint:
-            log.error(f"hint: {exc.hint}")
+            log.error(printable(f"hint: {exc.hint}"))
         return 2 if isinstance(exc, InputError) else 1
     log.error(
-        f"internal error: {type(exc).__name__}: {exc} (please report it; with rd.debug on the "
-        "kernel command line the traceback is printed)"
+        printable(
+            f"internal error: {type(exc).__name__}: {exc} (please report it; with rd.debug on "
+            "the kernel command line the traceback is printed)"
+        )
     )
     if debug:
         import traceback  # noqa: PLC0415  (only for a bug: not at start-up)
@@ -98,24 +107,36 @@ class UndoStack:
     """Undo actions in reverse order of registration; each failure is logged, not raised."""
 
     def __init__(self, log: Log) -> None:
-        self._actions: list[tuple[str, Callable[[], None]]] = []
+        self._actions: list[tuple[str, Callable[[], None], str | None]] = []
         self._log = log
 
-    def push(self, description: str, action: Callable[[], None]) -> None:
-        self._actions.append((description, action))
+    def push(self, description: str, action: Callable[[], None], key: str | None = None) -> None:
+        self._actions.append((description, action, key))
+
+    def undo_now(self, keys: set[str], *, why: str) -> list[str]:
+        """Undo just these resources (newest first), before the rest; the failures."""
+        chosen = [a for a in self._actions if a[2] in keys]
+        self._actions = [a for a in self._actions if a[2] not in keys]
+        return self._run(chosen, why)
 
     def rollback(self) -> list[str]:
         """Run every action; return the descriptions of those that failed."""
+        actions, self._actions = self._actions, []
+        return self._run(actions, "undone")
+
+    def _run(
+        self, actions: list[tuple[str, Callable[[], None], str | None]], why: str
+    ) -> list[str]:
         failed = []
-        while self._actions:
-            description, action = self._actions.pop()
+        while actions:
+            description, action, _ = actions.pop()
             try:
                 action()
             except (OSError, HookError) as e:
                 failed.append(description)
                 self._log.warning(f"could not {description}: {e}")
             else:
-                self._log.info(f"undone: {description}")
+                self._log.info(f"{why}: {description}")
         return failed
 
     def forget(self) -> None:
@@ -152,12 +173,14 @@ class Boot:
         self.undo = UndoStack(log)
         self.refs: dict[str, Any] = {}  # ref -> LoopDevice or device path
         self.cow_bytes: dict[str, int] = {}  # origin ref -> COW file size
+        self.image_paths: dict[str, str] = {}  # image on the medium -> its copy in RAM
         self._dm: dm.DeviceMapper | None = None
         self._handlers: dict[type, Callable[[Any], None]] = {
             LoadModules: self._load_modules,
             FindMedium: self._find_medium,
             Mount: self._mount,
             MakeDirectory: self._make_directory,
+            PrepareImages: self._prepare_images,
             Remount: self._remount,
             SearchMedium: self._search_medium,
             AttachLoop: self._attach_loop,
@@ -188,6 +211,7 @@ class Boot:
                 ref.close()
         self.undo.forget()
         work = time.monotonic() - start
+        self.state.cow = self._growth_policy()
         self.state.complete = True
         self.state.timings["mount_seconds"] = round(work, 3)
         since_exec = ""
@@ -201,6 +225,28 @@ class Boot:
             f"({len(plan.images)} image(s))"
         )
         return plan
+
+    def _growth_policy(self) -> dict[str, Any]:
+        """What `watch` may do: grow COW files up to cow_grow_max of RAM, or on a device
+        up to what the filesystem can still give (never more, counting kept files)."""
+        cow_files = [r for r in self.state.resources if r["kind"] == "file"]
+        if not cow_files:
+            return {}
+        fstype = syscalls.mountpoints().get(COWSPACE, ("", ""))[1]
+        sizes = sum(os.stat(r["path"]).st_size for r in cow_files)
+        if fstype == "tmpfs":
+            ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            grow_max = self.options.cow_grow_max.resolve(ram)
+        else:
+            fs = os.statvfs(COWSPACE)
+            kept = [cowfile.Usage.of(r["path"]) for r in cow_files]
+            grow_max = sizes + max(0, cowfile.room_for_new_files(fs.f_bavail * fs.f_frsize, kept))
+        return {
+            "space": COWSPACE,
+            "tmpfs": fstype == "tmpfs",
+            "grow": self.options.grows,
+            "grow_max": grow_max,
+        }
 
     def _run(self) -> BootPlan:
         if not os.path.isdir(self.newroot):
@@ -255,7 +301,7 @@ class Boot:
             action()
             self.state.remove(kind, key, value)
 
-        self.undo.push(undo, undo_and_forget)
+        self.undo.push(undo, undo_and_forget, key=f"{kind}:{value}")
         self.state.save(self.state_file)
 
     def _device(self, source: str) -> str:
@@ -327,12 +373,13 @@ class Boot:
         os.chmod(step.path, step.mode)
 
     def _attach_loop(self, step: AttachLoop) -> None:
+        backing = self.image_paths.get(step.backing, step.backing)  # a copy in RAM?
         if step.expect_fstype is not None:
-            self._check_image(step.backing, step.expect_fstype, step.aitab_line)
-        device = loop.attach(step.backing, read_only=step.read_only)
+            self._check_image(backing, step.expect_fstype, step.aitab_line)
+        device = loop.attach(backing, read_only=step.read_only)
         self.refs[step.ref] = device
         self.log.info(
-            f"attached {step.backing} to {device.path}{' read-only' if step.read_only else ''}"
+            f"attached {backing} to {device.path}{' read-only' if step.read_only else ''}"
         )
         self._record(
             "loop",
@@ -340,9 +387,139 @@ class Boot:
             device.detach,
             "device",
             device=device.path,
-            backing=step.backing,
+            backing=backing,
             read_only=step.read_only,
         )
+
+    def _prepare_images(self, step: PrepareImages) -> None:
+        for path, line in zip(step.images, step.lines, strict=True):
+            if not os.path.exists(path):
+                raise HookError(f"image {path} (aitab line {line}) does not exist on the medium")
+        sizes = [os.stat(path).st_size for path in step.images]
+        expected = [self._expected_checksum(path) for path in step.images] if step.verify else []
+        copy = step.copy is not CopyMode.N and self._copy_is_possible(step, sum(sizes))
+        if not copy and not step.verify:
+            return
+        jobs = []
+        if copy:
+            self._mount(
+                Mount(
+                    "copytoram",
+                    step.copy_to,
+                    "tmpfs",
+                    read_only=False,
+                    options=f"size={step.copy_size},mode=0755",
+                )
+            )
+        for i, path in enumerate(step.images):
+            destination = f"{step.copy_to}/{os.path.basename(path)}" if copy else None
+            jobs.append(
+                transfer.Job(path, destination, expected[i].algorithm if expected else None)
+            )
+        what = " and ".join(
+            w for w, on in (("copying to RAM", copy), ("verifying", step.verify)) if on
+        )
+        start = time.monotonic()
+        results = transfer.run(
+            jobs, progress=transfer.Progress(what, sum(sizes), self.log.progress)
+        )
+        seconds = time.monotonic() - start
+        for result, want in zip(results, expected, strict=False):
+            if result.digest != want.digest:
+                raise HookError(
+                    f"{result.job.source} is corrupt: its {want.algorithm} is {result.digest}, "
+                    f"but {want.source} says {want.digest}",
+                    hint="the download or the copy of the medium is damaged: fetch or write "
+                    "it again; nothing was mounted from it",
+                )
+        rate = sum(sizes) / seconds if seconds else 0.0
+        self.log.info(
+            f"{what}: {len(jobs)} image(s), {human(sum(sizes))} in {seconds:.1f} s "
+            f"({human(rate)}/s){'; checksums match' if step.verify else ''}"
+        )
+        self.state.timings["prepare_images_seconds"] = round(seconds, 3)
+        if copy:
+            self.image_paths.update((job.source, str(job.destination)) for job in jobs)
+            self._release_medium()
+
+    def _expected_checksum(self, image: str) -> checksums.Expected:
+        path = checksums.checksum_file_for(image)
+        if path is None:
+            raise HookError(
+                f"checksum=y, but {image} has no {image}.sha512 (or .md5) beside it",
+                hint="make the medium with archiso-hook build, which writes them, or boot "
+                "without checksum=y",
+            )
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return checksums.parse(f.read(), path, os.path.basename(image))
+
+    def _copy_is_possible(self, step: PrepareImages, needed: int) -> bool:
+        """Whether to copy, said out loud with the numbers when the answer is no."""
+        import psutil  # noqa: PLC0415  (only when copytoram may happen)
+
+        memory = psutil.virtual_memory()
+        room = step.copy_size.resolve(memory.total)
+        mode = f"copytoram={step.copy}"
+        reason = None
+        if needed > room:
+            reason = (
+                f"the images need {human(needed)}, more than copytoram_size= allows ({human(room)})"
+            )
+        elif step.copy is CopyMode.AUTO:
+            optical = self._medium_is_optical()
+            if optical:
+                reason = f"the medium is on an optical drive ({optical})"
+            elif needed > AUTO_MAX_IMAGES:
+                reason = f"the images are {human(needed)}, more than {human(AUTO_MAX_IMAGES)}"
+            elif memory.available < needed + AUTO_RESERVE:
+                reason = (
+                    f"the images need {human(needed)} and {human(memory.available)} of "
+                    f"RAM is available; auto copies with {human(AUTO_RESERVE)} to spare"
+                )
+        elif memory.available < needed + COPY_RESERVE:
+            reason = (
+                f"the images need {human(needed)} of RAM but only "
+                f"{human(memory.available)} is available ({human(COPY_RESERVE)} must "
+                "stay free for the system)"
+            )
+        if reason is None:
+            self.log.info(
+                f"{mode}: copying {human(needed)} of images to RAM "
+                f"({human(memory.available)} available)"
+            )
+            return True
+        message = f"{mode}: not copying to RAM: {reason}; booting from the medium"
+        if step.copy is CopyMode.Y:
+            self.log.warning(message)
+        else:
+            self.log.info(message)
+        return False
+
+    def _medium_is_optical(self) -> str | None:
+        """The medium's device if it is an optical drive (SCSI type 5, sr*)."""
+        device = self.refs.get("isodev") or self.refs.get("medium")
+        if device is None:
+            device = syscalls.mountpoints().get(BOOTMNT, ("", ""))[0]
+        if isinstance(device, loop.LoopDevice):
+            return None
+        name = os.path.basename(str(device))
+        try:
+            with open(f"/sys/class/block/{name}/device/type", encoding="ascii") as f:
+                optical = f.read().strip() == "5"
+        except OSError:
+            optical = name.startswith("sr")
+        return str(device) if optical else None
+
+    def _release_medium(self) -> None:
+        """Everything on the medium is in RAM: unmount it so it can be removed."""
+        keys = {f"mount:{BOOTMNT}", f"mount:{IMG_DEV_MNT}"}
+        if isinstance(self.refs.get("medium"), loop.LoopDevice):
+            keys.add(f"loop:{self.refs['medium'].path}")
+        failed = self.undo.undo_now(keys, why="releasing the medium")
+        if failed:
+            self.log.warning("the medium could not be released; it must stay attached")
+        else:
+            self.log.info("released the medium: it can be removed now")
 
     def _check_image(self, path: str, fstype: str, aitab_line: int | None) -> None:
         """Is it there, readable, of the right type and whole? Said plainly, before use."""
@@ -473,8 +650,25 @@ class Boot:
             mode=str(step.mode),
             chunk_sectors=step.chunk_sectors,
             table=str(table),
+            cow_file=cow.backing,
+            # What covering every chunk of the origin takes: the most the COW can use.
+            cow_need=cow_need(sectors * 512, step.mode, step.chunk_sectors),
         )
-        mapper.load(step.name, [table])
+        try:
+            mapper.load(step.name, [table])
+        except KernelError as e:
+            # PO is the default in RAM "where the kernel supports it" (Linux 4.3+).
+            if not (
+                step.mode is CowMode.PO
+                and self.options.cow_persistent is None
+                and e.errno == errno.EINVAL
+            ):
+                raise
+            self.log.warning("this kernel's dm-snapshot has no overflow mode (PO); using N")
+            table = dm.Target(
+                0, sectors, "snapshot", f"{origin.devno} {cow.devno} N {step.chunk_sectors}"
+            )
+            mapper.load(step.name, [table])
         info = mapper.resume(step.name)
         dm.make_node(step.name, info.major, info.minor)
         self.log.info(f"created /dev/mapper/{step.name} ({info.devno}): {table}")

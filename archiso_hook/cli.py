@@ -6,10 +6,13 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from archiso_hook import __version__
-from archiso_hook.errors import HookError, InputError
+from archiso_hook.errors import HookError, InputError, printable
+
+if TYPE_CHECKING:
+    from archiso_hook.log import Log
 
 EPILOG_PLAN = """example:
   archiso-hook plan --cmdline 'archisobasedir=arch archisolabel=ARCH_2026' --aitab aitab
@@ -21,6 +24,19 @@ EPILOG_MOUNT = """examples:
 """
 EPILOG_STATUS = """example:
   archiso-hook status --json
+"""
+EPILOG_WATCH = """example (to watch in the foreground, from the live system):
+  archiso-hook watch --interval 1
+"""
+EPILOG_HANDOFF = """example (the runtime hook's run_cleanuphook):
+  archiso-hook handoff
+"""
+EPILOG_SHUTDOWN = """example (/shutdown in /run/initramfs, run by systemd at power-off):
+  archiso-hook shutdown poweroff
+"""
+EPILOG_TRANSFER = """examples:
+  archiso-hook transfer --verify /run/archiso/bootmnt/arch/x86_64/*.sfs   (is my stick OK?)
+  archiso-hook transfer --to /mnt/images --verify arch/x86_64/root.fs.sfs
 """
 EPILOG_BUILD = """example:
   archiso-hook build --aitab aitab --src work --out media --iso live.iso --label ARCH_2026
@@ -135,6 +151,81 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def boot_log() -> Log:
+    """The log of a command run at boot or shutdown: to the kernel log too, and honouring
+    quiet and rd.debug (read leniently: a bad archiso parameter is mount's to report)."""
+    from archiso_hook.cmdline import split_cmdline  # noqa: PLC0415
+    from archiso_hook.log import Log  # noqa: PLC0415
+
+    try:
+        words = {key: value for key, value in split_cmdline(_read_cmdline())}
+    except HookError:
+        words = {}
+    quiet = "quiet" in words and words["quiet"] in (None, "y", "yes", "1")
+    return Log(kmsg=True, quiet=quiet, debug="rd.debug" in words)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from archiso_hook import watch  # noqa: PLC0415
+
+    return watch.run_foreground(boot_log(), args.interval)
+
+
+def cmd_handoff(args: argparse.Namespace) -> int:
+    from archiso_hook import handoff  # noqa: PLC0415
+
+    return handoff.run(boot_log())
+
+
+def cmd_shutdown(args: argparse.Namespace) -> int:
+    from archiso_hook import shutdown  # noqa: PLC0415
+
+    return shutdown.run(args.verb, boot_log())
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    import os  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from archiso_hook import checksums, transfer  # noqa: PLC0415
+    from archiso_hook.log import Log  # noqa: PLC0415
+    from archiso_hook.sizes import human  # noqa: PLC0415
+
+    log = Log(quiet=args.quiet)
+    expected = []
+    if args.verify:
+        for image in args.images:
+            path = checksums.checksum_file_for(image)
+            if path is None:
+                raise HookError(f"{image} has no .sha512 (or .md5) file beside it")
+            with open(path, encoding="utf-8", errors="replace") as f:
+                expected.append(checksums.parse(f.read(), path, os.path.basename(image)))
+    jobs = [
+        transfer.Job(
+            image,
+            os.path.join(args.to, os.path.basename(image)) if args.to else None,
+            expected[i].algorithm if expected else None,
+        )
+        for i, image in enumerate(args.images)
+    ]
+    total = sum(os.stat(image).st_size for image in args.images)
+    what = " and ".join(w for w, on in (("copying", args.to), ("verifying", args.verify)) if on)
+    start = time.monotonic()
+    results = transfer.run(jobs, progress=transfer.Progress(what or "reading", total, log.progress))
+    seconds = time.monotonic() - start
+    bad = [(r, e) for r, e in zip(results, expected, strict=False) if r.digest != e.digest]
+    for result, want in bad:
+        log.error(
+            f"{result.job.source} is corrupt: its {want.algorithm} is {result.digest}, "
+            f"but {want.source} says {want.digest}"
+        )
+    print(
+        f"{what or 'read'}: {len(jobs)} image(s), {total} bytes in {seconds:.3f} s "
+        f"({human(total / seconds if seconds else 0)}/s){'; checksums match' * (not bad)}"
+    )
+    return 1 if bad else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="archiso-hook",
@@ -200,6 +291,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", default="/run/archiso/state.json", help=argparse.SUPPRESS)
 
     p = add(
+        "watch",
+        cmd_watch,
+        "watch the snapshots' COW use: warn at 80/90/95 %% of what it can reach, and grow "
+        "a COW in RAM before it fills (started by 'handoff')",
+        EPILOG_WATCH,
+    )
+    p.add_argument("--foreground", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=0.25,
+        metavar="SECONDS",
+        help="how often to look, besides device-mapper events (default 0.25)",
+    )
+
+    p = add(
+        "handoff",
+        cmd_handoff,
+        "just before switch_root: copy the initramfs to /run/initramfs for the shutdown, and "
+        "start the watchdog from that copy (the hook's cleanup runs it)",
+        EPILOG_HANDOFF,
+    )
+
+    p = add(
+        "shutdown",
+        cmd_shutdown,
+        "at power-off, from the initramfs copy in /run/initramfs: unmount /oldroot, remove "
+        "the snapshots and detach the loop devices, then power off, reboot or halt",
+        EPILOG_SHUTDOWN,
+    )
+    p.add_argument(
+        "verb", nargs="?", default="poweroff", choices=["poweroff", "reboot", "halt", "kexec"]
+    )
+
+    p = add(
+        "transfer",
+        cmd_transfer,
+        "read images once, copying them and/or checking them against their .sha512 (or "
+        ".md5) files, with the engine copytoram= and checksum= use at boot",
+        EPILOG_TRANSFER,
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--to", metavar="DIR", help="copy the images into this directory")
+    p.add_argument("--verify", action="store_true", help="check them against their checksums")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    p = add(
         "build",
         cmd_build,
         "build the images of an aitab from directories, and an ISO",
@@ -226,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except HookError as e:
-        print(f"archiso-hook: error: {e}", file=sys.stderr)
+        print(f"archiso-hook: error: {printable(str(e))}", file=sys.stderr)
         return 2 if isinstance(e, InputError) else 1
     except KeyboardInterrupt:
         return 130

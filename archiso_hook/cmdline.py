@@ -42,6 +42,35 @@ class CowMode(enum.StrEnum):
     PO = "PO"
 
 
+# The kernel's isspace() in ASCII. str.isspace() also takes \x1c-\x1f, \x85, the no-break
+# and other Unicode spaces, which would split `archisolabel=ARCH\u3000X` in two.
+_BLANKS = frozenset(" \t\n\v\f\r")
+
+
+class CopyMode(enum.StrEnum):
+    """copytoram=: always (if memory allows), never, or when safe and useful."""
+
+    Y = "y"
+    N = "n"
+    AUTO = "auto"
+
+
+def _copytoram(value: str) -> CopyMode:
+    lowered = {"yes": "y", "1": "y", "true": "y", "no": "n", "0": "n", "false": "n"}
+    try:
+        return CopyMode(lowered.get(value, value))
+    except ValueError:
+        raise InputError(f"copytoram={value} is not valid: expected y, n or auto") from None
+
+
+def _cow_grow_max(value: str) -> Size:
+    return parse_size(value, what="cow_grow_max")
+
+
+def _copytoram_size(value: str) -> Size:
+    return parse_size(value, what="copytoram_size")
+
+
 def split_cmdline(text: str) -> list[tuple[str, str | None]]:
     """Split a command line into (key, value) pairs following the kernel's next_arg().
 
@@ -53,7 +82,7 @@ def split_cmdline(text: str) -> list[tuple[str, str | None]]:
     word: list[str] = []
     in_quote = False
     for char in text:
-        if char.isspace() and not in_quote:
+        if char in _BLANKS and not in_quote:
             if word:
                 pairs.append(_split_word("".join(word)))
                 word = []
@@ -77,10 +106,15 @@ def _split_word(word: str) -> tuple[str, str | None]:
     return key, value
 
 
-def _label(value: str) -> str:
-    if not value:
-        raise InputError("archisolabel= is empty: expected the boot medium's filesystem label")
-    return value
+def _label(name: str, what: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if not value:
+            raise InputError(f"{name}= is empty: expected {what}")
+        if value in {".", ".."}:  # /dev/disk/by-label/.. is /dev/disk
+            raise InputError(f"{name}={value} is not valid: expected {what}, not . or ..")
+        return value
+
+    return parse
 
 
 def _basedir(value: str) -> str:
@@ -102,11 +136,11 @@ def _device_spec(name: str) -> Callable[[str], str]:
 
     def parse(value: str) -> str:
         tag, sep, tagged = value.partition("=")
-        if sep and tag in _TAGS and tagged and "/" not in tagged:
+        if sep and tag in _TAGS and tagged not in {"", ".", ".."} and "/" not in tagged:
             return value
         parts = value.split("/")
-        if value.startswith("/dev/") and ".." not in parts and "." not in parts:
-            return value
+        if value.startswith("/dev/") and not {"", ".", ".."} & set(parts[2:]):
+            return value  # a device node: no empty, '.' or '..' part, no trailing '/'
         raise InputError(
             f"{name}={value} is not valid: expected a device path such as /dev/sr0, or "
             "UUID=, LABEL=, PARTUUID= or PARTLABEL= followed by the value"
@@ -169,20 +203,27 @@ def _cow_persistent(value: str) -> CowMode:
         ) from None
 
 
+def _number(value: str) -> int | None:
+    """Plain decimal digits: str.isdigit() also takes '²' (which int() refuses) and the
+    digits of other scripts (which it reads), and int() refuses more than 4300 digits."""
+    return int(value) if re.fullmatch(r"[0-9]{1,20}", value) else None
+
+
 def _chunksize(value: str) -> int:
-    if not value.isdigit() or not 1 <= int(value) <= 1 << 21 or int(value) & (int(value) - 1):
+    number = _number(value)
+    if number is None or not 1 <= number <= 1 << 21 or number & (number - 1):
         raise InputError(
             f"cow_chunksize={value} is not valid: expected a power of two in 512-byte "
             "sectors, 1..2097152 (8 = 4 KiB)"
         )
-    return int(value)
+    return number
 
 
 _DM_NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]{1,64}$")
 
 
 def _prefix(value: str) -> str:
-    if not _DM_NAME_RE.match(value):
+    if not _DM_NAME_RE.fullmatch(value):  # `$` also matches before a trailing newline
         raise InputError(
             f"dm_snap_prefix={value} is not valid: expected 1..64 of A-Z a-z 0-9 _ . + -"
         )
@@ -190,9 +231,10 @@ def _prefix(value: str) -> str:
 
 
 def _seconds(value: str) -> int:
-    if not value.isdigit() or int(value) > 86400:
+    number = _number(value)
+    if number is None or number > 86400:
         raise InputError(f"rootdelay={value} is not valid: expected whole seconds, 0..86400")
-    return int(value)
+    return number
 
 
 def _flag(name: str) -> Callable[[str], bool]:
@@ -226,7 +268,8 @@ P = Parameter
 PARAMETERS: tuple[Parameter, ...] = (
     P("archisobasedir", "basedir", _basedir, "relative directory",
       "directory on the medium holding aitab and the images"),
-    P("archisolabel", "label", _label, "filesystem label",
+    P("archisolabel", "label", _label("archisolabel", "the boot medium's filesystem label"),
+      "filesystem label",
       "label of the boot medium's filesystem"),
     P("archisodevice", "device", _device_spec("archisodevice"),
       "/dev/... path, or UUID=, LABEL=, PARTUUID=, PARTLABEL=",
@@ -239,7 +282,8 @@ PARAMETERS: tuple[Parameter, ...] = (
       "the file that marks the medium (default /boot/<archisosearchuuid>.uuid)"),
     P("img_dev", "img_dev", _device_spec("img_dev"), "/dev/... path or a tag",
       "device holding an ISO file to boot from"),
-    P("img_label", "img_label", _label, "filesystem label",
+    P("img_label", "img_label", _label("img_label", "the filesystem label of that device"),
+      "filesystem label",
       "label of that device (wins over img_dev=)"),
     P("img_loop", "img_loop", _relative_path("img_loop", "/iso/archlinux.iso"), "path",
       "path of the ISO file on img_dev"),
@@ -249,7 +293,8 @@ PARAMETERS: tuple[Parameter, ...] = (
       "which architecture's images to mount (default: the running machine)"),
     P("cow_spacesize", "cow_spacesize", _cow_spacesize, "size (256M, 1G) or 1%..100% of RAM",
       "size of the tmpfs that holds the copy-on-write files"),
-    P("cow_label", "cow_label", _label, "filesystem label",
+    P("cow_label", "cow_label", _label("cow_label", "the filesystem label for the COW files"),
+      "filesystem label",
       "label of a filesystem to keep the COW files on, across boots (wins over cow_device=)"),
     P("cow_device", "cow_device", _device_spec("cow_device"), "/dev/... path or a tag",
       "device of that filesystem"),
@@ -260,10 +305,20 @@ PARAMETERS: tuple[Parameter, ...] = (
     P("cow_persistent", "cow_persistent", _cow_persistent, "N | P | PO",
       "dm-snapshot exception store: transient, persistent, persistent with overflow "
       "(default P with a COW device, else N)"),
+    P("cow_grow", "cow_grow", _flag("cow_grow"), "bare word or y | n",
+      "let the watchdog grow a COW in RAM before it fills (default y in RAM, n on a device)"),
+    P("cow_grow_max", "cow_grow_max", _cow_grow_max, "size or 1%..100% of RAM",
+      "the most all COW files together may grow to in RAM"),
     P("cow_reset", "cow_reset", _flag("cow_reset"), "bare word or y | n",
       "start the persistent COW files over, discarding the changes kept in them"),
     P("cow_chunksize", "cow_chunksize", _chunksize, "power of two, in 512-byte sectors",
       "dm-snapshot chunk size"),
+    P("copytoram", "copytoram", _copytoram, "y | n | auto (bare word: y)",
+      "copy the images to RAM and release the medium; auto: when safe and useful"),
+    P("copytoram_size", "copytoram_size", _copytoram_size,
+      "size (4G) or 1%..100% of RAM", "size of the tmpfs the images are copied into"),
+    P("checksum", "checksum", _flag("checksum"), "bare word or y | n",
+      "verify every image against its .sha512 (or .md5) file before it is used"),
     P("dm_snap_prefix", "dm_snap_prefix", _prefix, "A-Z a-z 0-9 _ . + -",
       "prefix of the device-mapper names, /dev/mapper/<prefix>_<image>"),
     P("rootdelay", "rootdelay", _seconds, "seconds",
@@ -276,7 +331,7 @@ _BY_NAME = {p.name: p for p in PARAMETERS}
 
 # archiso parameters this version does not act on yet: said out loud, never silently dropped.
 NOT_YET_SUPPORTED = frozenset({
-    "copytoram", "copytoram_size", "checksum", "verify", "cms_verify", "copy_resolvconf",
+    "verify", "cms_verify", "copy_resolvconf",
     "archiso_nbd_srv", "archiso_nbd_name", "archiso_http_srv", "archiso_http_spc",
     "archiso_nfs_srv", "archiso_nfs_opt",
 })  # fmt: skip
@@ -284,6 +339,8 @@ RENAMED = {"cowspace_size": "cow_spacesize", "cowfile_size": "cow_spacesize"}
 
 
 DEFAULT_COW_SPACESIZE = Size(256 * 1024 * 1024)  # archiso's default since 2014
+DEFAULT_COPYTORAM_SIZE = Size(75, percent=True)
+DEFAULT_COW_GROW_MAX = Size(50, percent=True)
 
 
 def _default_arch() -> Arch:
@@ -315,7 +372,12 @@ class Options:
     cow_flags: str | None = None
     cow_persistent: CowMode | None = None
     cow_reset: bool = False
+    cow_grow: bool | None = None
+    cow_grow_max: Size = DEFAULT_COW_GROW_MAX
     cow_chunksize: int = 8
+    copytoram: CopyMode = CopyMode.AUTO
+    copytoram_size: Size = DEFAULT_COPYTORAM_SIZE
+    checksum: bool = False
     dm_snap_prefix: str = "arch"
     rootdelay: int = 30
     quiet: bool = False
@@ -347,10 +409,16 @@ class Options:
 
     @property
     def cow_mode(self) -> CowMode:
-        """A user's cow_persistent always wins; else P on a COW device, N in RAM."""
+        """A user's cow_persistent always wins; else P on a COW device, and in RAM PO:
+        when a COW in RAM fills, writes fail but reads go on (N would lose the root)."""
         if self.cow_persistent is not None:
             return self.cow_persistent
-        return CowMode.P if self.cow_device_path else CowMode.N
+        return CowMode.P if self.cow_device_path else CowMode.PO
+
+    @property
+    def grows(self) -> bool:
+        """cow_grow=, by default on for a COW in RAM and off on a device."""
+        return self.cow_grow if self.cow_grow is not None else self.cow_device_path is None
 
     @property
     def cow_dir(self) -> str:
@@ -376,6 +444,7 @@ class Options:
             cow_device=self.cow_device_path,
             cow_directory=self.cow_dir,
             cow_persistent=str(self.cow_mode),
+            cow_grow=self.grows,
             archisosearchfilename=self.search_file and "/" + self.search_file,
         )
         return out

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import enum
 import errno
-import fcntl
 import os
 import stat
 import struct
@@ -20,6 +19,7 @@ import attrs
 from archiso_hook.errors import KernelError
 from archiso_hook.ioctl import IocLayout, layout_for
 from archiso_hook.klog import KernelLogWindow
+from archiso_hook.syscalls import ioctl
 
 DM_IOCTL_TYPE = 0xFD
 DM_VERSION = (4, 0, 0)  # the oldest 4.x ABI: everything we send exists since then
@@ -264,7 +264,7 @@ class DeviceMapper:
                 )
                 buf[DM_IOCTL.size : DM_IOCTL.size + len(payload)] = payload
                 try:
-                    fcntl.ioctl(self._fd, request_number(cmd, self._layout), buf)
+                    ioctl(self._fd, request_number(cmd, self._layout), buf)
                 except OSError as e:
                     code = e.errno or 0
                     raise KernelError(

@@ -81,6 +81,12 @@ class Log:
     def info(self, text: str) -> None:
         self._emit(INFO, text)
 
+    def progress(self, text: str) -> None:
+        """Progress of a long copy: the console only (not the journal), not under quiet."""
+        if not self.quiet:
+            self.stream.write(f"{TAG}: {text}\n")
+            self.stream.flush()
+
     def debug(self, text: str) -> None:
         """Only with rd.debug: the planned step before each action."""
         if self.show_debug:

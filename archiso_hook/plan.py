@@ -7,13 +7,14 @@ number is only known at run time).
 
 from __future__ import annotations
 
+import enum
 import posixpath
 from typing import Any
 
 import attrs
 
 from archiso_hook.aitab import AitabEntry, ImageType
-from archiso_hook.cmdline import CowMode, Options
+from archiso_hook.cmdline import CopyMode, CowMode, Options
 from archiso_hook.errors import InputError
 from archiso_hook.mountopts import parse_mount_options
 from archiso_hook.sizes import MiB, Size
@@ -21,6 +22,7 @@ from archiso_hook.sizes import MiB, Size
 RUN_DIR = "/run/archiso"
 BOOTMNT = f"{RUN_DIR}/bootmnt"
 COWSPACE = f"{RUN_DIR}/cowspace"
+COPYTORAM = f"{RUN_DIR}/copytoram"
 SFS_DIR = f"{RUN_DIR}/sfs"
 STATE_FILE = f"{RUN_DIR}/state.json"
 
@@ -59,6 +61,44 @@ class SearchMedium:
             f"wait up to {self.timeout} s for a device with filesystem UUID {self.uuid}, or "
             f"else holding /{self.filename} (removable devices first)"
         )
+
+
+@attrs.frozen
+class PrepareImages:
+    """copytoram= and checksum=: read every image once, copying and/or verifying it,
+    before anything is mounted from it; a copied medium is then released."""
+
+    images: tuple[str, ...]  # on the medium, in aitab order
+    lines: tuple[int, ...]  # their aitab lines
+    copy: CopyMode
+    copy_to: str
+    copy_size: Size  # tmpfs size= of the copy
+    verify: bool
+
+    def describe(self) -> str:
+        what = []
+        if self.copy is CopyMode.Y:
+            what.append(
+                f"copy the {len(self.images)} image(s) to RAM at {self.copy_to} if "
+                "memory allows, then release the medium"
+            )
+        elif self.copy is CopyMode.AUTO:
+            what.append(
+                f"copy the {len(self.images)} image(s) to RAM at {self.copy_to} if it "
+                f"is safe and useful ({AUTO_RULE}), then release the medium"
+            )
+        if self.verify:
+            what.append("verify each against its .sha512 (or .md5) file, before any is used")
+        return "; ".join(what)
+
+
+# copytoram=auto copies only what is safe and useful, as archiso does (2e6dfe5, bedd24d).
+AUTO_MAX_IMAGES = 4 << 30
+AUTO_RESERVE = 2 << 30
+COPY_RESERVE = 256 << 20  # copytoram=y leaves at least this much RAM to the system
+AUTO_RULE = (
+    "not from an optical drive, at most 4 GiB, and MemAvailable at least the images' size + 2 GiB"
+)
 
 
 @attrs.frozen
@@ -159,7 +199,8 @@ class CreateSnapshot:
 
 
 Step = (
-    SearchMedium
+    PrepareImages
+    | SearchMedium
     | Remount
     | LoadModules
     | FindMedium
@@ -242,7 +283,7 @@ def _kebab(name: str) -> str:
 
 def _step_json(step: Step) -> dict[str, Any]:
     return {
-        k: (str(v) if isinstance(v, CowMode) else list(v) if isinstance(v, tuple) else v)
+        k: (str(v) if isinstance(v, enum.Enum | Size) else list(v) if isinstance(v, tuple) else v)
         for k, v in attrs.asdict(step, recurse=False).items()
     }
 
@@ -376,6 +417,17 @@ def plan_boot(
     if any(i.entry.type.snapshot for i in images):
         modules += ["dm_mod", "dm_snapshot"]
     steps.append(LoadModules(tuple(modules + [f"fs-{t}" for t in fstypes])))
+    if options.copytoram is not CopyMode.N or options.checksum:
+        steps.append(
+            PrepareImages(
+                images=tuple(i.path for i in images),
+                lines=tuple(i.entry.line for i in images),
+                copy=options.copytoram,
+                copy_to=COPYTORAM,
+                copy_size=options.copytoram_size,
+                verify=options.checksum,
+            )
+        )
     snapshots = [i for i in images if i.entry.type.snapshot]
     if snapshots:
         steps += cowspace_steps(options)
@@ -525,7 +577,7 @@ def cow_sizes(origins: list[int], capacity: int, mode: CowMode, chunk_sectors: i
     total = sum(needs)
     sizes = [capacity * need // total // chunk * chunk for need in needs]
     minimum = max(MIN_COW, 3 * chunk)
-    if any(size < minimum for size in sizes):
+    if any(size < min(minimum, need) for size, need in zip(sizes, needs, strict=True)):
         raise InputError(
             f"the cowspace ({Size(capacity)}) is too small for {len(origins)} snapshot(s): each "
             f"needs at least {Size(minimum)}; raise cow_spacesize="

@@ -24,6 +24,8 @@ class State:
     images: list[dict[str, Any]] = attrs.Factory(list)
     complete: bool = False
     timings: dict[str, float] = attrs.Factory(dict)
+    # What `watch` may do with the COW space: {"space", "tmpfs", "grow", "grow_max"}.
+    cow: dict[str, Any] = attrs.Factory(dict)
 
     def add(self, kind: str, **fields: Any) -> None:
         self.resources.append({"kind": kind, **fields})
@@ -47,5 +49,6 @@ class State:
     def load(cls, path: str = STATE_FILE) -> State:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-        data.pop("version", None)
-        return cls(**data)
+        # A newer hook may record more: what this version does not know, it ignores.
+        known = {field.name for field in attrs.fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})

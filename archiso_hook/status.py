@@ -32,6 +32,8 @@ def collect(state_file: str = STATE_FILE) -> dict[str, Any]:
         "loops": [],
         "snapshots": [],
         "cow_files": [],
+        "cow_policy": state.cow,
+        "watch": _watchdog(),
     }
     mapper: dm.DeviceMapper | None = None
     try:
@@ -71,6 +73,24 @@ def collect(state_file: str = STATE_FILE) -> dict[str, Any]:
         if mapper is not None:
             mapper.close()
     return out
+
+
+def _watchdog(pid_file: str = "/run/archiso/watch.pid") -> dict[str, Any]:
+    """The watchdog's pid, whether it runs, and what memory it takes (VmRSS)."""
+    try:
+        with open(pid_file, encoding="ascii") as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        return {"running": False}
+    rss = None
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1]) * 1024
+    except OSError:
+        return {"pid": pid, "running": False}
+    return {"pid": pid, "running": True, "rss_bytes": rss}
 
 
 def _public(res: dict[str, Any]) -> dict[str, Any]:
@@ -138,6 +158,19 @@ def format_text(status: dict[str, Any]) -> str:
                 f"  snapshot {s['device']:<28} {s['state']}: {used} of {total} COW "
                 f"used ({s['used_percent']}%), mode {s['mode']}"
             )
+    watch = status.get("watch", {})
+    if watch.get("running"):
+        policy = status.get("cow_policy", {})
+        growth = (
+            f"grows COW files up to {human(policy['grow_max'])}"
+            if policy.get("grow")
+            else "growth off"
+        )
+        lines.append(
+            f"  watch    pid {watch['pid']}, {human(watch['rss_bytes'] or 0)} RSS, {growth}"
+        )
+    elif status.get("cow_policy"):
+        lines.append("  watch    NOT RUNNING: COW files will not grow, nor warn when full")
     for device in status.get("device_mapper", {}).get("devices", []):
         if not device["ours"]:
             lines.append(f"  other dm /dev/mapper/{device['name']:<17} {device['devno']}")

@@ -32,6 +32,7 @@ _SIGNATURES: dict[str, tuple[list[Any], Any]] = {
         ctypes.c_int,
     ),
     "umount2": ([ctypes.c_char_p, ctypes.c_int], ctypes.c_int),
+    "ioctl": ([ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p], ctypes.c_int),
 }
 
 
@@ -66,6 +67,19 @@ def mount(
             errno,
             kernel_log=klog.lines(),
         )
+
+
+def ioctl(fd: int, request: int, buffer: bytearray) -> None:
+    """ioctl(2) on a buffer the kernel reads and fills; raises OSError.
+
+    Not fcntl.ioctl: for a buffer over 1024 bytes CPython makes that call holding
+    the GIL, so a blocking one (DM_DEV_WAIT) would stop every thread. ctypes lets
+    go of the GIL for the call.
+    """
+    pointer = (ctypes.c_char * len(buffer)).from_buffer(buffer)
+    if _libc.ioctl(fd, request, ctypes.addressof(pointer)) < 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
 
 
 def umount(target: str, flags: int = 0) -> None:

@@ -12,10 +12,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from vm import lab_dir
-from vm.initramfs import build_initramfs
 from vm.kernel import fetch_kernel
-from vm.media import SAMPLE_AITAB, SAMPLE_LABEL, STAGE, build_media, make_sources
+from vm.lab import archiso_initramfs, staged_hook
+from vm.media import SAMPLE_AITAB, SAMPLE_LABEL, build_media, make_sources
 from vm.qemu import Drive, qemu_command
 
 APPEND = f"archisobasedir=arch archisolabel={SAMPLE_LABEL} lab.check=write,files,report"
@@ -26,20 +25,15 @@ def say(line: str) -> None:
 
 
 def main() -> int:
-    hook = STAGE / "usr/lib/archiso-hook"
-    if not (hook / "archiso-hook").exists():
-        say(f"{hook} is missing: run `make stage` first (make demo does)")
+    try:
+        hook = staged_hook()
+    except FileNotFoundError as e:
+        say(f"{e} (make demo does it)")
         return 1
     say("fetching Debian's kernel (cached in build/lab/kernel)")
     kernel = fetch_kernel()
     say(f"building the initramfs: HOOKS=(base udev archiso), kernel {kernel.version}")
-    initrd = build_initramfs(
-        kernel,
-        ["base", "udev", "archiso"],
-        lab_dir() / "initramfs-archiso.img",
-        hook_dirs=[STAGE / "usr/lib/initcpio"],
-        env={"ARCHISO_HOOK_SYSROOT": str(STAGE)},
-    )
+    initrd = archiso_initramfs(kernel)
     with tempfile.TemporaryDirectory(prefix="archiso-demo-") as tmp:
         say("building the sample media with `archiso-hook build`, from this aitab:")
         for line in SAMPLE_AITAB.splitlines():

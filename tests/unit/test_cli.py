@@ -77,3 +77,17 @@ def test_help_of_every_command_has_an_example() -> None:
         result = run(command, "--help")
         assert result.returncode == 0
         assert "example" in result.stdout, command
+
+
+def test_an_error_stays_one_line_whatever_the_value_holds(tmp_path: Path) -> None:
+    (tmp_path / "aitab").write_text(AITAB)
+    result = run(
+        "plan",
+        "--cmdline",
+        'archisolabel=L cow_chunksize="7\n\x1b[2J"',
+        "--aitab",
+        str(tmp_path / "aitab"),
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "\x1b" not in result.stderr
+    assert "cow_chunksize=7\\n\\x1b[2J is not valid" in result.stderr

@@ -218,3 +218,7 @@ def test_other_basedir_prefix_and_arch() -> None:
     ]
     assert p.images[0].dm_name == "x_other"
     assert p.images[0].cow_file == "/run/archiso/cowspace/persistent_A/i686/other.cow"
+
+
+def test_an_empty_image_needs_no_cow_space() -> None:
+    assert cow_sizes([0, 200 * MiB], 8 * MiB, CowMode.N, 8) == [0, 8 * MiB]

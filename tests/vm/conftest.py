@@ -15,6 +15,7 @@ import pytest
 from vm import lab_dir
 from vm.initramfs import build_initramfs
 from vm.kernel import Kernel, fetch_kernel
+from vm.lab import archiso_initramfs, staged_hook
 from vm.media import STAGE, Media, build_media, make_sources
 from vm.qemu import Drive, Guest
 
@@ -85,18 +86,13 @@ class Lab:
 
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    hook = STAGE / "usr/lib/archiso-hook/archiso-hook"
-    if not hook.exists():
-        pytest.fail(f"{hook} is missing: run `make stage` (make test does it first)")
+    try:
+        hook = staged_hook()
+    except FileNotFoundError as e:
+        pytest.fail(f"{e} (make test does it first)")
     kernel = fetch_kernel()
-    initrd = build_initramfs(
-        kernel,
-        ["base", "udev", "archiso"],
-        lab_dir() / "initramfs-archiso.img",
-        hook_dirs=[STAGE / "usr/lib/initcpio"],
-        env={"ARCHISO_HOOK_SYSROOT": str(STAGE)},
-    )
-    src = make_sources(tmp_path_factory.mktemp("sources"), hook_tree=STAGE / "usr/lib/archiso-hook")
+    initrd = archiso_initramfs(kernel)
+    src = make_sources(tmp_path_factory.mktemp("sources"), hook_tree=hook)
     yield Lab(kernel, initrd, src)
 
 

@@ -1,0 +1,115 @@
+"""`archiso-hook handoff`: the last step before switch_root (the hook's cleanup).
+
+switch_root empties the initramfs. What must outlive it goes to /run, which moves
+into the live system: a copy of the initramfs at /run/initramfs, which the live
+system switches back into at power-off to run /shutdown (systemd does when that
+file exists), and from which the watchdog runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import time
+
+from archiso_hook.log import Log
+from archiso_hook.sizes import human
+from archiso_hook.watch import ARGV0, PID_FILE, READY_FILE
+
+SHUTDOWN_ROOT = "/run/initramfs"
+# Not needed to shut down: the modules are loaded by then (as mkinitcpio's shutdown).
+SKIP = ("/usr/lib/modules",)
+
+
+def copy_initramfs(dest: str = SHUTDOWN_ROOT, source: str = "/") -> int:
+    """Copy the root filesystem (only it: no /proc, /run, /new_root...) to dest; bytes."""
+    device = os.lstat(source).st_dev
+    copied = 0
+    for directory, subdirs, files in os.walk(source):
+        target = os.path.join(dest, os.path.relpath(directory, source))
+        os.makedirs(target, exist_ok=True)
+        shutil.copystat(directory, target)
+        keep = []
+        for name in subdirs:
+            path = os.path.join(directory, name)
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                files.append(name)  # a link to a directory is copied as a link
+            elif st.st_dev == device and path not in SKIP and path != dest:
+                keep.append(name)
+        subdirs[:] = keep
+        for name in files:
+            path = os.path.join(directory, name)
+            st = os.lstat(path)
+            copy = os.path.join(target, name)
+            if stat.S_ISLNK(st.st_mode):
+                if not os.path.lexists(copy):
+                    os.symlink(os.readlink(path), copy)
+            elif stat.S_ISREG(st.st_mode):
+                shutil.copy2(path, copy)
+                copied += st.st_size
+    return copied
+
+
+def library_dirs(root: str) -> list[str]:
+    """The directories of the shared libraries this process uses, inside `root`: the
+    watchdog must load its libraries from the copy, which outlives the initramfs."""
+    dirs: list[str] = []
+    with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            path = line.split(maxsplit=5)[-1].strip()
+            if ".so" in path and path.startswith("/"):
+                directory = root + os.path.dirname(path)
+                if directory not in dirs and os.path.isdir(directory):
+                    dirs.append(directory)
+    return dirs
+
+
+def start_watchdog(binary: str, root: str = SHUTDOWN_ROOT) -> int:
+    """Start `watch` from the copy, detached, with `@` in argv[0]; its pid."""
+    env = dict(os.environ, LD_LIBRARY_PATH=":".join(library_dirs(root)))
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setsid()
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, 0)
+            os.execve(binary, [ARGV0, "watch", "--foreground"], env)
+        finally:
+            os._exit(127)
+    with open(PID_FILE, "w", encoding="ascii") as f:
+        f.write(f"{pid}\n")
+    return pid
+
+
+def wait_ready(pid: int, timeout: float = 60.0) -> bool:
+    """Until the watchdog has started (its start-up must not overlap switch_root, which
+    moves away the files a starting program still reads); False if it died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(READY_FILE):
+            return True
+        if os.waitpid(pid, os.WNOHANG) != (0, 0):
+            return False
+        time.sleep(0.02)
+    return False
+
+
+def run(log: Log) -> int:
+    copied = copy_initramfs()
+    log.info(
+        f"copied the initramfs to {SHUTDOWN_ROOT} ({human(copied)}): the live system "
+        "switches back into it to shut down"
+    )
+    binary = f"{SHUTDOWN_ROOT}/usr/lib/archiso-hook/archiso-hook"
+    if os.path.exists("/run/archiso/state.json"):
+        start = time.monotonic()
+        pid = start_watchdog(binary)
+        if wait_ready(pid):
+            log.info(f"started the watchdog (pid {pid}) in {time.monotonic() - start:.2f} s")
+        else:
+            log.warning(
+                "the watchdog did not start: COW files will not grow, nor warn when they fill"
+            )
+    return 0

@@ -1,0 +1,238 @@
+"""`archiso-hook shutdown VERB`: take the live system's storage apart at power-off.
+
+At shutdown systemd switches root back into /run/initramfs (a copy of the initramfs
+the hook made) when /run/initramfs/shutdown exists, with the old root at /oldroot,
+and runs `/shutdown poweroff|reboot|halt|kexec`. We chose this over archiso's
+current `x-initrd.mount` approach because it lets the hook itself undo exactly what
+it set up, whatever init the live system runs, and leave a persistent COW valid:
+the snapshot is removed before its COW loop and filesystem go.
+
+Like systemd-shutdown, it repeats rounds of: unmount everything under /oldroot
+deepest first; remove the hook's dm devices that nothing holds; detach its loop
+devices, newest first; until a round changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import signal
+import time
+
+from archiso_hook import dm, loop, syscalls
+from archiso_hook.errors import HookError, KernelError
+from archiso_hook.log import Log
+from archiso_hook.state import State
+
+OLDROOT = "/oldroot"
+REBOOT = {"poweroff": 0x4321FEDC, "reboot": 0x01234567, "halt": 0xCDEF0123,
+          "kexec": 0x45584543}  # fmt: skip
+_API_FILESYSTEMS = (("proc", "/proc", "proc"), ("sysfs", "/sys", "sysfs"),
+                    ("devtmpfs", "/dev", "devtmpfs"))  # fmt: skip
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def mount_api_filesystems() -> None:
+    """/proc, /sys and /dev in the shutdown root, where the switch did not move them."""
+    for source, target, fstype in _API_FILESYSTEMS:
+        os.makedirs(target, exist_ok=True)
+        if not os.path.ismount(target):
+            syscalls.mount(source, target, fstype, syscalls.MS_NOSUID)
+
+
+def stop_watchdog(log: Log, root: str = OLDROOT) -> None:
+    """The watchdog holds files open on /run: it must go before /run can be unmounted."""
+    for pid_file in (f"{root}/run/archiso/watch.pid", "/run/archiso/watch.pid"):
+        try:
+            with open(pid_file, encoding="ascii") as f:
+                pid = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            for _ in range(40):
+                if _gone(pid):
+                    log.info(f"stopped the watchdog (pid {pid})")
+                    return
+                time.sleep(0.05)
+        log.warning(f"the watchdog (pid {pid}) did not stop")
+        return
+
+
+def _gone(pid: int) -> bool:
+    """Exited; as PID 1 we inherited it, so we reap it (else it stays a zombie)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def find_state(root: str = OLDROOT) -> State | None:
+    for path in (
+        f"{root}/run/archiso/state.json",
+        f"{OLDRUN}/archiso/state.json",
+        "/run/archiso/state.json",
+    ):
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            return State.load(path)
+    return None
+
+
+def _holders(name: str, devno: str) -> list[str]:
+    minor = devno.split(":")[1]
+    try:
+        return os.listdir(f"/sys/block/dm-{minor}/holders")
+    except OSError:
+        return []
+
+
+OLDRUN = "/oldrun"
+
+
+def move_run_aside(log: Log, root: str = OLDROOT) -> None:
+    """The old /run holds the cowspace, pinned by the COW's loop device, which the
+    snapshot holds, which is mounted at /oldroot, /run's parent: no unmount order
+    breaks that. Moved out of the old root (as archiso's own shutdown did), /run is
+    unmounted last. Mounts are made private first: a shared mount cannot be moved."""
+    run = f"{root}/run"
+    if not os.path.ismount(run):
+        return
+    try:
+        syscalls.mount("", root, None, syscalls.MS_REC | syscalls.MS_PRIVATE)
+        os.makedirs(OLDRUN, exist_ok=True)
+        syscalls.mount(run, OLDRUN, None, syscalls.MS_MOVE)
+    except (OSError, HookError) as e:
+        log.warning(f"cannot move {run} aside: {e}")
+        return
+    log.info(f"moved {run} to {OLDRUN}")
+
+
+def teardown(
+    state: State | None,
+    log: Log,
+    root: str = OLDROOT,
+    rounds: int = 8,
+    also: tuple[str, ...] = (OLDRUN,),
+) -> list[str]:
+    """Undo what is there to undo; what is still busy at the end, for the log."""
+    ours_dm = [r for r in (state.resources if state else []) if r["kind"] == "dm"]
+    ours_loops = [r for r in (state.resources if state else []) if r["kind"] == "loop"]
+    mapper: dm.DeviceMapper | None = None
+    with contextlib.suppress(HookError):
+        mapper = dm.DeviceMapper()
+    try:
+        for _ in range(rounds):
+            progress = _unmount_round(root, log)
+            for other in also:
+                progress |= _unmount_round(other, log)
+            if mapper is not None:
+                progress |= _remove_round(mapper, ours_dm, log)
+            progress |= _detach_round(ours_loops, log)
+            if not progress:
+                break
+        left = [
+            f"mount {t}" for t in syscalls.mountpoints() if any(_under(t, r) for r in (root, *also))
+        ]
+        if mapper is not None:
+            names = {name for name, _, _ in mapper.list_devices()}
+            left += [f"/dev/mapper/{r['name']}" for r in ours_dm if r["name"] in names]
+    finally:
+        if mapper is not None:
+            mapper.close()
+    left += [r["device"] for r in ours_loops if _bound(r["device"])]
+    return left
+
+
+def _unmount_round(root: str, log: Log) -> bool:
+    progress = False
+    # Deepest first; among equals, the later mount first (it may sit on the earlier).
+    targets = [t for t in syscalls.mountpoints() if _under(t, root)]
+    for target in sorted(targets, key=lambda t: t.count("/"), reverse=True):
+        try:
+            syscalls.umount(target)
+        except KernelError as e:
+            if e.errno not in (errno.EBUSY, errno.EINVAL, errno.ENOENT):
+                log.warning(f"cannot unmount {target}: {os.strerror(e.errno)}")
+            continue
+        log.info(f"unmounted {target}")
+        progress = True
+    return progress
+
+
+def _remove_round(mapper: dm.DeviceMapper, ours: list[dict[str, str]], log: Log) -> bool:
+    progress = False
+    present = {name for name, _, _ in mapper.list_devices()}
+    for resource in reversed(ours):
+        name = resource["name"]
+        if name not in present or _holders(name, resource["devno"]):
+            continue  # gone, or something stacked on it goes first
+        try:
+            mapper.remove(name)
+        except KernelError:
+            continue
+        dm.remove_node(name)
+        log.info(f"removed /dev/mapper/{name}")
+        progress = True
+    return progress
+
+
+def _bound(device: str) -> bool:
+    return os.path.exists(f"/sys/block/{os.path.basename(device)}/loop/backing_file")
+
+
+def _detach_round(ours: list[dict[str, str]], log: Log) -> bool:
+    progress = False
+    for resource in reversed(ours):
+        device = resource["device"]
+        if not _bound(device):
+            continue
+        try:
+            fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            loop.LoopDevice(int(device.removeprefix("/dev/loop")), fd, "", True).detach()
+        except HookError:
+            os.close(fd)
+            continue
+        if not _bound(device):
+            log.info(f"detached {device}")
+            progress = True
+    return progress
+
+
+def power(verb: str) -> None:
+    """The end: reboot(2) as the verb asks (poweroff when it is unknown)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    os.sync()
+    libc.reboot(ctypes.c_int(REBOOT.get(verb, REBOOT["poweroff"])))
+    raise HookError(f"reboot({verb}) failed: {os.strerror(ctypes.get_errno())}")
+
+
+def run(verb: str, log: Log) -> int:
+    start = time.monotonic()
+    log.info(f"shutdown ({verb}): taking the live system's storage apart")
+    try:
+        mount_api_filesystems()
+    except HookError as e:
+        log.warning(f"{e}")
+    stop_watchdog(log)
+    state = find_state()
+    move_run_aside(log)
+    left = teardown(state, log)
+    if left:
+        log.warning("still busy, left as they are: " + ", ".join(left))
+    else:
+        log.info(f"nothing left busy ({time.monotonic() - start:.2f} s)")
+    if os.getpid() == 1:  # we are the last process: end the machine's life as asked
+        power(verb)
+    return 1 if left else 0

@@ -1,0 +1,238 @@
+"""`archiso-hook watch`: keep the COW of every snapshot from filling up.
+
+Started by the hook just before the switch to the live root, it keeps running in
+the live system. Every `interval` seconds, and at once when a snapshot reports a
+device-mapper event (DM_DEV_WAIT: it became invalid or overflowed), it reads each
+snapshot's usage and the cowspace, warns at 80/90/95 % of what the COW can reach,
+and grows a COW in RAM ahead of the writes: first the cowspace tmpfs, then the COW
+file, then the loop device (LOOP_SET_CAPACITY); the snapshot target reads its COW
+device's size at every allocation, so it never sees a full device.
+
+Its argv[0] begins with `@`: systemd leaves such initrd processes alone when it
+kills what is left at shutdown (systemd.io/ROOT_STORAGE_DAEMONS); archiso-hook's
+own shutdown stops it before taking the snapshots down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+import attrs
+
+from archiso_hook import dm, loop, syscalls
+from archiso_hook.errors import HookError
+from archiso_hook.growth import RateMeter, Usage, grow_to, warning_level
+from archiso_hook.log import Log
+from archiso_hook.plan import STATE_FILE
+from archiso_hook.sizes import human
+from archiso_hook.state import State
+
+PID_FILE = "/run/archiso/watch.pid"
+READY_FILE = "/run/archiso/watch.ready"
+ARGV0 = "@archiso-hook"
+
+
+class RootFollower:
+    """switch_root changes PID 1's root, not ours: we would be left in the emptied
+    initramfs, where /run, /proc and /dev no longer are. A descriptor on /proc,
+    opened before, still reaches /proc/1/root: when it differs from our root, we
+    chroot into it (the live system, where /run/initramfs is reachable again)."""
+
+    def __init__(self) -> None:
+        self.proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def follow(self) -> bool:
+        try:
+            theirs = os.stat("1/root", dir_fd=self.proc)
+            ours = os.stat("/")
+        except OSError:
+            return False
+        if (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino):
+            return False
+        fd = os.open("1/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.proc)
+        try:
+            os.fchdir(fd)
+            os.chroot(".")
+        finally:
+            os.close(fd)
+        os.chdir("/")
+        return True
+
+
+def mem_available() -> int:
+    """MemAvailable from /proc/meminfo (psutil would cost the daemon a few MiB of RSS)."""
+    with open("/proc/meminfo", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+@attrs.define
+class Watched:
+    name: str
+    cow_device: str
+    cow_file: str
+    chunk: int  # bytes
+    need: int  # the most the COW can ever use
+    meter: RateMeter = attrs.Factory(RateMeter)
+    warned: int = 0  # the warning level already logged
+    state: str = "Active"
+
+
+class Watchdog:
+    def __init__(self, log: Log, *, state_file: str = STATE_FILE, interval: float = 0.25) -> None:
+        self.log = log
+        self.state_file = state_file
+        self.interval = interval
+        self.state = State.load(state_file)
+        self.policy: dict[str, Any] = self.state.cow
+        self.snapshots = [
+            Watched(r["name"], r["cow"], r["cow_file"], r["chunk_sectors"] * 512, r["cow_need"])
+            for r in self.state.resources
+            if r["kind"] == "dm" and "cow_file" in r
+        ]
+        self.mapper = dm.DeviceMapper()
+        self.wake = threading.Event()
+        self.stop = False
+        self.root = RootFollower()
+
+    def run(self) -> None:
+        for snapshot in self.snapshots:
+            threading.Thread(target=self._events, args=(snapshot.name,), daemon=True).start()
+        self.log.info(
+            f"watching {len(self.snapshots)} snapshot(s); growth "
+            + (
+                f"up to {human(self.policy['grow_max'])} of RAM"
+                if self.policy.get("grow")
+                else "off"
+            )
+        )
+        while not self.stop:
+            if self.root.follow():
+                self.log.info("watch: followed the switch into the live system")
+            try:
+                self.tick()
+            except (OSError, HookError) as e:  # e.g. while switch_root moves /run away
+                self.log.debug(f"watch: skipped a look: {e}")
+            self.wake.wait(self.interval)
+            self.wake.clear()
+
+    def _events(self, name: str) -> None:
+        """Wake the main loop whenever the snapshot reports an event."""
+        mapper = dm.DeviceMapper()
+        try:
+            event = mapper.info(name).event_nr
+            while not self.stop:
+                event = mapper.wait_event(name, event).event_nr
+                self.wake.set()
+        except HookError:
+            return  # the device went away (shutdown)
+        finally:
+            mapper.close()
+
+    def tick(self) -> None:
+        sizes = {s.name: os.stat(s.cow_file).st_size for s in self.snapshots}
+        budget = self.policy.get("grow_max", 0) - sum(sizes.values())
+        for snapshot in self.snapshots:
+            try:
+                (target,) = self.mapper.status(snapshot.name)
+            except (HookError, ValueError):
+                continue
+            status = dm.SnapshotStatus.parse(target.params)
+            if status.state != snapshot.state:
+                snapshot.state = status.state
+                if status.state == "Overflow":
+                    self.log.error(
+                        f"the COW of {snapshot.name} is full: writes to it fail, reads still work"
+                    )
+                elif status.state != "Active":
+                    self.log.error(f"the snapshot {snapshot.name} is {status.state}")
+            if status.allocated is None or status.total is None:
+                self.log.debug(f"watch: {snapshot.name}: {target.params}")
+                continue
+            size = status.total * 512
+            grows = bool(self.policy.get("grow"))
+            ceiling = min(snapshot.need, size + max(0, budget)) if grows else size
+            usage = Usage(status.allocated * 512, size, max(ceiling, size))
+            rate = snapshot.meter.add(time.monotonic(), usage.allocated)
+            self._warn(snapshot, usage, grows)
+            if grows:
+                new = grow_to(usage, rate, mem_available(), snapshot.chunk)
+                if new is not None:
+                    self.grow(snapshot, size, new, usage)
+                    budget -= new - size
+
+    def _warn(self, snapshot: Watched, usage: Usage, grows: bool) -> None:
+        level = warning_level(usage) or 0
+        if level > snapshot.warned:
+            more = "cannot grow further" if grows else "growth is off (cow_grow=n)"
+            self.log.warning(
+                f"the COW of {snapshot.name} is {level}% full: {human(usage.allocated)} used "
+                f"of at most {human(usage.ceiling)} ({more}); when it is full, writes to the "
+                "live system fail"
+            )
+        snapshot.warned = level
+
+    def grow(self, snapshot: Watched, size: int, new: int, usage: Usage) -> None:
+        """tmpfs, then file, then loop device: each step has room for the next."""
+        start = time.monotonic()
+        try:
+            if self.policy.get("tmpfs"):
+                space = self.policy["space"]
+                fs = os.statvfs(space)
+                capacity = fs.f_blocks * fs.f_frsize
+                syscalls.mount(
+                    "", space, None, syscalls.MS_REMOUNT, f"size={capacity + new - size}"
+                )
+            os.truncate(snapshot.cow_file, new)
+            fd = os.open(snapshot.cow_device, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                fcntl.ioctl(fd, loop.LOOP_SET_CAPACITY, 0)
+            finally:
+                os.close(fd)
+        except (OSError, HookError) as e:
+            self.log.error(f"could not grow the COW of {snapshot.name}: {e}")
+            return
+        took = time.monotonic() - start
+        self.log.info(
+            f"grew the COW of {snapshot.name} from {human(size)} to {human(new)} in "
+            f"{took * 1000:.0f} ms ({human(usage.allocated)} used, at most "
+            f"{human(usage.ceiling)})"
+        )
+        self.state = State.load(self.state_file)
+        for resource in self.state.resources:
+            if resource["kind"] == "file" and resource["path"] == snapshot.cow_file:
+                resource["apparent_bytes"] = new
+        self.state.timings["last_growth_seconds"] = round(took, 4)
+        self.state.save(self.state_file)
+
+
+def run_foreground(log: Log, interval: float) -> int:
+    with contextlib.suppress(FileNotFoundError):
+        if not State.load().cow:
+            log.info("watch: no snapshot in RAM to watch")
+            return 0
+    watchdog = Watchdog(log, interval=interval)
+
+    def stop(signum: int, frame: object) -> None:
+        watchdog.stop = True
+        watchdog.wake.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    # Everything is imported and opened: the hook may now let switch_root go ahead.
+    with open(READY_FILE, "w", encoding="ascii") as f:
+        f.write(f"{os.getpid()}\n")
+    watchdog.run()
+    # A daemon with nothing to clean up: no interpreter teardown (seconds under emulation)
+    # while the shutdown waits for it.
+    sys.stderr.flush()
+    os._exit(0)

@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from archiso_hook import checksums, transfer
+from archiso_hook.errors import HookError, InputError
+
+
+def make(path: Path, size: int, seed: bytes) -> bytes:
+    data = bytearray()
+    block = seed
+    while len(data) < size:
+        block = hashlib.sha512(block).digest()
+        data += block
+    path.write_bytes(bytes(data[:size]))
+    return bytes(data[:size])
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_one_read_copies_and_hashes_every_image(tmp_path: Path, workers: int) -> None:
+    sources = [tmp_path / f"img{i}" for i in range(5)]
+    contents = [
+        make(p, size, bytes([i]))
+        for i, (p, size) in enumerate(
+            zip(sources, [0, 1, transfer.CHUNK, 3 * transfer.CHUNK + 7, 12345], strict=True)
+        )
+    ]
+    (tmp_path / "ram").mkdir()
+    jobs = [transfer.Job(str(p), str(tmp_path / "ram" / p.name), "sha512") for p in sources]
+    lines: list[str] = []
+    progress = transfer.Progress(
+        "copying", sum(len(c) for c in contents), lines.append, interval=0.0
+    )
+    results = transfer.run(jobs, progress=progress, workers=workers)
+    assert [r.job for r in results] == jobs
+    for result, data in zip(results, contents, strict=True):
+        assert result.size == len(data)
+        assert result.digest == hashlib.sha512(data).hexdigest()
+        assert Path(str(result.job.destination)).read_bytes() == data
+    assert progress.done == sum(len(c) for c in contents)
+    assert lines and lines[-1].startswith("copying: ")
+
+
+def test_hash_only_and_copy_only(tmp_path: Path) -> None:
+    data = make(tmp_path / "a", 100_000, b"a")
+    (result,) = transfer.run([transfer.Job(str(tmp_path / "a"), None, "md5")])
+    assert result.digest == hashlib.md5(data).hexdigest()
+    (result,) = transfer.run([transfer.Job(str(tmp_path / "a"), str(tmp_path / "b"), None)])
+    assert result.digest is None and (tmp_path / "b").read_bytes() == data
+
+
+def test_a_failure_removes_every_partial_copy(tmp_path: Path) -> None:
+    make(tmp_path / "a", 50_000, b"a")
+    jobs = [
+        transfer.Job(str(tmp_path / "a"), str(tmp_path / "a.copy"), "sha512"),
+        transfer.Job(str(tmp_path / "missing"), str(tmp_path / "m.copy"), "sha512"),
+    ]
+    with pytest.raises(HookError, match=r"cannot open .*/missing: No such file"):
+        transfer.run(jobs)
+    assert not (tmp_path / "a.copy").exists() and not (tmp_path / "m.copy").exists()
+
+
+def test_a_destination_that_cannot_be_written_is_an_error(tmp_path: Path) -> None:
+    make(tmp_path / "a", 10_000, b"a")
+    with pytest.raises(HookError, match=r"cannot write .*/nodir/a: No such file"):
+        transfer.run([transfer.Job(str(tmp_path / "a"), str(tmp_path / "nodir" / "a"), None)])
+
+
+def test_progress_line() -> None:
+    progress = transfer.Progress("verifying", 300 << 20, lambda _: None)
+    progress.done = 100 << 20
+    line = progress.line(progress.start + 10)
+    assert line == "verifying: 100.0 MiB of 300.0 MiB, 10.0 MiB/s, 20 s left"
+
+
+SHA = "ab" * 64
+
+
+def test_checksum_files(tmp_path: Path) -> None:
+    assert checksums.parse(f"{SHA}  root.fs.sfs\n", "x/root.fs.sfs.sha512", "root.fs.sfs") == (
+        checksums.Expected("sha512", SHA, "x/root.fs.sfs.sha512")
+    )
+    text = f"{'CD' * 16} *./share.sfs\r\n"
+    assert checksums.parse(text, "s.md5", "share.sfs").digest == "cd" * 16
+    image = tmp_path / "root.fs.sfs"
+    image.write_bytes(b"")
+    assert checksums.checksum_file_for(str(image)) is None
+    Path(f"{image}.md5").write_text("")
+    assert checksums.checksum_file_for(str(image)) == f"{image}.md5"
+    Path(f"{image}.sha512").write_text("")
+    assert checksums.checksum_file_for(str(image)) == f"{image}.sha512"  # preferred
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (f"{SHA}  ../../etc/shadow\n", "f.sha512:1: lists '../../etc/shadow', a path outside"),
+        (f"{SHA}  /etc/passwd\n", "f.sha512:1: lists '/etc/passwd', a path outside"),
+        (f"{SHA}  sub/root.fs.sfs\n", "lists 'sub/root.fs.sfs', a path outside"),
+        ("abc  root.fs.sfs\n", "f.sha512:1: not a sha512 checksum line"),
+        (f"{SHA}  other.sfs\n", "f.sha512: has no sha512 checksum for root.fs.sfs"),
+        ("", "has no sha512 checksum"),
+    ],
+)
+def test_bad_checksum_files_are_refused(text: str, message: str) -> None:
+    with pytest.raises(InputError) as excinfo:
+        checksums.parse(text, "f.sha512", "root.fs.sfs")
+    assert message in str(excinfo.value)
+
+
+def test_the_builders_checksum_files_are_read(tmp_path: Path) -> None:
+    from archiso_hook.builder import write_checksum  # noqa: PLC0415
+
+    image = tmp_path / "root.fs.sfs"
+    data = make(image, 5000, b"r")
+    checksum = write_checksum(image)
+    expected = checksums.parse(checksum.read_text(), str(checksum), image.name)
+    assert expected.digest == hashlib.sha512(data).hexdigest()
+    assert os.path.basename(str(checksum)) == "root.fs.sfs.sha512"

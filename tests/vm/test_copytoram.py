@@ -1,0 +1,117 @@
+"""copytoram= and checksum= in QEMU: the medium pulled out after boot, the memory rules,
+and a corrupt image caught before anything is mounted from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.vm.conftest import Lab, leak_report, status_reports
+from vm.media import SAMPLE_LABEL
+from vm.qemu import Drive
+
+pytestmark = pytest.mark.vm
+
+SHELL_PROMPT = r"\[rootfs [^\]]*\]# "
+BASE = f"archisobasedir=arch archisolabel={SAMPLE_LABEL}"
+
+
+def test_copytoram_and_checksum_then_the_stick_is_pulled_out(lab: Lab) -> None:
+    media = lab.media("sample")
+    append = f"{BASE} copytoram=y checksum=y lab.check=wait,files,write,status"
+    stick = Drive(media.iso, kind="usb", name="stick")
+    with lab.boot("copytoram-pull", append, [stick]) as guest:
+        guest.expect("LAB: waiting", timeout=200)
+        guest.monitor("device_del stick-dev")
+        guest.expect(r"USB disconnect", timeout=60)
+        guest.send("go")
+        guest.expect(r"LAB: (PASS|FAIL)", timeout=200)
+        output = guest.output
+    assert "LAB: PASS" in output, output[-3000:]
+    assert "archiso-hook: copytoram=y: copying" in output
+    assert "checksums match" in output
+    assert "archiso-hook: released the medium: it can be removed now" in output
+    (report,) = status_reports(output)
+    targets = [m["target"] for m in report["mounts"]]
+    assert "/run/archiso/bootmnt" not in targets and "/run/archiso/copytoram" in targets
+    assert all(
+        lo["backing"].startswith("/run/archiso/copytoram/")
+        for lo in report["loops"]
+        if not lo["backing"].startswith("/run/archiso/cowspace/")
+        and not lo["backing"].startswith("/run/archiso/sfs/")
+    )
+    assert all(lo["present"] for lo in report["loops"])
+
+
+def test_auto_does_not_copy_from_an_optical_drive(lab: Lab) -> None:
+    media = lab.media("sample")
+    with lab.boot(
+        "copytoram-auto-cdrom",
+        f"{BASE} lab.check=status",
+        [Drive(media.iso, kind="ide-cdrom")],
+        memory_mib=3072,
+    ) as guest:
+        guest.expect(r"LAB: (PASS|FAIL)", timeout=200)
+        output = guest.output
+    assert "LAB: PASS" in output
+    assert (
+        "archiso-hook: copytoram=auto: not copying to RAM: the medium is on an optical "
+        "drive (/dev/sr0); booting from the medium"
+    ) in output
+
+
+def test_auto_copies_from_a_disk_when_memory_is_plentiful(lab: Lab) -> None:
+    media = lab.media("sample")
+    with lab.boot(
+        "copytoram-auto-disk",
+        f"{BASE} lab.check=files,status",
+        [Drive(media.iso, kind="virtio")],
+        memory_mib=3072,
+    ) as guest:
+        guest.expect(r"LAB: (PASS|FAIL)", timeout=200)
+        output = guest.output
+    assert "LAB: PASS" in output
+    assert "archiso-hook: copytoram=auto: copying" in output
+    assert "released the medium" in output
+
+
+def test_too_little_memory_boots_from_the_medium_with_the_numbers(lab: Lab) -> None:
+    media = lab.media("sample")
+    with lab.boot(
+        "copytoram-low-memory",
+        f"{BASE} copytoram=y lab.check=files",
+        [Drive(media.iso, kind="ide-cdrom")],
+        memory_mib=256,
+    ) as guest:
+        guest.expect(r"LAB: (PASS|FAIL)", timeout=200)
+        output = guest.output
+    assert "LAB: PASS" in output
+    assert ("archiso-hook: warning: copytoram=y: not copying to RAM: the images need") in output
+    assert "MiB must stay free for the system); booting from the medium" in output
+
+
+def test_a_corrupt_image_fails_the_checksum_and_nothing_is_mounted(lab: Lab) -> None:
+    def corrupt(basedir: Path) -> None:
+        share = basedir / "any" / "share.sfs"
+        data = bytearray(share.read_bytes())
+        data[len(data) // 2] ^= 0xFF  # one bit pattern in the middle: still a squashfs
+        share.write_bytes(bytes(data))
+
+    media = lab.media("corrupt-checksum", edit=corrupt)
+    with lab.boot(
+        "checksum-corrupt", f"{BASE} checksum=y copytoram=y", [Drive(media.iso, kind="virtio")]
+    ) as guest:
+        match = guest.expect(
+            r"/run/archiso/bootmnt/arch/any/share.sfs is corrupt: its sha512 is ([0-9a-f]{128}), "
+            r"but /run/archiso/bootmnt/arch/any/share.sfs.sha512 says ([0-9a-f]{128})",
+            timeout=200,
+        )
+        assert match.group(1) != match.group(2)
+        guest.expect(r"hint: the download or the copy of the medium is damaged")
+        guest.expect(SHELL_PROMPT, timeout=60)
+        assert leak_report(guest) == []
+        guest.send("poweroff -f")
+        guest.wait(60)
+    hook = [line for line in guest.output.splitlines() if "archiso-hook: " in line]
+    assert not any("mounted /dev/loop" in line for line in hook)  # nothing from an image

@@ -1,0 +1,33 @@
+"""What the tests, the demo and the benchmarks share: the initramfs with the project's
+hook, built from the staged install (`make stage`) as mkinitcpio would on a system."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vm import lab_dir
+from vm.initramfs import build_initramfs
+from vm.kernel import Kernel
+from vm.media import STAGE
+
+HOOKS = ("base", "udev", "archiso")
+
+
+def staged_hook() -> Path:
+    """The frozen tree `make stage` installed; an error saying so if it is missing."""
+    hook = STAGE / "usr/lib/archiso-hook"
+    if not (hook / "archiso-hook").exists():
+        raise FileNotFoundError(f"{hook}/archiso-hook is missing: run `make stage` first")
+    return hook
+
+
+def archiso_initramfs(kernel: Kernel, out: Path | None = None) -> Path:
+    """HOOKS=(base udev archiso) for `kernel`, with the staged archiso-hook."""
+    staged_hook()
+    return build_initramfs(
+        kernel,
+        list(HOOKS),
+        out or lab_dir() / "initramfs-archiso.img",
+        hook_dirs=[STAGE / "usr/lib/initcpio"],
+        env={"ARCHISO_HOOK_SYSROOT": str(STAGE)},
+    )
