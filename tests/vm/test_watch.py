@@ -67,11 +67,10 @@ def test_without_growth_writes_fail_but_the_system_keeps_reading(lab: Lab) -> No
     assert "LAB-RESULT persist-read present=yes content=before-the-flood" in output
     assert "LAB-CHECK files ok" in output
     hook = hook_lines(output)
-    assert any(
-        line.startswith("warning: the COW of arch_root is 95% full")
-        and "growth is off (cow_grow=n)" in line
-        for line in hook
-    )
+    # A fast writer can pass 80 % and reach full between two looks: warnings are not
+    # promised here (the growth test asserts them), but any there is says why no growth.
+    warnings = [line for line in hook if line.startswith("warning: the COW of arch_root is")]
+    assert all("growth is off (cow_grow=n)" in line for line in warnings), warnings
     assert "error: the COW of arch_root is full: writes to it fail, reads still work" in hook
     (report,) = status_reports(output)
     assert report["snapshots"][0]["state"] == "Overflow"  # not Invalid: reads go on
