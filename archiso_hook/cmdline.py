@@ -14,6 +14,7 @@ from typing import Any
 
 import attrs
 
+from archiso_hook import netconf
 from archiso_hook.errors import InputError
 from archiso_hook.mountopts import parse_mount_options
 from archiso_hook.sizes import Size, parse_size
@@ -61,6 +62,10 @@ def _copytoram(value: str) -> CopyMode:
         return CopyMode(lowered.get(value, value))
     except ValueError:
         raise InputError(f"copytoram={value} is not valid: expected y, n or auto") from None
+
+
+def _http_spc(value: str) -> Size:
+    return parse_size(value, what="archiso_http_spc")
 
 
 def _cow_grow_max(value: str) -> Size:
@@ -325,22 +330,38 @@ PARAMETERS: tuple[Parameter, ...] = (
       "how long to wait for the boot medium (and the COW device) to appear"),
     P("quiet", "quiet", _flag("quiet"), "bare word or y | n",
       "show only warnings and errors on the console"),
+    P("ip", "ip", netconf.parse_ip,
+      "dhcp, or <client>:<server>:<gw>:<netmask>:<hostname>:<device>:<autoconf>:<dns0>:<dns1>",
+      "configure the network (the kernel's syntax); needed by the archiso_*_srv parameters"),
+    P("BOOTIF", "bootif", netconf.parse_bootif, "01-aa-bb-cc-dd-ee-ff",
+      "the interface to configure, by MAC address (PXELINUX's IPAPPEND 2)"),
+    P("copy_resolvconf", "copy_resolvconf", _flag("copy_resolvconf"), "bare word or y | n",
+      "write the DNS servers the network got into the live root's /etc/resolv.conf"),
+    P("archiso_http_srv", "http_srv", netconf.parse_http_server, "http://host[:port]/path/",
+      "download the images from this URL into RAM (followed by archisobasedir)"),
+    P("archiso_http_spc", "http_spc", _http_spc, "size or 1%..100% of RAM",
+      "size of the tmpfs the downloads go into"),
+    P("archiso_nbd_srv", "nbd_srv", netconf.parse_nbd_server, "host[:port]",
+      "boot from this NBD server's export, attached as /dev/nbd0"),
+    P("archiso_nbd_name", "nbd_name", netconf.parse_nbd_name, "export name",
+      "the NBD export to attach"),
+    P("archiso_nfs_srv", "nfs_srv", netconf.parse_nfs_server, "host:/path",
+      "boot from this NFS export"),
+    P("archiso_nfs_opt", "nfs_opt", _mount_options("archiso_nfs_opt"), "NFS mount options",
+      "options for mounting it (vers=3, port=, ...); always read-only"),
 )
 # fmt: on
 _BY_NAME = {p.name: p for p in PARAMETERS}
 
 # archiso parameters this version does not act on yet: said out loud, never silently dropped.
-NOT_YET_SUPPORTED = frozenset({
-    "verify", "cms_verify", "copy_resolvconf",
-    "archiso_nbd_srv", "archiso_nbd_name", "archiso_http_srv", "archiso_http_spc",
-    "archiso_nfs_srv", "archiso_nfs_opt",
-})  # fmt: skip
+NOT_YET_SUPPORTED = frozenset({"verify", "cms_verify"})
 RENAMED = {"cowspace_size": "cow_spacesize", "cowfile_size": "cow_spacesize"}
 
 
 DEFAULT_COW_SPACESIZE = Size(256 * 1024 * 1024)  # archiso's default since 2014
 DEFAULT_COPYTORAM_SIZE = Size(75, percent=True)
 DEFAULT_COW_GROW_MAX = Size(50, percent=True)
+DEFAULT_HTTP_SPC = Size(75, percent=True)
 
 
 def _default_arch() -> Arch:
@@ -375,12 +396,21 @@ class Options:
     cow_grow: bool | None = None
     cow_grow_max: Size = DEFAULT_COW_GROW_MAX
     cow_chunksize: int = 8
-    copytoram: CopyMode = CopyMode.AUTO
+    copytoram: CopyMode | None = None  # None: not given (see copy_mode)
     copytoram_size: Size = DEFAULT_COPYTORAM_SIZE
     checksum: bool = False
     dm_snap_prefix: str = "arch"
     rootdelay: int = 30
     quiet: bool = False
+    ip: netconf.IpConfig | None = None
+    bootif: str | None = None
+    copy_resolvconf: bool = True
+    http_srv: str | None = None
+    http_spc: Size = DEFAULT_HTTP_SPC
+    nbd_srv: netconf.NbdServer | None = None
+    nbd_name: str = "archiso"
+    nfs_srv: netconf.NfsExport | None = None
+    nfs_opt: str | None = None
     debug: bool = False
     # What was given but is not acted on, as messages for the boot log.
     warnings: tuple[str, ...] = ()
@@ -421,6 +451,34 @@ class Options:
         return self.cow_grow if self.cow_grow is not None else self.cow_device_path is None
 
     @property
+    def network_source(self) -> str | None:
+        """http, nbd or nfs: the boot medium is on a server."""
+        servers = (("http", self.http_srv), ("nbd", self.nbd_srv), ("nfs", self.nfs_srv))
+        return next((name for name, value in servers if value is not None), None)
+
+    @property
+    def network(self) -> netconf.IpConfig | None:
+        """What to configure when a server needs the network: ip= as given, or DHCP.
+        Without a server ip= configures nothing: the live system's own network setup
+        does that, and a boot from a disc does not wait for DHCP."""
+        if not self.network_source:
+            return None
+        if self.ip is not None:
+            return self.ip if self.ip.wanted else None
+        return netconf.IpConfig(netconf.Autoconf.DHCP)
+
+    @property
+    def copy_mode(self) -> CopyMode:
+        """copytoram= as given; by default auto, and y when booting from NBD or NFS
+        (archiso's rule: the network and server are then free once the images are in
+        RAM). HTTP downloads into RAM anyway: nothing more to copy."""
+        if self.network_source == "http":
+            return CopyMode.N
+        if self.copytoram is not None:
+            return self.copytoram
+        return CopyMode.Y if self.network_source in {"nbd", "nfs"} else CopyMode.AUTO
+
+    @property
     def cow_dir(self) -> str:
         """Relative to the cowspace: archiso's persistent_<label>/<arch> by default."""
         label = (self.label or "").replace("/", "_")
@@ -445,9 +503,19 @@ class Options:
             cow_directory=self.cow_dir,
             cow_persistent=str(self.cow_mode),
             cow_grow=self.grows,
+            copytoram=str(self.copy_mode),
+            ip=None if self.ip is None else attrs.asdict(self.ip, value_serializer=_json_value),
+            archiso_nbd_srv=self.nbd_srv and f"{self.nbd_srv.host}:{self.nbd_srv.port}",
+            archiso_nfs_srv=self.nfs_srv and self.nfs_srv.source,
             archisosearchfilename=self.search_file and "/" + self.search_file,
         )
         return out
+
+
+def _json_value(_instance: object, _field: object, value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [str(v) for v in value]
+    return value if value is None or isinstance(value, int | str) else str(value)
 
 
 def parse_options(
@@ -468,6 +536,10 @@ def parse_options(
             warnings.append(f"{key}= is not supported by this version of archiso-hook; ignored")
         elif key in RENAMED:
             warnings.append(f"{key}= is an old archiso parameter; use {RENAMED[key]}= instead")
+    servers = [k for k in ("archiso_http_srv", "archiso_nbd_srv", "archiso_nfs_srv")
+               if _BY_NAME[k].field in values]  # fmt: skip
+    if len(servers) > 1:
+        raise InputError(f"{'= and '.join(servers)}= are both given: boot from one server")
     if "arch" not in values and machine_arch is not None:
         values["arch"] = machine_arch
     return Options(**values, debug=debug, warnings=tuple(dict.fromkeys(warnings)))

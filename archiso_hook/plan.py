@@ -417,12 +417,12 @@ def plan_boot(
     if any(i.entry.type.snapshot for i in images):
         modules += ["dm_mod", "dm_snapshot"]
     steps.append(LoadModules(tuple(modules + [f"fs-{t}" for t in fstypes])))
-    if options.copytoram is not CopyMode.N or options.checksum:
+    if options.copy_mode is not CopyMode.N or options.checksum:
         steps.append(
             PrepareImages(
                 images=tuple(i.path for i in images),
                 lines=tuple(i.entry.line for i in images),
-                copy=options.copytoram,
+                copy=options.copy_mode,
                 copy_to=COPYTORAM,
                 copy_size=options.copytoram_size,
                 verify=options.checksum,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import ipaddress
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -28,7 +29,7 @@ import pytest
 from hypothesis import example, given, note
 from hypothesis import strategies as st
 
-from archiso_hook import cmdline
+from archiso_hook import cmdline, netconf
 from archiso_hook.aitab import ARCHES, COMPRESSIONS, FILESYSTEMS, AitabEntry, ImageType, parse_aitab
 from archiso_hook.cmdline import Arch, CowMode, Options, parse_options, split_cmdline, udev_encode
 from archiso_hook.errors import InputError
@@ -173,6 +174,79 @@ SIZE = st.builds(_size, st.integers(1, 10**12), st.sampled_from([*SUFFIXES, *"KM
 COPY_WORDS = {"y": "y", "yes": "y", "1": "y", "true": "y", "n": "n", "no": "n", "0": "n",
               "false": "n", "auto": "auto"}  # fmt: skip
 
+IPV4 = (
+    st.tuples(*[st.integers(0, 255)] * 4)
+    .map(lambda t: ".".join(map(str, t)))
+    .filter(lambda a: a != "0.0.0.0")
+)
+HOST = (
+    IPV4
+    | st.from_regex(r"[a-z][a-z0-9-]{0,10}(\.[a-z]{2,4}){0,2}", fullmatch=True)
+    | st.just(netconf.PXESERVER)
+)
+PORT = st.integers(1, 65535)
+URL_PATH = st.lists(st.text("abcxyz019_-.", min_size=1, max_size=6).filter(
+    lambda p: p not in {".", ".."}), max_size=3)  # fmt: skip
+DHCP_WORDS = ("dhcp", "on", "any", "both", "bootp", "rarp", "DHCP")
+IFNAME = st.from_regex(r"[a-z][a-z0-9]{0,10}", fullmatch=True)
+
+
+@st.composite
+def static_ip(draw: st.DrawFn) -> tuple[str | None, object]:
+    client, server, gateway = draw(IPV4), draw(IPV4 | st.just("")), draw(IPV4 | st.just(""))
+    prefix = draw(st.integers(1, 32))
+    mask = str(ipaddress.IPv4Network(f"0.0.0.0/{prefix}").netmask)
+    host = draw(st.from_regex(r"[a-z][a-z0-9-]{0,10}", fullmatch=True) | st.just(""))
+    device = draw(IFNAME | st.just(""))
+    auto = draw(st.sampled_from(["", "off", "none", *DHCP_WORDS]))
+    dns = draw(st.lists(IPV4, max_size=2))
+    text = ":".join([client, server, gateway, mask, host, device, auto, *dns])
+    expected = netconf.IpConfig(
+        netconf.Autoconf.DHCP if auto.lower() in netconf._DYNAMIC else netconf.Autoconf.STATIC,
+        ipaddress.IPv4Address(client),
+        ipaddress.IPv4Address(server) if server else None,
+        ipaddress.IPv4Address(gateway) if gateway else None,
+        prefix,
+        host or None,
+        device or None,
+        tuple(map(ipaddress.IPv4Address, dns)),
+    )
+    return text, expected
+
+
+IP = (
+    st.sampled_from(DHCP_WORDS).map(lambda w: (w, netconf.IpConfig(netconf.Autoconf.DHCP)))
+    | st.sampled_from(["off", "none"]).map(lambda w: (w, netconf.IpConfig(netconf.Autoconf.OFF)))
+    | static_ip()
+)
+MAC = st.lists(st.integers(0, 255), min_size=6, max_size=6)
+BOOTIF = MAC.map(
+    lambda m: ("01-" + "-".join(f"{b:02X}" for b in m), ":".join(f"{b:02x}" for b in m))
+)
+HTTP_SRV = st.builds(
+    lambda scheme, host, port, path, slash: (
+        url := f"{scheme}://{host}{port}/{'/'.join(path)}{slash}",
+        url if url.endswith("/") else url + "/",
+    ),
+    st.sampled_from(["http", "https"]),
+    HOST,
+    st.just("") | PORT.map(lambda p: f":{p}"),
+    URL_PATH,
+    st.sampled_from(["", "/"]),
+)
+NBD_SRV = st.builds(
+    lambda host, port: (host, netconf.NbdServer(host)) if port is None else (
+        f"{host}:{port}", netconf.NbdServer(host, port)),
+    HOST, st.none() | PORT,
+)  # fmt: skip
+NFS_SRV = st.builds(
+    lambda host, path: (f"{host}:/{'/'.join(path)}", netconf.NfsExport(host, "/" + "/".join(path))),
+    HOST,
+    URL_PATH,
+)
+NBD_NAME = st.text(st.characters(codec="ascii", categories=["L", "N", "P"]), min_size=1,
+                   max_size=20).filter(lambda t: '"' not in t)  # fmt: skip
+
 # Every parameter's valid values as written, with what parse_options makes of them.
 VALID: dict[str, st.SearchStrategy[tuple[str | None, object]]] = {
     "archisobasedir": _path(RELATIVE, lead=False),
@@ -203,6 +277,15 @@ VALID: dict[str, st.SearchStrategy[tuple[str | None, object]]] = {
     "dm_snap_prefix": _same(PREFIX),
     "rootdelay": st.integers(0, 86400).map(lambda n: (str(n), n)),
     "quiet": st.sampled_from([(None, True), *FLAG_WORDS.items()]),
+    "ip": IP,
+    "BOOTIF": BOOTIF,
+    "copy_resolvconf": st.sampled_from([(None, True), *FLAG_WORDS.items()]),
+    "archiso_http_srv": HTTP_SRV,
+    "archiso_http_spc": SIZE,
+    "archiso_nbd_srv": NBD_SRV,
+    "archiso_nbd_name": _same(NBD_NAME),
+    "archiso_nfs_srv": NFS_SRV,
+    "archiso_nfs_opt": _same(MOUNT_OPTIONS),
 }  # fmt: skip
 # Words that are not archiso parameters (or not ones this version acts on).
 FOREIGN = tuple(word for word in (
@@ -261,7 +344,18 @@ def command_lines(draw: st.DrawFn) -> tuple[list[Word], str]:
             archiso_words() | st.sampled_from(FOREIGN).map(foreign_word), min_size=1, max_size=12
         ).filter(lambda ws: any(w.key in BY_NAME for w in ws))
     )
+    # One server to boot from (two are refused: test_two_servers_are_refused).
+    servers = {w.key for w in words if w.key in SERVERS}
+    words = [w for w in words if w.key not in SERVERS or w.key == min(servers)]
     return words, draw(joined([w.text for w in words]))
+
+
+SERVERS = {"archiso_http_srv", "archiso_nbd_srv", "archiso_nfs_srv"}
+
+
+def test_two_servers_are_refused() -> None:
+    with pytest.raises(InputError, match="archiso_nbd_srv= and archiso_nfs_srv= are both given"):
+        parse_options("archiso_nfs_srv=h:/x archiso_nbd_srv=h", machine_arch=Arch.X86_64)
 
 
 # Decimal digits of other scripts (int() reads them), and superscripts (it does not).
@@ -416,18 +510,18 @@ def check_options(options: Options, text: str) -> None:
         elif name == "archisosearchuuid":
             assert raw and "/" not in raw and value == raw
             assert all(c.isprintable() and not c.isspace() for c in raw)
-        elif name in {"img_flags", "cow_flags"}:
+        elif name in {"img_flags", "cow_flags", "archiso_nfs_opt"}:
             assert value == raw
             parse_mount_options(raw, what=name)
         elif name == "arch":
             assert raw in {"i686", "x86_64"} and value == Arch(raw)
-        elif name in {"cow_spacesize", "copytoram_size", "cow_grow_max"}:
+        elif name in {"cow_spacesize", "copytoram_size", "cow_grow_max", "archiso_http_spc"}:
             check_size(raw, value, max_percent=100)
         elif name == "copytoram":
             assert raw in COPY_WORDS and value == cmdline.CopyMode(COPY_WORDS[raw])
         elif name == "cow_persistent":
             assert raw in {"N", "P", "PO"} and value == CowMode(raw)
-        elif name in {"cow_reset", "quiet", "checksum", "cow_grow"}:
+        elif name in {"cow_reset", "quiet", "checksum", "cow_grow", "copy_resolvconf"}:
             assert raw in FLAG_WORDS and value is FLAG_WORDS[raw], name
         elif name == "cow_chunksize":
             assert _decimal_is(raw, value) and 1 <= value <= 1 << 21 and value & (value - 1) == 0
@@ -435,8 +529,50 @@ def check_options(options: Options, text: str) -> None:
             assert re.fullmatch(r"[A-Za-z0-9_.+-]{1,64}", raw) and value == raw
         elif name == "rootdelay":
             assert _decimal_is(raw, value) and 0 <= value <= 86400
+        elif name == "ip":
+            check_ip(raw, value)
+        elif name == "BOOTIF":
+            assert re.fullmatch(r"(01-)?([0-9A-Fa-f]{2}-){5}[0-9A-Fa-f]{2}", raw)
+            assert value == raw[-17:].replace("-", ":").lower()
+        elif name == "archiso_http_srv":
+            assert re.match(r"https?://[^/?#@]+(/|$)", raw) and value.startswith(raw)
+            assert ".." not in raw.split("/") and value.endswith("/")
+        elif name in {"archiso_nbd_srv", "archiso_nfs_srv"}:
+            host = value.host
+            assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*|\$\{pxeserver\}", host), raw
+            if name == "archiso_nfs_srv":
+                assert raw == value.source and "," not in raw and ".." not in raw.split("/")
+            else:
+                assert 0 < value.port < 65536
+        elif name == "archiso_nbd_name":
+            assert value == raw and raw.isprintable()
         else:  # a new parameter: say here what it accepts
             raise AssertionError(f"no contract for {name}")
+
+
+def check_ip(text: str, config: netconf.IpConfig) -> None:
+    """ip= is one of the kernel's words, or fields of which every address is an address."""
+    if ":" not in text:
+        assert text.lower() in netconf._DYNAMIC | netconf._OFF, text
+        return
+    fields = text.split(":")
+    assert len(fields) <= 10
+    for address in (config.client, config.server, config.gateway, *config.dns):
+        assert address is None or str(address) in fields
+    if config.autoconf is netconf.Autoconf.STATIC:
+        assert config.client is not None and config.prefixlen is not None
+
+
+@given(st.one_of(ANY_TEXT, IP.map(lambda v: str(v[0])).flatmap(mutated).map(lambda m: m or "")))
+@counted
+def test_parse_ip_on_any_text(text: str) -> None:
+    """ip= alone: anything gives a configuration or an error naming ip= (and the field)."""
+    try:
+        config = netconf.parse_ip(text)
+    except InputError as error:
+        assert str(error).startswith("ip=")
+        return
+    check_ip(text, config)
 
 
 def check_size(text: str, size: Size, *, max_percent: int) -> None:
@@ -494,7 +630,8 @@ def test_parse_options_on_mutated_command_lines(text: str) -> None:
 
 # What as_parameters() shows in effect rather than as given.
 DERIVED = {"archisodevice", "img_dev", "cow_device", "cow_directory", "cow_persistent",
-           "archisosearchfilename", "cow_grow"}  # fmt: skip
+           "archisosearchfilename", "cow_grow", "copytoram", "ip", "archiso_nbd_srv",
+           "archiso_nfs_srv"}  # fmt: skip
 
 
 def _device_path(spec: str) -> str:
@@ -551,6 +688,16 @@ def test_valid_command_lines_parse_to_what_they_say(line: tuple[list[Word], str]
     assert shown["cow_persistent"] == str(value_of("cow_persistent") or ("P" if cow_path else "PO"))
     grow = value_of("cow_grow")
     assert shown["cow_grow"] == (grow if grow is not None else cow_path is None)
+    source = next((k.split("_")[1] for k in sorted(SERVERS) if k in last), None)
+    copy = value_of("copytoram")
+    assert shown["copytoram"] == (
+        "n" if source == "http" else str(copy) if copy else "y" if source else "auto"
+    )
+    assert options.network_source == source
+    ip = value_of("ip")
+    assert (options.network is None) == (
+        source is None or (ip is not None and ip.autoconf is netconf.Autoconf.OFF)
+    )
     uuid = value_of("archisosearchuuid")
     assert shown["archisosearchfilename"] == (
         "/" + (value_of("archisosearchfilename") or f"boot/{uuid}.uuid") if uuid else None
