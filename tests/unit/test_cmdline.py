@@ -99,7 +99,8 @@ def test_bad_values_name_the_parameter_and_the_accepted_forms(text: str, names: 
 
 def test_keys_that_are_not_ours_are_ignored() -> None:
     options = parse_options(
-        "root=x ip=dhcp BOOTIF=01-52-54-00-12-34-56 foo.bar=1 init=/bin/sh size=12Q", machine_arch=X86
+        "root=x ip=dhcp BOOTIF=01-52-54-00-12-34-56 foo.bar=1 init=/bin/sh size=12Q",
+        machine_arch=X86,
     )
     assert options.warnings == ()
 
