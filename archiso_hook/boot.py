@@ -220,6 +220,9 @@ class Boot:
             self.state.timings["hook_seconds"] = round(startup + work, 3)
             since_exec = f", {startup + work:.2f} s since the hook started"
         self.state.save(self.state_file)
+        from archiso_hook import report  # noqa: PLC0415  (only once the root is ready)
+
+        report.save_for(self, plan)  # /run/archiso/report.json; a failure only warns
         self.log.info(
             f"live root ready at {self.newroot} in {work:.2f} s{since_exec} "
             f"({len(plan.images)} image(s))"

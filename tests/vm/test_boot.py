@@ -6,6 +6,8 @@ Each test passes only on positive lines from the guest: the live root's checks
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -22,12 +24,13 @@ BASE = f"archisobasedir=arch archisolabel={SAMPLE_LABEL}"
 
 def test_iso_on_ide_cdrom_fs_sfs_root_and_sfs_share(lab: Lab) -> None:
     media = lab.media("sample")
-    append = f"{BASE} lab.check=status,write,files,mounts,status"
+    append = f"{BASE} lab.check=status,write,files,mounts,status,bootreport"
     with lab.boot("iso-ide-cdrom", append, [Drive(media.iso, kind="ide-cdrom")]) as guest:
         guest.expect(r"LAB: (PASS|FAIL)", timeout=200)
         output = guest.output
     assert "LAB: PASS" in output, output[-3000:]
     assert "archiso-hook: live root ready at /new_root" in output
+    assert_boot_report(output)
     before, after = status_reports(output)
     (snapshot,) = after["snapshots"]
     assert snapshot["name"] == "arch_root" and snapshot["state"] == "Active"
@@ -43,6 +46,37 @@ def test_iso_on_ide_cdrom_fs_sfs_root_and_sfs_share(lab: Lab) -> None:
     assert after["device_mapper"]["devices"] == [
         {"name": "arch_root", "devno": snapshot["devno"], "ours": True}
     ]
+
+
+def assert_boot_report(output: str) -> None:
+    """/run/archiso/report.json, as the live system sees it (the `bootreport` check)."""
+    assert "LAB-RESULT bootreport mode=644 owner=0:0 dir_mode=755" in output
+    (block,) = re.findall(r"LAB-BOOTREPORT-BEGIN\r?\n(.*?)LAB-BOOTREPORT-END", output, re.S)
+    report = json.loads(block)
+    assert report["version"] == 1 and report["newroot"] == "/new_root"
+    assert report["parameters"]["archisolabel"] == SAMPLE_LABEL
+    assert report["parameters"]["cow_persistent"] == "PO"  # the default in RAM, filled in
+    assert report["medium"] == {
+        "mountpoint": "/run/archiso/bootmnt",
+        "found_by": "archisolabel",
+        "device": "/dev/sr0",
+        "fstype": "iso9660",
+        "iso_file": None,
+        "iso_device": None,
+        "released": False,
+    }
+    root, share = report["images"]
+    assert (root["mount"], root["type"], root["mounted"]["source"]) == (
+        "/",
+        "fs.sfs",
+        "/dev/mapper/arch_root",
+    )
+    assert root["snapshot"]["mode"] == "PO" and root["cow_file"]["kept"] is False
+    assert not root["copied_to_ram"]  # copytoram=auto never copies from an optical drive
+    assert (share["mount"], share["mounted"]["fstype"]) == ("/usr/share", "squashfs")
+    timings = report["timings"]
+    assert {"startup_seconds", "mount_seconds", "hook_seconds", "uptime_seconds"} <= set(timings)
+    assert 0 < timings["mount_seconds"] <= timings["hook_seconds"] < timings["uptime_seconds"]
 
 
 def test_plain_fs_image(lab: Lab) -> None:

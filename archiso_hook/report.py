@@ -1,0 +1,203 @@
+"""The boot report, /run/archiso/report.json: what a successful boot did, for people and tools.
+
+Written once, when the live root is ready: the parameters in effect (defaults filled in),
+the medium and how it was found, every image with where it was read from and how it is
+mounted, and the boot's timings. /run moves into the live system at switch_root, so the
+report stays there, readable by every user (mode 0644; it holds nothing secret). Unlike
+the state file (root only, rewritten at every step, for `status` and the teardown), it is
+written once and never changes.
+
+`build_report` is pure: everything comes in as arguments. `save_for` gathers them from a
+finished `Boot` and writes the file; a report that cannot be written is a warning, never
+a failed boot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from archiso_hook import __version__, loop
+from archiso_hook.cmdline import Options
+from archiso_hook.plan import BOOTMNT, BootPlan, ImagePlan
+
+if TYPE_CHECKING:
+    from archiso_hook.boot import Boot
+
+VERSION = 1
+REPORT_NAME = "report.json"
+
+
+@attrs.frozen
+class MediumReport:
+    """Where the images came from."""
+
+    found_by: str  # the parameter that named it, or "already mounted"
+    device: str | None  # the block device mounted at BOOTMNT (a loop device for an ISO file)
+    fstype: str | None
+    iso_file: str | None = None  # img_loop=: the ISO file behind that loop device
+    iso_device: str | None = None  # and the disk holding it
+    released: bool = False  # copytoram: unmounted and detached, it can be removed
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mountpoint": None if self.released else BOOTMNT, **attrs.asdict(self)}
+
+
+def found_by(options: Options, *, premounted: bool) -> str:
+    """How the medium was looked for, in the order `plan.medium_steps` decides it."""
+    if premounted:
+        return "already mounted"
+    if options.iso_device and options.img_loop:
+        return "img_label" if options.img_label else "img_dev"
+    if options.search_uuid:
+        return "archisosearchuuid"
+    return "archisodevice" if options.device else "archisolabel"
+
+
+def _find(resources: Sequence[Mapping[str, Any]], kind: str, **match: Any) -> dict[str, Any]:
+    for resource in resources:
+        if resource["kind"] == kind and all(resource.get(k) == v for k, v in match.items()):
+            return {k: v for k, v in resource.items() if k != "kind"}
+    return {}
+
+
+def _image(
+    image: ImagePlan, resources: Sequence[Mapping[str, Any]], copies: Mapping[str, str]
+) -> dict[str, Any]:
+    entry = image.entry
+    mount = _find(resources, "mount", live_path=entry.mount)
+    snapshot = _find(resources, "dm", name=image.dm_name) if image.dm_name else {}
+    cow = _find(resources, "file", path=image.cow_file) if image.cow_file else {}
+    return {
+        "name": entry.name,
+        "mount": entry.mount,
+        "type": str(entry.type),
+        "arch": entry.arch,
+        "aitab_line": entry.line,
+        "path": image.path,
+        "read_from": copies.get(image.path, image.path),
+        "copied_to_ram": image.path in copies,
+        "fs_type": entry.fs_type,
+        "mounted": {
+            "source": mount.get("source"),
+            "fstype": mount.get("fstype"),
+            "read_only": mount.get("read_only"),
+        }
+        if mount
+        else None,
+        "snapshot": {
+            "device": snapshot.get("device"),
+            "mode": snapshot.get("mode"),
+            "chunk_sectors": snapshot.get("chunk_sectors"),
+            "table": snapshot.get("table"),
+        }
+        if snapshot
+        else None,
+        "cow_file": {
+            "path": cow["path"],
+            "bytes": cow.get("apparent_bytes"),
+            "kept": cow.get("kept"),
+        }
+        if cow
+        else None,
+    }
+
+
+def build_report(
+    options: Options,
+    plan: BootPlan,
+    *,
+    medium: MediumReport,
+    resources: Sequence[Mapping[str, Any]],
+    copies: Mapping[str, str],
+    timings: Mapping[str, float],
+    cow: Mapping[str, Any],
+    hook_version: str = __version__,
+) -> dict[str, Any]:
+    """The report of a finished boot, as JSON-ready data.
+
+    `resources` are the state file's records of what exists now (mounts, loops, dm devices,
+    COW files), `copies` maps an image on the medium to its copy in RAM, `timings` are the
+    boot's measured phases in seconds, `cow` is what the watchdog may do.
+    """
+    return {
+        "version": VERSION,
+        "hook_version": hook_version,
+        "newroot": plan.newroot,
+        "parameters": options.as_parameters(),
+        "debug": options.debug,
+        "warnings": list(options.warnings),
+        "medium": medium.to_json(),
+        "aitab": plan.aitab,
+        "images": [_image(image, resources, copies) for image in plan.images],
+        "cow": dict(cow),
+        "timings": dict(timings),
+    }
+
+
+def write(path: str, report: Mapping[str, Any]) -> None:
+    """Atomically (a reader sees the old file or the whole new one), mode 0644."""
+    tmp = f"{path}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o644)  # whatever the umask
+            json.dump(report, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _uptime() -> float | None:
+    try:
+        with open("/proc/uptime", encoding="ascii") as f:
+            return float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _medium(boot: Boot) -> MediumReport:
+    mount = _find(boot.state.resources, "mount", target=BOOTMNT)
+    ref = boot.refs.get("medium")  # its device path, or the loop device of an ISO file
+    isodev = boot.refs.get("isodev")
+    premounted = ref is None and isodev is None  # another hook mounted BOOTMNT
+    device, iso_file = (ref.path, ref.backing) if isinstance(ref, loop.LoopDevice) else (ref, None)
+    device = mount.get("source") or device
+    return MediumReport(
+        found_by=found_by(boot.options, premounted=premounted),
+        device=None if device is None else str(device),
+        fstype=mount.get("fstype"),
+        iso_file=iso_file,
+        iso_device=None if isodev is None else str(isodev),
+        released=not mount and not premounted,
+    )
+
+
+def save_for(boot: Boot, plan: BootPlan) -> None:
+    """Write the report of the boot that just succeeded beside its state file."""
+    path = os.path.join(os.path.dirname(boot.state_file), REPORT_NAME)
+    try:
+        timings = dict(boot.state.timings)
+        uptime = _uptime()
+        if uptime is not None:  # since the kernel started: when the live root was ready
+            timings["uptime_seconds"] = round(uptime, 3)
+        report = build_report(
+            boot.options,
+            plan,
+            medium=_medium(boot),
+            resources=boot.state.resources,
+            copies=boot.image_paths,
+            timings=timings,
+            cow=boot.state.cow,
+        )
+        write(path, report)
+    except Exception as e:  # noqa: BLE001  (the live root is ready: a report never fails it)
+        boot.log.warning(f"could not write the boot report {path}: {e}")
