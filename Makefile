@@ -17,10 +17,16 @@ FROZEN_I686 := $(BUILD)/frozen-i686/archiso-hook
 APT_PACKAGES := python3-venv python3-dev libpython3.11 binutils \
 	qemu-system-x86 xorriso squashfs-tools busybox-static cpio zstd kmod \
 	e2fsprogs dosfstools btrfs-progs udev util-linux shellcheck file fdisk mtools \
-	debootstrap gcc-multilib
+	debootstrap gcc-multilib \
+	makepkg pacman-package-manager libarchive-tools fakeroot
+# (the last line: tests/pkg builds the Arch package with makepkg; bsdtar lists it)
 
 PREFIX      ?= /usr
 DESTDIR     ?=
+VERSION     := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' archiso_hook/__init__.py)
+# Where the system packages come from: apt on Debian. A PKGBUILD has them from its
+# makedepends and says APT_STAMP= (packaging/PKGBUILD).
+APT_STAMP   ?= $(BUILD)/.apt-stamp
 PY_SOURCES  := $(shell find archiso_hook -name '*.py' | sort)
 # The frozen tree is reproducible: same sources and venv, same bytes.
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 1700000000)
@@ -35,6 +41,8 @@ help:
 	@echo "make test     linters, unit tests and the QEMU boot tests"
 	@echo "make frozen   build the frozen hook ($(FROZEN))"
 	@echo "make frozen-i686  the same for i686 ($(FROZEN_I686)), in an i386 root"
+	@echo "make install  DESTDIR=... PREFIX=/usr: hooks, frozen tree, launcher, docs, license"
+	@echo "make dist     the source tarball for packaging/PKGBUILD (then makepkg there)"
 
 setup: $(BUILD)/.apt-stamp $(VENV)/.stamp
 
@@ -57,7 +65,7 @@ $(BUILD)/.apt-stamp: Makefile
 	@touch $@
 
 # Order-only on the apt stamp: an edit of this Makefile need not rebuild the venv.
-$(VENV)/.stamp: pyproject.toml | $(BUILD)/.apt-stamp
+$(VENV)/.stamp: pyproject.toml | $(APT_STAMP)
 	$(PYTHON_HOST) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
@@ -67,14 +75,15 @@ frozen: $(FROZEN)/archiso-hook
 
 # PyInstaller --onedir: a directory tree, no unpacking at each start (see README).
 # Modules the hook never imports at boot are excluded to keep the initramfs small.
-# The same options for every architecture.
+# The same options for every architecture. PYTHONPATH: this tree's archiso_hook, also when
+# the venv's editable install points to another copy (makepkg builds in its srcdir).
 PYINSTALLER_OPTS := --noconfirm --log-level WARN --onedir --name archiso-hook \
 	--exclude-module tkinter --exclude-module unittest --exclude-module pydoc \
-	--exclude-module sqlite3 --exclude-module lib2to3 --exclude-module pyroute2
+	--exclude-module sqlite3 --exclude-module lib2to3
 
 $(FROZEN)/archiso-hook: $(VENV)/.stamp $(PY_SOURCES)
 	rm -rf $(FROZEN) $(BUILD)/pyinstaller
-	PYTHONHASHSEED=0 $(VENV)/bin/pyinstaller $(PYINSTALLER_OPTS) \
+	PYTHONHASHSEED=0 PYTHONPATH=$(CURDIR) $(VENV)/bin/pyinstaller $(PYINSTALLER_OPTS) \
 		--distpath $(BUILD)/frozen --workpath $(BUILD)/pyinstaller \
 		--specpath $(BUILD)/pyinstaller archiso_hook/__main__.py
 	@touch $@
@@ -97,12 +106,17 @@ $(FROZEN_I686)/archiso-hook: $(I386_ROOT)/.complete $(PY_SOURCES)
 		--specpath $(BUILD)/pyinstaller-i686 archiso_hook/__main__.py
 	@touch $@
 
+# What a user reads, in /usr/share/doc/archiso-hook (the license goes to /usr/share/licenses).
+DOCS := README.md
+
 install: frozen
 	install -d $(DESTDIR)$(PREFIX)/lib/archiso-hook $(DESTDIR)$(PREFIX)/bin
 	cp -a $(FROZEN)/. $(DESTDIR)$(PREFIX)/lib/archiso-hook/
 	install -Dm644 -t $(DESTDIR)$(PREFIX)/lib/initcpio/install initcpio/install/*
 	install -Dm644 -t $(DESTDIR)$(PREFIX)/lib/initcpio/hooks initcpio/hooks/*
 	ln -sfn ../lib/archiso-hook/archiso-hook $(DESTDIR)$(PREFIX)/bin/archiso-hook
+	install -Dm644 -t $(DESTDIR)$(PREFIX)/share/doc/archiso-hook $(DOCS)
+	install -Dm644 LICENSE $(DESTDIR)$(PREFIX)/share/licenses/archiso-hook/LICENSE
 
 # A second architecture's tree beside the native one: the install hook puts the one
 # matching the kernel's into the image (README: "Building for i686 and x86_64").
@@ -113,7 +127,27 @@ install-i686: frozen-i686
 uninstall:
 	rm -rf $(DESTDIR)$(PREFIX)/lib/archiso-hook $(DESTDIR)$(PREFIX)/lib/archiso-hook-i686
 	rm -f $(patsubst initcpio/%,$(DESTDIR)$(PREFIX)/lib/initcpio/%,$(wildcard initcpio/install/* initcpio/hooks/*)) \
-		$(DESTDIR)$(PREFIX)/bin/archiso-hook
+		$(DESTDIR)$(PREFIX)/bin/archiso-hook \
+		$(addprefix $(DESTDIR)$(PREFIX)/share/doc/archiso-hook/,$(notdir $(DOCS))) \
+		$(DESTDIR)$(PREFIX)/share/licenses/archiso-hook/LICENSE
+	rmdir --ignore-fail-on-non-empty $(DESTDIR)$(PREFIX)/share/doc/archiso-hook \
+		$(DESTDIR)$(PREFIX)/share/licenses/archiso-hook 2>/dev/null || true
+
+# The source tarball packaging/PKGBUILD builds from: the files of this tree that git tracks
+# or would track (not build/ nor .venv/), as they are now, uncommitted edits included.
+DISTDIR ?= packaging
+DIST    := $(DISTDIR)/archiso-hook-$(VERSION).tar.gz
+
+.PHONY: dist
+dist:
+	@git rev-parse --is-inside-work-tree >/dev/null || { echo "make dist needs a git checkout"; exit 1; }
+	@mkdir -p $(DISTDIR)
+	git ls-files -z --cached --others --exclude-standard \
+		| while IFS= read -r -d '' f; do [ ! -e "$$f" ] || printf '%s\0' "$$f"; done \
+		| tar --null -T - --transform 's,^,archiso-hook-$(VERSION)/,' --owner=0 --group=0 \
+			--numeric-owner -czf $(DIST).tmp
+	mv $(DIST).tmp $(DIST)
+	@echo "$(DIST): now run makepkg in $(DISTDIR)/"
 
 # The tree the lab builds its initramfs from: what `make install` puts on a system,
 # with the i686 tree beside the native one.
@@ -143,7 +177,7 @@ lint: setup
 	$(VENV)/bin/mypy
 	shellcheck -s sh initcpio/hooks/* vm/initcpio/init vm/initcpio/init_functions vm/initcpio/hooks/* vm/liveroot/init
 	shellcheck -s bash initcpio/install/* vm/initcpio/functions vm/initcpio/install/* vm/mkinitramfs .ci/run \
-		tools/i386-root
+		tools/i386-root packaging/PKGBUILD
 
 test-unit: setup
 	$(PY) -m pytest -q -m 'not vm' tests

@@ -1,0 +1,61 @@
+"""`make install DESTDIR=... PREFIX=/usr` and `make uninstall`, into a directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+TREE = Path(__file__).resolve().parents[2]
+
+
+def make(*args: str) -> None:
+    result = subprocess.run(
+        ["make", "-s", "--no-print-directory", *args],
+        cwd=TREE,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def files(root: Path) -> set[str]:
+    """Every file and symlink under root, relative to it."""
+    out = set()
+    for directory, dirs, names in os.walk(root):
+        for name in names + [d for d in dirs if os.path.islink(os.path.join(directory, d))]:
+            out.add(os.path.relpath(os.path.join(directory, name), root))
+    return out
+
+
+def test_install_then_uninstall(tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    # Another package's hook beside ours: uninstall must leave it.
+    (dest / "usr/lib/initcpio/install").mkdir(parents=True)
+    (dest / "usr/lib/initcpio/install/base").write_text("build() { :; }\n")
+
+    make("install", f"DESTDIR={dest}", "PREFIX=/usr")
+    installed = files(dest)
+    hooks = {
+        f"usr/lib/initcpio/{p.parent.name}/{p.name}"
+        for p in (*TREE.glob("initcpio/install/*"), *TREE.glob("initcpio/hooks/*"))
+    }
+    assert {p for p in installed if not p.startswith("usr/lib/archiso-hook/")} == {
+        "usr/bin/archiso-hook",
+        "usr/lib/initcpio/install/base",
+        *hooks,
+        "usr/share/doc/archiso-hook/README.md",
+        "usr/share/licenses/archiso-hook/LICENSE",
+    }
+    frozen = TREE / "build/frozen/archiso-hook"
+    tree = "usr/lib/archiso-hook/"
+    assert {p.removeprefix(tree) for p in installed if p.startswith(tree)} == files(frozen)
+    assert (dest / "usr/bin/archiso-hook").resolve() == dest / "usr/lib/archiso-hook/archiso-hook"
+    for hook in hooks:
+        assert (dest / hook).read_bytes() == (TREE / hook.split("/", 2)[2]).read_bytes()
+
+    make("uninstall", f"DESTDIR={dest}", "PREFIX=/usr")
+    assert files(dest) == {"usr/lib/initcpio/install/base"}
+    assert not (dest / "usr/share/doc/archiso-hook").exists()
+    assert not (dest / "usr/share/licenses/archiso-hook").exists()
