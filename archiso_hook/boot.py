@@ -20,6 +20,7 @@ from archiso_hook.errors import HookError, InputError, KernelError, printable
 from archiso_hook.klog import KernelLogWindow
 from archiso_hook.log import Log
 from archiso_hook.mountopts import parse_mount_options
+from archiso_hook.netconf import with_server
 from archiso_hook.plan import (
     AUTO_MAX_IMAGES,
     AUTO_RESERVE,
@@ -29,13 +30,17 @@ from archiso_hook.plan import (
     IMG_DEV_MNT,
     STATE_FILE,
     AttachLoop,
+    AttachNbd,
     BootPlan,
+    BringUpNetwork,
     CreateCowFile,
     CreateSnapshot,
+    FetchHttp,
     FindMedium,
     LoadModules,
     MakeDirectory,
     Mount,
+    MountNfs,
     PrepareImages,
     Remount,
     SearchMedium,
@@ -187,7 +192,12 @@ class Boot:
             SizeCowFiles: self._size_cow_files,
             CreateCowFile: self._create_cow_file,
             CreateSnapshot: self._create_snapshot,
+            BringUpNetwork: self._bring_up_network,
+            FetchHttp: self._fetch_http,
+            AttachNbd: self._attach_nbd,
+            MountNfs: self._mount_nfs,
         }
+        self.lease: Any = None  # net.Lease once the network is up
 
     def run(self) -> BootPlan:
         """Mount the live root, or report why not, undo everything and raise BootFailedError."""
@@ -210,6 +220,8 @@ class Boot:
             if isinstance(ref, loop.LoopDevice):
                 ref.close()
         self.undo.forget()
+        if self.lease is not None and self.options.copy_resolvconf:
+            self._copy_resolv_conf()
         work = time.monotonic() - start
         self.state.cow = self._growth_policy()
         self.state.complete = True
@@ -518,11 +530,146 @@ class Boot:
         keys = {f"mount:{BOOTMNT}", f"mount:{IMG_DEV_MNT}"}
         if isinstance(self.refs.get("medium"), loop.LoopDevice):
             keys.add(f"loop:{self.refs['medium'].path}")
+        if self.options.nbd_srv is not None:
+            keys.add(f"nbd:{self.refs.get('medium')}")
         failed = self.undo.undo_now(keys, why="releasing the medium")
         if failed:
             self.log.warning("the medium could not be released; it must stay attached")
+            return
+        if self.options.network_source:
+            self.log.info("released the server's medium: the images are in RAM")
+            self._network_done()
         else:
             self.log.info("released the medium: it can be removed now")
+
+    # --- network boot ---
+
+    def _bring_up_network(self, step: BringUpNetwork) -> None:
+        from archiso_hook import net  # noqa: PLC0415  (pyroute2: only on a network boot)
+
+        self.lease = lease = net.bring_up(step.config, step.bootif, step.timeout, self.log)
+        if net.write_resolv_conf(lease):
+            self.log.info(f"DNS servers {' '.join(map(str, lease.dns))} in {net.RESOLV_CONF}")
+        self._record(
+            "net",
+            f"take {lease.interface} down",
+            lambda: net.take_down(lease.interface),
+            "interface",
+            interface=lease.interface,
+            address=f"{lease.address}/{lease.prefixlen}",
+            how=lease.how,
+        )
+
+    def _network_done(self) -> None:
+        """The root no longer needs the network: leave the interface as the live system
+        expects to find it, unconfigured (archiso FS#36749)."""
+        if self.lease is None:
+            return
+        name = self.lease.interface
+        if not self.undo.undo_now({f"net:{name}"}, why="the images are in RAM"):
+            self.log.info(f"took {name} down: the live root does not need the network")
+
+    def _server(self, text: str, name: str) -> str:
+        server = self.lease.server if self.lease is not None else None
+        return with_server(text, server, name)
+
+    def _fetch_http(self, step: FetchHttp) -> None:
+        from archiso_hook import httpfetch  # noqa: PLC0415
+
+        url = self._server(step.url, "archiso_http_srv")
+        start = time.monotonic()
+        fetched = httpfetch.fetch_medium(
+            url,
+            step.basedir,
+            step.arch,
+            step.root,
+            self.log,
+            require_checksums=step.require_checksums,
+        )
+        seconds = time.monotonic() - start
+        total = sum(f.size for f in fetched)
+        self.log.info(
+            f"downloaded {len(fetched)} image(s), {human(total)} in {seconds:.1f} s "
+            f"({human(total / seconds if seconds else 0.0)}/s) into RAM"
+        )
+        self.state.timings["download_seconds"] = round(seconds, 3)
+        self._network_done()
+
+    def _attach_nbd(self, step: AttachNbd) -> None:
+        from archiso_hook import nbd  # noqa: PLC0415
+
+        host = self._server(step.host, "archiso_nbd_srv")
+        path = nbd.attach(host, step.port, step.name)
+        self.refs[step.ref] = path
+        self.log.info(f"attached NBD export {step.name!r} of {host}:{step.port} as {path}")
+        self._record(
+            "nbd",
+            f"detach {path}",
+            lambda: nbd.detach(int(path.removeprefix("/dev/nbd"))),
+            "device",
+            device=path,
+            server=f"{host}:{step.port}",
+            export=step.name,
+        )
+        # The kernel makes the device; udev's event says it has its size.
+        medium.wait_for_device(path, 10, self.log, what=f"NBD device {path}")
+
+    def _mount_nfs(self, step: MountNfs) -> None:
+        import socket  # noqa: PLC0415
+
+        host = self._server(step.export.host, "archiso_nfs_srv")
+        try:
+            address = socket.getaddrinfo(host, None, socket.AF_INET)[0][4][0]
+        except OSError as e:
+            raise HookError(
+                f"cannot resolve the NFS server {host}: {e.strerror or e}",
+                hint="give archiso_nfs_srv= an IP address, or check DNS",
+            ) from None
+        options = parse_mount_options(step.options, what="archiso_nfs_opt")
+        given = [o for o in (options.data or "").split(",") if o]
+        versions = [None] if any(o.split("=")[0] in {"vers", "nfsvers"} for o in given) else [
+            "4.2", "4.1", "4.0", "3"]  # fmt: skip
+        source = f"{host}:{step.export.path}"
+        os.makedirs(step.target, mode=0o755, exist_ok=True)
+        last: KernelError | None = None
+        for version in versions:
+            data = ",".join([*given, f"addr={address}", *([f"vers={version}"] if version else [])])
+            if version == "3" and "nolock" not in given:
+                data += ",nolock"  # no lockd/statd in an initramfs; read-only anyway
+            try:
+                syscalls.mount(source, step.target, "nfs", options.flags | syscalls.MS_RDONLY, data)
+            except KernelError as e:
+                last = e
+                self.log.info(f"NFS {version or ''} mount of {source} failed: {e.message}")
+                continue
+            self.log.info(f"mounted NFS {source} read-only at {step.target} ({data})")
+            self._record(
+                "mount",
+                f"unmount {step.target}",
+                lambda: _unmount(step.target),
+                "target",
+                target=step.target,
+                source=source,
+                fstype="nfs",
+                read_only=True,
+                live_path=None,
+            )
+            return
+        assert last is not None
+        raise HookError(
+            f"cannot mount the NFS export {source}: {last.message}",
+            hint="check archiso_nfs_srv= (server and path) and that the server exports it",
+        )
+
+    def _copy_resolv_conf(self) -> None:
+        from archiso_hook import net  # noqa: PLC0415
+
+        path = resolve_in_root(self.newroot, "/etc/resolv.conf")
+        if os.path.islink(f"{self.newroot}/etc/resolv.conf"):
+            self.log.info("the live root's /etc/resolv.conf is a link (systemd-resolved?); kept")
+            return
+        if net.write_resolv_conf(self.lease, path):
+            self.log.info(f"copied the DNS servers into {path} (copy_resolvconf=n to skip)")
 
     def _check_image(self, path: str, fstype: str, aitab_line: int | None) -> None:
         """Is it there, readable, of the right type and whole? Said plainly, before use."""

@@ -88,9 +88,15 @@ def has_medium(device: str) -> bool:
 
 
 def wait_until(
-    find: Callable[[], str | None], timeout: float, what: str, log: Log
+    find: Callable[[], str | None],
+    timeout: float,
+    what: str,
+    log: Log,
+    *,
+    subsystem: str = "block",
 ) -> tuple[str | None, str]:
-    """Call `find` now and after every block device event until it answers or time runs out.
+    """Call `find` now and after every event of `subsystem` until it answers or time
+    runs out.
 
     Returns what `find` answered (None on timeout) and, on timeout, a description of
     the block devices that were present, for the error message.
@@ -98,12 +104,13 @@ def wait_until(
     found = find()
     if found:
         return found, ""
-    enable_media_polling(log)
+    if subsystem == "block":
+        enable_media_polling(log)
     pyudev = import_pyudev()
     context = pyudev.Context()
     # udevd creates the /dev/disk/by-* links; without it only kernel names appear.
     monitor = pyudev.Monitor.from_netlink(context, source="udev" if udevd_running() else "kernel")
-    monitor.filter_by("block")
+    monitor.filter_by(subsystem)
     monitor.start()
     start = time.monotonic()
     deadline = start + timeout
@@ -115,7 +122,7 @@ def wait_until(
             return found, ""
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            return None, describe_block_devices(pyudev, context)
+            return None, describe_block_devices(pyudev, context) if subsystem == "block" else ""
         monitor.poll(timeout=remaining)
 
 

@@ -17,6 +17,7 @@ from archiso_hook.aitab import AitabEntry, ImageType
 from archiso_hook.cmdline import CopyMode, CowMode, Options
 from archiso_hook.errors import InputError
 from archiso_hook.mountopts import parse_mount_options
+from archiso_hook.netconf import Autoconf, IpConfig, NfsExport
 from archiso_hook.sizes import MiB, Size
 
 RUN_DIR = "/run/archiso"
@@ -198,8 +199,73 @@ class CreateSnapshot:
         )
 
 
+@attrs.frozen
+class BringUpNetwork:
+    config: IpConfig
+    bootif: str | None
+    timeout: int
+
+    def describe(self) -> str:
+        c = self.config
+        where = (
+            c.device
+            if c.device
+            else f"the interface with MAC {self.bootif}"
+            if self.bootif
+            else "the first network interface"
+        )
+        if c.autoconf is Autoconf.STATIC:
+            how = f"address {c.client}/{c.prefixlen}" + (
+                f", gateway {c.gateway}" if c.gateway else ""
+            )
+        else:
+            how = "DHCP (retrying up to 60 s)"
+        return f"bring up {where} (waiting up to {self.timeout} s for it) with {how}"
+
+
+@attrs.frozen
+class FetchHttp:
+    url: str  # the base URL, may hold ${pxeserver}
+    basedir: str
+    arch: str
+    root: str
+    require_checksums: bool
+
+    def describe(self) -> str:
+        return (
+            f"fetch {self.url}{self.basedir}/aitab and the images for {self.arch} (and any), "
+            f"with their checksum files, into {self.root}; verify those that have one"
+        )
+
+
+@attrs.frozen
+class AttachNbd:
+    ref: str
+    host: str  # may be ${pxeserver}
+    port: int
+    name: str
+
+    def describe(self) -> str:
+        return f"attach NBD export {self.name!r} of {self.host}:{self.port} as /dev/nbd0"
+
+
+@attrs.frozen
+class MountNfs:
+    export: NfsExport
+    options: str | None
+    target: str
+
+    def describe(self) -> str:
+        extra = f" with {self.options}" if self.options else ""
+        return f"mount NFS export {self.export.source} read-only at {self.target}{extra}"
+
+
 Step = (
-    PrepareImages
+    BringUpNetwork
+    | FetchHttp
+    | AttachNbd
+    | MountNfs
+    | PrepareImages
     | SearchMedium
     | Remount
     | LoadModules
@@ -269,10 +335,9 @@ class BootPlan:
         }
 
     def describe(self) -> str:
-        lines = [
-            f"boot plan for {self.options.arch}: medium {self.options.medium}, "
-            f"new root {self.newroot}"
-        ]
+        source = self.options.network_source
+        where = f"{source} server" if source else self.options.medium
+        lines = [f"boot plan for {self.options.arch}: medium {where}, new root {self.newroot}"]
         lines += [f"{i:3d}. {step.describe()}" for i, step in enumerate(self.steps, start=1)]
         return "\n".join(lines)
 
@@ -298,6 +363,8 @@ def medium_steps(options: Options) -> tuple[Step, ...]:
     found by archisosearchuuid, or archisodevice (archisolabel's link by default).
     """
     mount_medium = Mount("@medium", BOOTMNT, None, read_only=True)
+    if options.network_source:
+        return network_medium_steps(options, mount_medium)
     if options.iso_device or options.img_loop:
         if not (options.iso_device and options.img_loop):
             raise InputError(
@@ -333,6 +400,41 @@ def medium_steps(options: Options) -> tuple[Step, ...]:
         "have changed its label); rootdelay= sets how long to wait"
     )
     return (FindMedium("medium", device, options.rootdelay, hint=hint), mount_medium)
+
+
+NFS_MODULES = ("nfs", "nfsv4", "nfsv3")
+
+
+def network_medium_steps(options: Options, mount_medium: Mount) -> tuple[Step, ...]:
+    """The medium on a server: the network first, then HTTP into RAM, NBD, or NFS."""
+    source = options.network_source
+    config = options.network
+    if config is None:
+        raise InputError(f"archiso_{source}_srv= needs the network, but ip= turns it off")
+    up = BringUpNetwork(config, options.bootif, options.rootdelay)
+    if options.http_srv is not None:
+        space = f"size={options.http_spc},mode=0755"
+        return (
+            up,
+            Mount("httpspace", BOOTMNT, "tmpfs", read_only=False, options=space),
+            FetchHttp(
+                options.http_srv, options.basedir, str(options.arch), BOOTMNT, options.checksum
+            ),
+        )
+    if options.nbd_srv is not None:
+        server = options.nbd_srv
+        return (
+            LoadModules(("nbd",)),
+            up,
+            AttachNbd("medium", server.host, server.port, options.nbd_name),
+            mount_medium,
+        )
+    assert options.nfs_srv is not None
+    return (
+        LoadModules(NFS_MODULES),
+        up,
+        MountNfs(options.nfs_srv, options.nfs_opt, BOOTMNT),
+    )
 
 
 def cowspace_steps(options: Options) -> list[Step]:
@@ -417,7 +519,9 @@ def plan_boot(
     if any(i.entry.type.snapshot for i in images):
         modules += ["dm_mod", "dm_snapshot"]
     steps.append(LoadModules(tuple(modules + [f"fs-{t}" for t in fstypes])))
-    if options.copy_mode is not CopyMode.N or options.checksum:
+    # Over HTTP the checksums were checked as the images arrived.
+    verify = options.checksum and options.network_source != "http"
+    if options.copy_mode is not CopyMode.N or verify:
         steps.append(
             PrepareImages(
                 images=tuple(i.path for i in images),
@@ -425,7 +529,7 @@ def plan_boot(
                 copy=options.copy_mode,
                 copy_to=COPYTORAM,
                 copy_size=options.copytoram_size,
-                verify=options.checksum,
+                verify=verify,
             )
         )
     snapshots = [i for i in images if i.entry.type.snapshot]

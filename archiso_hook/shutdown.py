@@ -149,6 +149,26 @@ def teardown(
         if mapper is not None:
             mapper.close()
     left += [r["device"] for r in ours_loops if _bound(r["device"])]
+    left += _detach_nbd([r for r in (state.resources if state else []) if r["kind"] == "nbd"], log)
+    return left
+
+
+def _detach_nbd(ours: list[dict[str, str]], log: Log) -> list[str]:
+    """A root kept on NBD (copytoram=n): disconnect once nothing is mounted from it."""
+    left = []
+    for resource in ours:
+        device = resource["device"]
+        if not os.path.exists(f"/sys/block/{os.path.basename(device)}/pid"):
+            continue  # not connected
+        try:
+            from archiso_hook import nbd  # noqa: PLC0415
+
+            nbd.detach(int(device.removeprefix("/dev/nbd")))
+        except (OSError, HookError) as e:
+            log.warning(f"cannot disconnect {device}: {e}")
+            left.append(device)
+            continue
+        log.info(f"disconnected {device}")
     return left
 
 
