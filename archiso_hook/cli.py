@@ -15,12 +15,13 @@ if TYPE_CHECKING:
     from archiso_hook.log import Log
 
 EPILOG_PLAN = """example:
-  archiso-hook plan --cmdline 'archisobasedir=arch archisolabel=ARCH_2026' --aitab aitab
+  archiso-hook plan --aitab aitab --cmdline 'archisolabel=ARCH_2026 copytoram=y'
 """
 EPILOG_MOUNT = """examples:
-  archiso-hook mount /new_root                       (what the mkinitcpio hook runs)
-  archiso-hook mount /new_root archisolabel=ARCH_2026 (from the emergency shell, with a
-                                                      corrected parameter; then: exit)
+  archiso-hook mount /new_root            (what the mkinitcpio hook runs)
+  archiso-hook mount /new_root archisolabel=ARCH_2026
+                                          (from the emergency shell, with a
+                                          corrected parameter; then: exit)
 """
 EPILOG_STATUS = """example:
   archiso-hook status --json
@@ -35,12 +36,35 @@ EPILOG_SHUTDOWN = """example (/shutdown in /run/initramfs, run by systemd at pow
   archiso-hook shutdown poweroff
 """
 EPILOG_TRANSFER = """examples:
-  archiso-hook transfer --verify /run/archiso/bootmnt/arch/x86_64/*.sfs   (is my stick OK?)
+  archiso-hook transfer --verify /run/archiso/bootmnt/arch/x86_64/*.sfs
+                                          (is my stick OK?)
   archiso-hook transfer --to /mnt/images --verify arch/x86_64/root.fs.sfs
 """
 EPILOG_BUILD = """example:
-  archiso-hook build --aitab aitab --src work --out media --iso live.iso --label ARCH_2026
+  archiso-hook build --aitab aitab --src work --out media \\
+      --iso live.iso --label ARCH_2026
 """
+EPILOG = """At boot, mkinitcpio's 'archiso' hook runs 'archiso-hook mount /new_root', which
+reads the kernel command line (mkinitcpio -H archiso lists the parameters). Each
+command has its own --help.
+
+examples:
+  archiso-hook plan --cmdline 'archisolabel=ARCH_2026 copytoram=y' --aitab aitab
+                                      (what a boot would do, on any machine)
+  archiso-hook status                 (in the live system: what the boot set up)
+  cat /run/archiso/report.json        (its parameters, medium, images, timings)
+
+More: /usr/share/doc/archiso-hook/README.md
+"""
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Text laid out by hand (examples) is kept as it is; the rest is wrapped."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -229,9 +253,11 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="archiso-hook",
-        description="Early-userspace boot hook for archiso-style live media: finds the medium, "
-        "mounts the images listed in its aitab (squashfs, or filesystem images "
-        "under a device-mapper snapshot whose writes go to RAM) as the new root.",
+        description="Early-userspace boot hook for archiso-style live media: finds the medium,\n"
+        "mounts the images listed in its aitab (squashfs, or filesystem images under a\n"
+        "device-mapper snapshot whose writes go to RAM) as the new root.",
+        epilog=EPILOG,
+        formatter_class=_Formatter,
     )
     parser.add_argument("--version", action="version", version=f"archiso-hook {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -242,9 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(
             name,
             help=help_,
-            description=help_,
+            description=help_.replace("%%", "%"),  # help= is %-formatted, description= not
             epilog=epilog,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            formatter_class=_Formatter,
         )
         p.set_defaults(func=func)
         return p

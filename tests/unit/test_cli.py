@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+from archiso_hook.cli import build_parser
 
 AITAB = "root / x86_64 xz ext4 50%\nshare /usr/share any xz none 0\n"
 
@@ -72,11 +76,26 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert f"{tmp_path}/aitab:1: field fs_type: unknown filesystem 'ext9'" in run(*cases[0]).stderr
 
 
-def test_help_of_every_command_has_an_example() -> None:
-    for command in ("plan", "mount", "status", "build"):
-        result = run(command, "--help")
-        assert result.returncode == 0
-        assert "example" in result.stdout, command
+def test_help_of_every_command_says_what_it_does_with_an_example_in_80_columns() -> None:
+    parser = build_parser()
+    (subcommands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(subcommands.choices) >= {"plan", "mount", "status", "build", "transfer", "watch"}
+    for command in ["", *subcommands.choices]:
+        result = subprocess.run(
+            [sys.executable, "-m", "archiso_hook", *([command] if command else []), "--help"],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, "COLUMNS": "80"},
+        )
+        assert result.returncode == 0, command
+        text = result.stdout
+        description = text.split("\n\n")[1]
+        assert len(description) > 40 and "%%" not in text, command  # says what it does
+        assert "example" in text, command
+        example = text[text.index("example") :]
+        assert f"  archiso-hook {command}" in example, command  # ... showing that command
+        assert [line for line in text.splitlines() if len(line) > 80] == [], command
 
 
 def test_an_error_stays_one_line_whatever_the_value_holds(tmp_path: Path) -> None:
