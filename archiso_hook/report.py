@@ -37,7 +37,7 @@ REPORT_NAME = "report.json"
 class MediumReport:
     """Where the images came from."""
 
-    found_by: str  # the parameter that named it, or "already mounted"
+    found_by: str  # the parameter that named it, or "already mounted" (by another hook)
     device: str | None  # the block device mounted at BOOTMNT (a loop device for an ISO file)
     fstype: str | None
     iso_file: str | None = None  # img_loop=: the ISO file behind that loop device
@@ -52,6 +52,8 @@ def found_by(options: Options, *, premounted: bool) -> str:
     """How the medium was looked for, in the order `plan.medium_steps` decides it."""
     if premounted:
         return "already mounted"
+    if options.network_source:  # http, nbd or nfs
+        return f"archiso_{options.network_source}_srv"
     if options.iso_device and options.img_loop:
         return "img_label" if options.img_label else "img_dev"
     if options.search_uuid:
@@ -168,7 +170,8 @@ def _medium(boot: Boot) -> MediumReport:
     mount = _find(boot.state.resources, "mount", target=BOOTMNT)
     ref = boot.refs.get("medium")  # its device path, or the loop device of an ISO file
     isodev = boot.refs.get("isodev")
-    premounted = ref is None and isodev is None  # another hook mounted BOOTMNT
+    # Another hook mounted BOOTMNT (the boot from a server keeps no ref of it).
+    premounted = ref is None and isodev is None and not boot.options.network_source
     device, iso_file = (ref.path, ref.backing) if isinstance(ref, loop.LoopDevice) else (ref, None)
     device = mount.get("source") or device
     return MediumReport(

@@ -139,6 +139,9 @@ def test_an_image_the_state_does_not_show_is_reported_as_not_mounted() -> None:
         ("img_dev=/dev/vda1 img_loop=/arch.iso", False, "img_dev"),
         ("img_dev=/dev/vda1 img_label=DATA img_loop=/arch.iso archisolabel=L", False, "img_label"),
         ("archisolabel=L", True, "already mounted"),
+        ("archiso_http_srv=http://10.0.2.2/ archisolabel=L", False, "archiso_http_srv"),
+        ("archiso_nbd_srv=10.0.2.2", False, "archiso_nbd_srv"),
+        ("archiso_nfs_srv=10.0.2.2:/srv/arch", False, "archiso_nfs_srv"),
     ],
 )
 def test_how_the_medium_was_found(cmdline: str, premounted: bool, expected: str) -> None:
@@ -195,6 +198,17 @@ def test_save_for_a_medium_mounted_by_another_hook(tmp_path: Path) -> None:
     report.save_for(boot, plan)
     medium = json.loads((tmp_path / "report.json").read_text())["medium"]
     assert medium["found_by"] == "already mounted" and not medium["released"]
+
+
+def test_save_for_a_boot_from_an_nfs_server_after_copytoram(tmp_path: Path) -> None:
+    boot, plan = finished_boot(tmp_path, "archiso_nfs_srv=10.0.2.2:/srv/arch", io.StringIO())
+    # NFS copies to RAM and unmounts the export: nothing of the medium is left.
+    boot.state.resources = [r for r in boot.state.resources if r.get("target") != BOOTMNT]
+    boot.image_paths[ROOT_IMG] = "/run/archiso/copytoram/root.fs.sfs"
+    report.save_for(boot, plan)
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["medium"]["found_by"] == "archiso_nfs_srv" and data["medium"]["released"]
+    assert data["images"][0]["copied_to_ram"]
 
 
 def test_a_report_that_cannot_be_written_is_a_warning(tmp_path: Path) -> None:
