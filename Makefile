@@ -18,6 +18,7 @@ APT_PACKAGES := python3-venv python3-dev libpython3.11 binutils \
 	qemu-system-x86 xorriso squashfs-tools busybox-static cpio zstd kmod \
 	e2fsprogs dosfstools btrfs-progs udev util-linux shellcheck file fdisk mtools \
 	debootstrap gcc-multilib \
+	nginx nbd-server nfs-ganesha nfs-ganesha-vfs libnfs-utils \
 	makepkg pacman-package-manager libarchive-tools fakeroot
 # (the last line: tests/pkg builds the Arch package with makepkg; bsdtar lists it)
 
@@ -175,7 +176,8 @@ lint: setup
 	$(VENV)/bin/ruff check archiso_hook tests vm bench
 	$(VENV)/bin/ruff format --check archiso_hook tests vm bench
 	$(VENV)/bin/mypy
-	shellcheck -s sh initcpio/hooks/* vm/initcpio/init vm/initcpio/init_functions vm/initcpio/hooks/* vm/liveroot/init
+	shellcheck -s sh initcpio/hooks/* vm/initcpio/init vm/initcpio/init_functions vm/initcpio/hooks/* vm/liveroot/init \
+		vm/initcpio/udhcpc.script
 	shellcheck -s bash initcpio/install/* vm/initcpio/functions vm/initcpio/install/* vm/mkinitramfs .ci/run \
 		tools/i386-root packaging/PKGBUILD
 

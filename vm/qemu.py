@@ -11,12 +11,19 @@ The human monitor listens on a unix socket in a private temporary directory
 (`monitor()`). A watchdog kills QEMU after `timeout` seconds whatever the test does, and
 the context manager kills it on exit. A boot never passes by QEMU's exit status: callers
 `expect()` positive lines.
+
+Network: `nics=[Nic(lab_mac(1), forwards=[Forward(host_port=8080, guest_port=80)])]`
+gives the guest a virtio-net NIC on QEMU's user-mode network with `restrict=on`: its DHCP
+server (slirp, `SLIRP_HOST`) leases `GUEST_ADDR`, and the guest reaches nothing but the
+forwarded ports at `SERVER_ADDR`, each connection relayed by `vm/guestfwd.py` to
+127.0.0.1 on the host (see vm/README.md, "Networking").
 """
 
 from __future__ import annotations
 
 import codecs
 import contextlib
+import ipaddress
 import os
 import re
 import shlex
@@ -24,25 +31,33 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Literal, get_args
 
 import attrs
 
-from vm import lab_dir
+from vm import VM_DIR, lab_dir
 from vm.kernel import ARCHES, Kernel
 
 __all__ = [
     "DEFAULT_APPEND",
+    "GUEST_ADDR",
+    "SERVER_ADDR",
+    "SLIRP_HOST",
+    "SLIRP_NET",
     "Drive",
     "DriveKind",
+    "Forward",
     "Guest",
     "GuestError",
+    "Nic",
+    "lab_mac",
     "qemu_command",
 ]
 
@@ -76,6 +91,130 @@ class Drive:
     serial: str | None = None
     readonly: bool = False
     name: str | None = None
+
+
+#: The user-mode network of a lab NIC (the default of `Nic.net`).
+SLIRP_NET = "10.0.2.0/24"
+#: slirp itself (host part .1): the DHCP server's identifier and BOOTP next-server
+#: (siaddr). Moved off slirp's default .2, which cannot carry a guestfwd.
+SLIRP_HOST = "10.0.2.1"
+#: Where a guest reaches the host's servers (host part .2): each `Forward`ed port.
+SERVER_ADDR = "10.0.2.2"
+#: What slirp's DHCP leases (host part .15; one lease per NIC's network).
+GUEST_ADDR = "10.0.2.15"
+#: The relay QEMU runs for each guest connection to a forwarded port.
+GUESTFWD = VM_DIR / "guestfwd.py"
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+def _lower(value: str) -> str:
+    return value.lower()
+
+
+def lab_mac(index: int) -> str:
+    """A locally administered unicast MAC for the lab: 52:54:00:12:34:<index>."""
+    if not 0 <= index <= 0xFF:
+        raise ValueError(f"MAC index out of range: {index}")
+    return f"52:54:00:12:34:{index:02x}"
+
+
+@attrs.frozen
+class Forward:
+    """A TCP port a guest may connect to: `guest_addr`:`guest_port` on its network
+    (default: the NIC's server address, host part .2), relayed to 127.0.0.1:`host_port`
+    on the host. Each guest connection runs `vm/guestfwd.py`, which connects to the
+    server then (so a server may stop and start again); when nothing listens there, the
+    guest sees its connection accepted and then closed."""
+
+    host_port: int = attrs.field(
+        validator=attrs.validators.and_(attrs.validators.ge(1), attrs.validators.le(65535))
+    )
+    guest_port: int = attrs.field(
+        validator=attrs.validators.and_(attrs.validators.ge(1), attrs.validators.le(65535))
+    )
+    guest_addr: str | None = None
+
+
+def _forwards(value: Iterable[Forward]) -> tuple[Forward, ...]:
+    return tuple(value)
+
+
+@attrs.frozen
+class Nic:
+    """A virtio-net NIC on its own QEMU user-mode network, `restrict=on`.
+
+    slirp's DHCP server (at host part .1 of `net`) leases host part .15, with no router
+    and no DNS server (restrict=on leaves them out); `bootfile` sets the BOOTP file and
+    DHCP option 67, `tftp_server_name` option 66. Nothing but `forwards` is reachable:
+    a connection to any other port or address is refused by slirp (an unused address on
+    the network gets no ARP answer), UDP other than DHCP is dropped, and no packet
+    leaves the host. The device id is `<name>-dev` (default `net<N>`), for monitor
+    commands such as `set_link net1-dev off`.
+    """
+
+    mac: str = attrs.field(converter=_lower)
+    forwards: tuple[Forward, ...] = attrs.field(default=(), converter=_forwards)
+    net: str = attrs.field(default=SLIRP_NET)
+    bootfile: str | None = None
+    tftp_server_name: str | None = None
+    model: str = "virtio-net-pci"
+    name: str | None = None
+
+    @mac.validator
+    def _check_mac(self, _attribute: object, value: str) -> None:
+        if not _MAC.match(value) or int(value[:2], 16) & 1:
+            raise ValueError(f"not a unicast MAC address: {value!r}")
+
+    @net.validator
+    def _check_net(self, _attribute: object, value: str) -> None:
+        if ipaddress.ip_network(value).prefixlen > 24:
+            raise ValueError(f"the lab needs at least a /24 for a NIC: {value}")
+
+    def _host(self, number: int) -> str:
+        return str(ipaddress.ip_network(self.net)[number])
+
+    @property
+    def host_addr(self) -> str:
+        """slirp: the DHCP server (host part .1)."""
+        return self._host(1)
+
+    @property
+    def server_addr(self) -> str:
+        """Where the forwarded servers are (host part .2)."""
+        return self._host(2)
+
+    @property
+    def guest_addr(self) -> str:
+        """What DHCP leases (host part .15)."""
+        return self._host(15)
+
+
+def _nic_args(nics: Sequence[Nic], relay_log: Path) -> list[str]:
+    args: list[str] = []
+    seen: set[tuple[str, int]] = set()
+    for index, nic in enumerate(nics):
+        nid = nic.name or f"net{index}"
+        spec = (
+            f"user,id={nid},restrict=on,ipv6=off,net={nic.net},host={nic.host_addr},"
+            f"dhcpstart={nic.guest_addr}"
+        )
+        if nic.bootfile is not None:
+            spec += f",bootfile={_opt(nic.bootfile)}"
+        if nic.tftp_server_name is not None:
+            spec += f",tftp-server-name={_opt(nic.tftp_server_name)}"
+        for fwd in nic.forwards:
+            addr = fwd.guest_addr or nic.server_addr
+            if ipaddress.ip_address(addr) not in ipaddress.ip_network(nic.net):
+                raise ValueError(f"forward to {addr} is outside the NIC's network {nic.net}")
+            if (nid, fwd.guest_port) in seen and fwd.guest_addr is None:
+                raise ValueError(f"{nid}: guest port {fwd.guest_port} forwarded twice")
+            seen.add((nid, fwd.guest_port))
+            relay = shlex.join(
+                [sys.executable, "-I", "-S", str(GUESTFWD), str(fwd.host_port), str(relay_log)]
+            )
+            spec += f",guestfwd=tcp:{addr}:{fwd.guest_port}-cmd:{_opt(relay)}"
+        args += ["-netdev", spec, "-device", f"{nic.model},netdev={nid},mac={nic.mac},id={nid}-dev"]
+    return args
 
 
 def _opt(value: str | Path) -> str:
@@ -135,8 +274,11 @@ def qemu_command(
     monitor: Path | None = None,
     qemu: str = "qemu-system-x86_64",
     extra_args: Sequence[str] = (),
+    nics: Sequence[Nic] = (),
+    relay_log: Path = Path(os.devnull),
 ) -> list[str]:
-    """The QEMU command line of a lab guest (TCG, no default devices, no reboot)."""
+    """The QEMU command line of a lab guest (TCG, no default devices, no reboot).
+    `relay_log` is where the relays of the NICs' forwards log their connections."""
     cmd = [
         qemu,
         "-accel",
@@ -168,6 +310,7 @@ def qemu_command(
         f"{DEFAULT_APPEND} {append}".strip(),
     ]
     cmd += _drive_args(drives)
+    cmd += _nic_args(nics, relay_log)
     cmd += list(extra_args)
     return cmd
 
@@ -182,6 +325,8 @@ class Guest:
     `kernel` is a `Kernel` (its uncompressed `vmlinux` is booted, or its bzImage when
     the vmlinux has no PVH entry: `Kernel.boot_file`) or a kernel file.
     `timeout` is the hard limit of the whole run: the watchdog kills QEMU then.
+    `nics` are its network cards (none by default); the relays of their forwards log
+    each connection to `relay_log_path` (`<lab>/logs/<name>.relay.log`).
     """
 
     def __init__(
@@ -196,6 +341,7 @@ class Guest:
         timeout: float = 300.0,
         extra_args: Sequence[str] = (),
         log_dir: Path | None = None,
+        nics: Sequence[Nic] = (),
     ) -> None:
         self.name = _safe_name(name)
         if isinstance(kernel, Kernel):
@@ -210,9 +356,11 @@ class Guest:
         self.memory_mib = memory_mib
         self.timeout = timeout
         self.extra_args = tuple(extra_args)
+        self.nics = tuple(nics)
         logs = log_dir if log_dir is not None else lab_dir() / "logs"
         self.log_path = logs / f"{self.name}.log"
         self.stderr_path = logs / f"{self.name}.qemu-stderr.log"
+        self.relay_log_path = logs / f"{self.name}.relay.log"
         self.command: list[str] = []
 
         self._proc: subprocess.Popen[bytes] | None = None
@@ -265,8 +413,12 @@ class Guest:
             monitor=self.monitor_path,
             qemu=self.qemu,
             extra_args=self.extra_args,
+            nics=self.nics,
+            relay_log=self.relay_log_path,
         )
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.nics:
+            self.relay_log_path.write_text("")
         log = self.log_path.open("wb")
         log.write(f"# {shlex.join(self.command)}\n".encode())
         log.flush()
@@ -370,6 +522,14 @@ class Guest:
         """Everything the console printed so far (decoded, carriage returns removed)."""
         with self._cond:
             return self._text
+
+    def relayed(self) -> list[str]:
+        """The relay log's lines so far (`vm/guestfwd.py`: `<time> <pid> connect
+        127.0.0.1:<port> ok|failed: <why>` and `... done ... to_server=<n> to_guest=<n>`)."""
+        try:
+            return self.relay_log_path.read_text().splitlines()
+        except FileNotFoundError:
+            return []
 
     @property
     def raw_output(self) -> bytes:
