@@ -11,10 +11,12 @@ would go to the guest as data); it logs one line per connection to LOG instead:
     <unix time> <pid> done 127.0.0.1:<port> to_server=<bytes> to_guest=<bytes>
 
 When the server refuses the connection (it is stopped) the guest's connection is
-closed at once: the guest sees its connect succeed, then end of file (slirp completed
-the handshake before this ran), never a reset. A half-close on either side is passed
-on (shutdown of the other side's writing end); the relay exits when both directions
-ended, or on an error. Only the standard library, and only 127.0.0.1: usage
+closed at once: the guest sees its connect succeed (slirp completed the handshake
+before this ran), then a reset when it had sent data already (an HTTP request: the
+close finds it unread), else end of file; never "connection refused". A half-close
+on either side is passed on (shutdown of the other side's writing end); the relay
+exits when both directions ended, or on an error. Only the standard library, and
+only 127.0.0.1: usage
 
     python3 -I -S vm/guestfwd.py PORT LOG
 """

@@ -124,7 +124,8 @@ class Forward:
     (default: the NIC's server address, host part .2), relayed to 127.0.0.1:`host_port`
     on the host. Each guest connection runs `vm/guestfwd.py`, which connects to the
     server then (so a server may stop and start again); when nothing listens there, the
-    guest sees its connection accepted and then closed."""
+    guest's connect succeeds and the connection is reset at once (closed, if the guest
+    had sent nothing yet): never "connection refused"."""
 
     host_port: int = attrs.field(
         validator=attrs.validators.and_(attrs.validators.ge(1), attrs.validators.le(65535))
