@@ -17,7 +17,7 @@ FROZEN_I686 := $(BUILD)/frozen-i686/archiso-hook
 APT_PACKAGES := python3-venv python3-dev libpython3.11 binutils \
 	qemu-system-x86 xorriso squashfs-tools busybox-static cpio zstd kmod \
 	e2fsprogs dosfstools btrfs-progs udev util-linux shellcheck file fdisk mtools \
-	debootstrap gcc-multilib \
+	debootstrap gcc-multilib dmsetup \
 	nginx nbd-server nfs-ganesha nfs-ganesha-vfs libnfs-utils \
 	makepkg pacman-package-manager libarchive-tools fakeroot
 # (the last line: tests/pkg builds the Arch package with makepkg; bsdtar lists it)
@@ -34,7 +34,7 @@ SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 1700000
 export SOURCE_DATE_EPOCH
 
 .PHONY: help setup frozen frozen-i686 stage install install-i686 uninstall lab demo test \
-	test-unit test-vm lint bench clean
+	test-unit test-vm lint bench bench-boot bench-transfer clean
 
 help:
 	@echo "make setup    install apt packages and .venv"
@@ -165,8 +165,16 @@ test: setup stage
 	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest -q tests
 
-# Figures as ratios to a baseline measured in the same boot: see bench/.
-bench: setup stage
+# Figures as ratios to a baseline: see bench/. Both benches, about 15 minutes.
+bench: bench-boot bench-transfer
+
+# archiso-hook against a busybox shell hook (bench/baseline) on the same media, kernel and
+# QEMU: medians and ratios in bench/results/boot.txt (bench/boot.py says how it times).
+bench-boot: setup stage
+	$(PY) -m bench.boot
+
+# copytoram and checksum rates against dd, in one boot: bench/results/transfer.txt.
+bench-transfer: setup stage
 	$(PY) -m bench.transfer
 
 test-vm: setup stage
@@ -176,9 +184,9 @@ lint: setup
 	$(VENV)/bin/ruff check archiso_hook tests vm bench
 	$(VENV)/bin/ruff format --check archiso_hook tests vm bench
 	$(VENV)/bin/mypy
-	shellcheck -s sh initcpio/hooks/* vm/initcpio/init vm/initcpio/init_functions vm/initcpio/hooks/* vm/liveroot/init \
+	shellcheck -s sh initcpio/hooks/* bench/baseline/hooks/* vm/initcpio/init vm/initcpio/init_functions vm/initcpio/hooks/* vm/liveroot/init \
 		vm/initcpio/udhcpc.script
-	shellcheck -s bash initcpio/install/* vm/initcpio/functions vm/initcpio/install/* vm/mkinitramfs .ci/run \
+	shellcheck -s bash initcpio/install/* bench/baseline/install/* vm/initcpio/functions vm/initcpio/install/* vm/mkinitramfs .ci/run \
 		tools/i386-root packaging/PKGBUILD
 
 test-unit: setup

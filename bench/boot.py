@@ -1,0 +1,494 @@
+"""The boot bench: archiso-hook against a busybox shell hook doing the same work.
+
+Both initramfs images are built by the lab's mkinitcpio emulation around the same
+Debian kernel, with the same modules and udev: (a) `HOOKS=(base udev archiso
+bench_stamps)`, the staged archiso-hook; (b) `HOOKS=(base udev archiso_baseline
+bench_stamps)`, archiso's dm-snapshot flow in busybox sh with losetup, dmsetup and
+mount (`bench/baseline/`). Every boot runs the same QEMU command (TCG, one CPU, 1 GiB)
+with `lab.stamps=y`, so the lab's /init writes `LAB-STAMP` lines to the kernel log
+where the bench times the boot:
+
+- `handler-start`: just before /init calls the mount handler: the hook's first line;
+- `handler-end`: the handler returned (the live root is mounted), with the peak memory
+  of the handler's processes (cgroup v2 `memory.peak`);
+- `switch-root`: the cleanup hooks are done, just before switch_root: the handoff;
+- `udev-add DEVICE`, `udev-change DEVICE`: from a udev rule (`bench_stamps`), when udev
+  has processed the add (or change: a disc seen in a drive) event of a disk holding a
+  filesystem, just before it announces the event to listeners (so a waiting hook cannot
+  have seen it earlier); the medium's last one before its mount is its event;
+
+and each hook logs `mounted DEVICE ... at /run/archiso/bootmnt` to the kernel log
+right after mount(2) returned. All of these carry the kernel's own timestamp of the
+record (the printk clock, which counts from boot like CLOCK_BOOTTIME, in
+microseconds; /proc/uptime has only 10 ms), so they come from one clock. The live
+root's first line reports its /proc/uptime.
+
+Scenarios: `cold` (the sample medium on an IDE CD-ROM from power-on, as the boot
+tests), `hotplug` (no medium at power-on: once the hook says it waits, a virtio disk
+with the ISO is plugged in through QEMU's monitor; event-to-mount then measures how a
+hook waits) and `entries` (1, 10 and 50 aitab lines: the root plus plain squashfs
+images). `python -m bench.boot [--boots N]`; results in bench/results/boot.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import attrs
+
+from vm import REPO, lab_dir
+from vm.initramfs import build_initramfs
+from vm.kernel import Kernel, fetch_kernel
+from vm.lab import staged_hook
+from vm.media import SAMPLE_LABEL, STAGE, Media, build_media, make_sources
+from vm.qemu import Drive, Guest
+
+RESULTS = REPO / "bench" / "results"
+BASELINE_HOOKS = REPO / "bench" / "baseline"
+HOOKS = {
+    "archiso-hook": ("base", "udev", "archiso", "bench_stamps"),
+    "baseline": ("base", "udev", "archiso_baseline", "bench_stamps"),
+}
+BOOTMNT = "/run/archiso/bootmnt"
+ENTRY_COUNTS = (1, 10, 50)
+APPEND = f"archisobasedir=arch archisolabel={SAMPLE_LABEL} lab.stamps=y lab.check="
+_KTIME = r"^\[\s*(\d+\.\d+)\] "
+_STAMP = re.compile(_KTIME + r"LAB-STAMP (\S+)(.*)$", re.MULTILINE)
+_MOUNTED = re.compile(
+    _KTIME + r"archiso-(?:hook|baseline): mounted (\S+) .*at " + BOOTMNT + "$", re.MULTILINE
+)
+_LIVEROOT = re.compile(r"^LAB: live root up uptime=(\d+(?:\.\d+)?)", re.MULTILINE)
+_RSS = re.compile(r"archiso-hook: live root ready at .*peak RSS (\d+(?:\.\d+)?) MiB")
+_WAITING = r"(waiting up to \d+ s for the boot medium|Waiting \d+ seconds for device)"
+
+
+class BenchError(RuntimeError):
+    """A boot did not produce what the bench needs (the message says what)."""
+
+
+@attrs.frozen
+class Stamp:
+    seconds: float
+    name: str
+    words: tuple[str, ...] = ()
+
+    def field(self, key: str) -> str | None:
+        for word in self.words:
+            name, sep, value = word.partition("=")
+            if sep and name == key:
+                return value
+        return None
+
+
+@attrs.frozen
+class BootSample:
+    """What one boot measured; times in seconds since boot, from the kernel log."""
+
+    handler_start: float
+    handler_end: float
+    switch_root: float
+    liveroot_uptime: float
+    event: float | None  # the medium's last udev add event before its mount
+    mounted: float | None  # the medium mounted at BOOTMNT
+    handler_peak: int | None  # bytes (cgroup memory.peak)
+    rss_mib: float | None  # archiso-hook's own peak RSS report, if any
+
+    @property
+    def hook_seconds(self) -> float:
+        return self.switch_root - self.handler_start
+
+    @property
+    def handler_seconds(self) -> float:
+        return self.handler_end - self.handler_start
+
+    @property
+    def event_to_mount(self) -> float | None:
+        if self.event is None or self.mounted is None:
+            return None
+        return self.mounted - self.event
+
+
+def parse_stamps(output: str) -> list[Stamp]:
+    """The LAB-STAMP lines of a console log, in order."""
+    return [
+        Stamp(float(m.group(1)), m.group(2), tuple(m.group(3).split()))
+        for m in _STAMP.finditer(output)
+    ]
+
+
+def _peak(stamp: Stamp) -> int | None:
+    value = stamp.field("peak")
+    return int(value) if value and value.isdigit() else None
+
+
+def parse_boot(output: str, device: str) -> BootSample:
+    """One boot's figures from its console log; `device` is the medium's node."""
+    stamps = parse_stamps(output)
+    first = {s.name: s for s in reversed(stamps)}  # the first of each name
+    for name in ("handler-start", "handler-end", "switch-root"):
+        if name not in first:
+            raise BenchError(f"no LAB-STAMP {name} in the console log")
+    live = _LIVEROOT.search(output)
+    if live is None:
+        raise BenchError("the live root did not start (no 'LAB: live root up' line)")
+    mounted_match = _MOUNTED.search(output)
+    mounted = float(mounted_match.group(1)) if mounted_match else None
+    events = [
+        s.seconds
+        for s in stamps
+        if s.name in ("udev-add", "udev-change") and s.words[:1] == (device,)
+        if mounted is None or s.seconds <= mounted
+    ]
+    rss = _RSS.search(output)
+    return BootSample(
+        handler_start=first["handler-start"].seconds,
+        handler_end=first["handler-end"].seconds,
+        switch_root=first["switch-root"].seconds,
+        liveroot_uptime=float(live.group(1)),
+        event=events[-1] if events else None,
+        mounted=mounted,
+        handler_peak=_peak(first["handler-end"]),
+        rss_mib=float(rss.group(1)) if rss else None,
+    )
+
+
+def median(values: Iterable[float | None]) -> float | None:
+    """The median of the values that are there; None if none is."""
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    """a / b, or None when either is missing or b is zero."""
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def slope(points: Sequence[tuple[float, float]]) -> float | None:
+    """The least-squares slope of y over x (cost per unit of x); None under two points."""
+    if len({x for x, _ in points}) < 2:
+        return None
+    mx = statistics.fmean(x for x, _ in points)
+    my = statistics.fmean(y for _, y in points)
+    return sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x, _ in points)
+
+
+@attrs.frozen
+class Row:
+    """One line of the report: a median (or size) for each hook, and their ratio."""
+
+    label: str
+    a: float | None
+    b: float | None
+    unit: str = ""
+    scale: float = 1.0
+    digits: int = 2
+
+
+def _cell(value: float | None, scale: float, digits: int) -> str:
+    return "-" if value is None else f"{value * scale:.{digits}f}"
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    width = max(len(f"{r.label} ({r.unit})" if r.unit else r.label) for r in rows)
+    lines = [f"{'':<{width}} {'archiso-hook':>13} {'baseline':>10} {'ratio a/b':>10}"]
+    for r in rows:
+        label = f"{r.label} ({r.unit})" if r.unit else r.label
+        q = ratio(r.a, r.b)
+        lines.append(
+            f"{label:<{width}} {_cell(r.a, r.scale, r.digits):>13} "
+            f"{_cell(r.b, r.scale, r.digits):>10} {'-' if q is None else f'{q:.2f}':>10}"
+        )
+    return "\n".join(lines)
+
+
+Samples = dict[str, list[BootSample]]  # hook -> boots
+
+
+def _med(samples: Samples, hook: str, get: Callable[[BootSample], float | None]) -> float | None:
+    return median(get(s) for s in samples.get(hook, []))
+
+
+def _both(
+    samples: Samples, label: str, get: Callable[[BootSample], float | None], **kw: object
+) -> Row:
+    return Row(label, _med(samples, "archiso-hook", get), _med(samples, "baseline", get), **kw)  # type: ignore[arg-type]
+
+
+@attrs.frozen
+class Sizes:
+    initramfs: int  # bytes, as built (zstd)
+    tree: int | None  # the hook's own files in it, compressed the same way
+
+
+def report_rows(
+    cold: Samples,
+    hotplug: Samples,
+    entries: dict[int, Samples],
+    sizes: dict[str, Sizes],
+) -> list[Row]:
+    """Every figure of the report, as rows of medians for a and b."""
+    mib = 1 / 2**20
+    rows = [
+        _both(cold, "hook: first line to switch_root", lambda s: s.hook_seconds, unit="s"),
+        _both(cold, "  of which the mount handler", lambda s: s.handler_seconds, unit="s"),
+        Row(
+            "event to mount, medium plugged in while waiting",
+            _med(hotplug, "archiso-hook", lambda s: s.event_to_mount),
+            _med(hotplug, "baseline", lambda s: s.event_to_mount),
+            unit="ms",
+            scale=1000,
+            digits=1,
+        ),
+        Row(
+            "event to mount, medium there at power-on",
+            _med(cold, "archiso-hook", lambda s: s.event_to_mount),
+            _med(cold, "baseline", lambda s: s.event_to_mount),
+            unit="ms",
+            scale=1000,
+            digits=1,
+        ),
+        _both(
+            cold, "power-on to the live root's first line", lambda s: s.liveroot_uptime, unit="s"
+        ),
+        Row(
+            "peak memory of the mount handler (cgroup)",
+            _med(cold, "archiso-hook", lambda s: s.handler_peak),
+            _med(cold, "baseline", lambda s: s.handler_peak),
+            unit="MiB",
+            scale=mib,
+            digits=1,
+        ),
+        Row(
+            "peak RSS of `archiso-hook mount`",
+            _med(cold, "archiso-hook", lambda s: s.rss_mib),
+            None,
+            unit="MiB",
+            digits=1,
+        ),
+    ]
+    if sizes:
+        a, b = sizes.get("archiso-hook"), sizes.get("baseline")
+        rows.append(
+            Row(
+                "initramfs, zstd",
+                a.initramfs if a else None,
+                b.initramfs if b else None,
+                unit="MiB",
+                scale=mib,
+            )
+        )
+        rows.append(
+            Row(
+                "  the hook's own files in it, zstd",
+                a.tree if a else None,
+                b.tree if b else None,
+                unit="MiB",
+                scale=mib,
+            )
+        )
+    for n in sorted(entries):
+        rows.append(
+            _both(
+                entries[n],
+                f"mount handler, {n} aitab entr{'y' if n == 1 else 'ies'}",
+                lambda s: s.handler_seconds,
+                unit="s",
+            )
+        )
+    if len(entries) >= 2:
+        per = {}
+        for hook in HOOKS:
+            points = [
+                (float(n), t)
+                for n, samples in entries.items()
+                if (t := _med(samples, hook, lambda s: s.handler_seconds)) is not None
+            ]
+            per[hook] = slope(points)
+        rows.append(
+            Row(
+                "cost per aitab entry (least squares)",
+                per["archiso-hook"],
+                per["baseline"],
+                unit="ms",
+                scale=1000,
+                digits=1,
+            )
+        )
+    return rows
+
+
+# --- running the boots (needs QEMU, the staged hook and the kernel) ----------------
+
+
+def bench_dir() -> Path:
+    return lab_dir() / "bench"
+
+
+def build_images(kernel: Kernel) -> tuple[dict[str, Path], dict[str, Sizes]]:
+    """Both initramfs images, and their sizes with the share of each hook's own files."""
+    staged_hook()
+    images: dict[str, Path] = {}
+    sizes: dict[str, Sizes] = {}
+    for hook, hooks in HOOKS.items():
+        out = bench_dir() / f"initramfs-{hook}.img"
+        root = bench_dir() / f"root-{hook}"
+        if root.exists():
+            shutil.rmtree(root)
+        images[hook] = build_initramfs(
+            kernel,
+            list(hooks),
+            out,
+            hook_dirs=[BASELINE_HOOKS, STAGE / "usr/lib/initcpio"],
+            env={"ARCHISO_HOOK_SYSROOT": str(STAGE)},
+            builddir=root,
+        )
+        own = (
+            ["usr/lib/archiso-hook"]
+            if hook == "archiso-hook"
+            else ["usr/bin/losetup", "usr/bin/blockdev", "usr/bin/dmsetup"]
+        )
+        sizes[hook] = Sizes(out.stat().st_size, _compressed_size(root, own))
+        shutil.rmtree(root)
+    return images, sizes
+
+
+def _compressed_size(root: Path, paths: Sequence[str]) -> int | None:
+    """zstd -3 of a newc cpio of these paths under root (as vm/mkinitramfs packs them);
+    for the baseline its binaries (their libraries are shared with udev and the rest)."""
+    names: list[str] = []
+    for rel in paths:
+        path = root / rel
+        if path.is_dir():
+            names += sorted(str(p.relative_to(root)) for p in [path, *path.rglob("*")])
+        elif path.exists():
+            names.append(rel)
+    if not names:
+        return None
+    cpio = subprocess.run(
+        ["cpio", "-o", "-H", "newc", "--quiet"],
+        cwd=root,
+        input="\n".join(names).encode() + b"\n",
+        capture_output=True,
+        check=True,
+    ).stdout
+    return len(
+        subprocess.run(
+            ["zstd", "-q", "-3", "-c"], input=cpio, capture_output=True, check=True
+        ).stdout
+    )
+
+
+def build_bench_media(src: Path) -> dict[str, Media]:
+    """The sample medium, and media with 1, 10 and 50 aitab entries."""
+    media = {"sample": build_media("bench-sample", src)}
+    for n in ENTRY_COUNTS:
+        lines = ["root / x86_64 zstd ext4 64"]
+        lines += [f"extra{i} /srv/extra{i} any zstd none 0" for i in range(1, n)]
+        media[f"entries-{n}"] = build_media(
+            f"bench-entries-{n}", src, aitab="\n".join(lines) + "\n"
+        )
+    return media
+
+
+def make_bench_sources(src: Path) -> Path:
+    make_sources(src, hook_tree=staged_hook())
+    for i in range(1, max(ENTRY_COUNTS)):
+        extra = src / "any" / f"extra{i}"
+        extra.mkdir(parents=True)
+        (extra / "hello.txt").write_text(f"extra image {i}\n")
+    return src
+
+
+def boot_once(
+    kernel: Kernel, initrd: Path, name: str, iso: Path, *, hotplug: bool = False
+) -> BootSample:
+    drives = [] if hotplug else [Drive(iso, kind="ide-cdrom")]
+    device = "/dev/vda" if hotplug else "/dev/sr0"
+    with Guest(
+        name, kernel=kernel, initrd=initrd, append=APPEND, drives=drives, timeout=300
+    ) as guest:
+        if hotplug:
+            guest.expect(_WAITING, timeout=200)
+            guest.monitor(f"drive_add 0 if=none,id=hot,file={iso},format=raw,readonly=on")
+            guest.monitor("device_add virtio-blk-pci,drive=hot,id=hot-dev")
+        guest.expect(r"LAB: (PASS|FAIL)", timeout=250)
+        output = guest.output
+    try:
+        return parse_boot(output, device)
+    except BenchError as e:
+        raise BenchError(f"{name}: {e}; see {guest.log_path}") from None
+
+
+def run(boots: int, entry_boots: int, log: Callable[[str], None]) -> str:
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    kernel = fetch_kernel()
+    log("building both initramfs images")
+    images, sizes = build_images(kernel)
+    with tempfile.TemporaryDirectory(prefix="bench-boot-") as tmp:
+        log("building the media")
+        media = build_bench_media(make_bench_sources(Path(tmp) / "src"))
+    cold: Samples = {hook: [] for hook in HOOKS}
+    hot: Samples = {hook: [] for hook in HOOKS}
+    entries: dict[int, Samples] = {n: {hook: [] for hook in HOOKS} for n in ENTRY_COUNTS}
+    # Interleaved, so that a slow spell of the host weighs on both hooks alike.
+    for i in range(boots):
+        for hook in HOOKS:
+            sample = boot_once(kernel, images[hook], f"bench-cold-{hook}", media["sample"].iso)
+            cold[hook].append(sample)
+            log(f"cold {hook} #{i + 1}: hook {sample.hook_seconds:.2f} s")
+            sample = boot_once(
+                kernel, images[hook], f"bench-hotplug-{hook}", media["sample"].iso, hotplug=True
+            )
+            hot[hook].append(sample)
+            e2m = sample.event_to_mount
+            log(f"hotplug {hook} #{i + 1}: event to mount {e2m and e2m * 1000:.1f} ms")
+    for i in range(entry_boots):
+        for n in ENTRY_COUNTS:
+            for hook in HOOKS:
+                iso = media[f"entries-{n}"].iso
+                sample = boot_once(kernel, images[hook], f"bench-entries-{n}-{hook}", iso)
+                entries[n][hook].append(sample)
+                log(f"{n} entries {hook} #{i + 1}: handler {sample.handler_seconds:.2f} s")
+    rows = report_rows(cold, hot, entries, sizes)
+    header = (
+        f"# bench boot, {started}: Debian's kernel {kernel.version} in QEMU (TCG, 1 CPU, "
+        f"1 GiB); a = archiso-hook, b = busybox sh with losetup/dmsetup/mount "
+        f"(bench/baseline); medians of {boots} boots ({entry_boots} for the aitab sizes); "
+        "times from kernel-log stamps (see bench/boot.py)"
+    )
+    return header + "\n" + format_table(rows) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.boot", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--boots", type=int, default=3, help="boots per hook and scenario")
+    parser.add_argument("--entry-boots", type=int, default=1, help="boots per aitab size")
+    args = parser.parse_args(argv)
+
+    def log(line: str) -> None:
+        print(f"bench: {line}", file=sys.stderr, flush=True)
+
+    text = run(args.boots, args.entry_boots, log)
+    print(text, end="")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "boot.txt").write_text(text)
+    log(f"written to {(RESULTS / 'boot.txt').relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    shutil.which("qemu-system-x86_64") or sys.exit("qemu-system-x86_64 is missing: make setup")
+    raise SystemExit(main())

@@ -1,0 +1,144 @@
+"""The boot bench's pure parts: parsing a console log, medians, ratios, the report."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.boot import (
+    BenchError,
+    BootSample,
+    Row,
+    Sizes,
+    format_table,
+    median,
+    parse_boot,
+    parse_stamps,
+    ratio,
+    report_rows,
+    slope,
+)
+
+CONSOLE = """\
+[    5.335233] Run /init as init process
+:: running hook [udev]
+[    7.579552] LAB-STAMP udev-add /dev/sr0
+[    7.601000] LAB-STAMP udev-change /dev/sda
+[    7.650000] LAB-STAMP udev-change /dev/sr0
+:: running hook [archiso]
+[    7.723943] LAB-STAMP handler-start
+[   11.478383] archiso-hook: archiso-hook 0.1.0: mounting the x86_64 images of ...
+[   11.733507] archiso-hook: mounted /dev/sr0 (iso9660) read-only at /run/archiso/bootmnt
+[   12.808811] archiso-hook: mounted /dev/loop0 (squashfs) read-only at /run/archiso/sfs/root
+[   12.900000] LAB-STAMP udev-change /dev/sr0
+[   13.202658] archiso-hook: live root ready at /new_root in 1.68 s, 5.43 s since the hook \
+started (2 image(s)), peak RSS 21.5 MiB
+[   13.437355] LAB-STAMP handler-end peak=16883712
+:: running cleanup hook [archiso]
+[   22.818860] LAB-STAMP switch-root peak=67534848
+LAB: live root up uptime=23.40
+LAB: PASS
+"""
+
+
+def test_stamps_are_read_in_order_with_their_fields() -> None:
+    stamps = parse_stamps(CONSOLE)
+    assert [s.name for s in stamps] == [
+        "udev-add",
+        "udev-change",
+        "udev-change",
+        "handler-start",
+        "udev-change",
+        "handler-end",
+        "switch-root",
+    ]
+    assert stamps[0].seconds == 7.579552 and stamps[0].words == ("/dev/sr0",)
+    assert stamps[5].field("peak") == "16883712"
+    assert stamps[5].field("nothing") is None
+
+
+def test_a_boot_is_parsed_into_its_figures() -> None:
+    sample = parse_boot(CONSOLE, "/dev/sr0")
+    assert sample.handler_start == 7.723943
+    assert sample.handler_end == 13.437355
+    assert sample.switch_root == 22.818860
+    assert sample.liveroot_uptime == 23.40
+    assert sample.mounted == 11.733507
+    # The medium's last event before the mount: not another disk's, nor a later one.
+    assert sample.event == 7.650000
+    assert sample.handler_peak == 16883712
+    assert sample.rss_mib == 21.5
+    assert sample.hook_seconds == pytest.approx(22.818860 - 7.723943)
+    assert sample.handler_seconds == pytest.approx(13.437355 - 7.723943)
+    assert sample.event_to_mount == pytest.approx(11.733507 - 7.650000)
+
+
+def test_the_baseline_mount_line_counts_too() -> None:
+    console = CONSOLE.replace(
+        "archiso-hook: mounted /dev/sr0 (iso9660) read-only at",
+        "archiso-baseline: mounted /dev/disk/by-label/ARCHISO_SAMPLE at",
+    )
+    assert parse_boot(console, "/dev/sr0").mounted == 11.733507
+
+
+def test_missing_pieces_are_none_or_a_clear_error() -> None:
+    bare = "\n".join(line for line in CONSOLE.splitlines() if "udev-" not in line)
+    sample = parse_boot(bare.replace("peak=16883712", "peak=none"), "/dev/sr0")
+    assert sample.event is None and sample.event_to_mount is None
+    assert sample.handler_peak is None
+    with pytest.raises(BenchError, match="switch-root"):
+        parse_boot(CONSOLE.replace("switch-root", "elsewhere"), "/dev/sr0")
+    with pytest.raises(BenchError, match="live root"):
+        parse_boot(CONSOLE.replace("LAB: live root up", "LAB: nope"), "/dev/sr0")
+
+
+def test_median_ratio_and_slope() -> None:
+    assert median([3.0, None, 1.0, 2.0]) == 2.0
+    assert median([None]) is None
+    assert ratio(3.0, 2.0) == 1.5
+    assert ratio(None, 2.0) is None and ratio(1.0, 0.0) is None
+    assert slope([(1, 2.0), (10, 2.9), (50, 6.9)]) == pytest.approx(0.1)
+    assert slope([(1, 2.0)]) is None
+
+
+def _sample(start: float, end: float, switch: float, *, event: float | None = None) -> BootSample:
+    return BootSample(
+        handler_start=start,
+        handler_end=end,
+        switch_root=switch,
+        liveroot_uptime=switch + 0.5,
+        event=event,
+        mounted=None if event is None else event + 0.004,
+        handler_peak=2**20,
+        rss_mib=None,
+    )
+
+
+def test_the_report_has_medians_and_ratios() -> None:
+    cold = {
+        "archiso-hook": [_sample(1, 2, 3), _sample(1, 3, 5), _sample(1, 2.5, 4)],
+        "baseline": [_sample(1, 3, 4), _sample(1, 3, 4)],
+    }
+    hot = {"archiso-hook": [_sample(1, 2, 3, event=1.5)], "baseline": []}
+    entries = {
+        1: {"archiso-hook": [_sample(0, 1, 2)], "baseline": [_sample(0, 2, 3)]},
+        50: {"archiso-hook": [_sample(0, 1.49, 2)], "baseline": [_sample(0, 4.45, 5)]},
+    }
+    sizes = {"archiso-hook": Sizes(3 << 20, 1 << 20), "baseline": Sizes(2 << 20, None)}
+    rows = {r.label: r for r in report_rows(cold, hot, entries, sizes)}
+    hook = rows["hook: first line to switch_root"]
+    assert (hook.a, hook.b) == (3.0, 3.0)
+    assert rows["event to mount, medium plugged in while waiting"].a == pytest.approx(0.004)
+    assert rows["event to mount, medium plugged in while waiting"].b is None
+    assert rows["initramfs, zstd"].a == 3 << 20
+    per_entry = rows["cost per aitab entry (least squares)"]
+    assert per_entry.a == pytest.approx(0.01) and per_entry.b == pytest.approx(0.05)
+    text = format_table(list(rows.values()))
+    assert "hook: first line to switch_root (s)" in text
+    assert "cost per aitab entry (least squares) (ms)" in text
+    line = next(t for t in text.splitlines() if t.startswith("initramfs, zstd"))
+    assert line.split()[-3:] == ["3.00", "2.00", "1.50"]
+
+
+def test_a_missing_figure_prints_a_dash() -> None:
+    text = format_table([Row("x", None, 2.0, unit="s")])
+    assert text.splitlines()[1].split() == ["x", "(s)", "-", "2.00", "-"]
