@@ -128,9 +128,13 @@ def cmd_mount(args: argparse.Namespace) -> int:
     except Exception as e:  # noqa: BLE001  (a bug must still end in the emergency shell)
         return report_failure(log, e, debug=False)
     log = Log(kmsg=True, quiet=options.quiet, debug=options.debug)
+    source = options.network_source
+    medium = (
+        f"the {source} server" if source else options.medium or options.iso_device or "the medium"
+    )
     log.info(
         f"archiso-hook {__version__}: mounting the {options.arch} images of "
-        f"{options.medium} at {args.newroot}"
+        f"{medium} at {args.newroot}"
     )
     for warning in options.warnings:
         log.warning(warning)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import ipaddress
 import os
+import sys
 import time
 from typing import Any
 
@@ -58,8 +60,21 @@ class Lease:
         return ", ".join(parts)
 
 
+def _import_pyroute2() -> None:
+    """Make pyroute2's submodules importable without running its __init__, which
+    imports every part of pyroute2 (NDB and sqlite3, nftables, wireless, ...): only
+    rtnetlink and the DHCP client are needed here, in half the time."""
+    if "pyroute2" in sys.modules:
+        return
+    spec = importlib.util.find_spec("pyroute2")
+    if spec is None:
+        raise NetworkError("pyroute2 is missing from this build of archiso-hook")
+    sys.modules["pyroute2"] = importlib.util.module_from_spec(spec)  # __path__, not run
+
+
 def _iproute() -> Any:
-    from pyroute2 import IPRoute  # noqa: PLC0415  (heavy: only on a network boot)
+    _import_pyroute2()
+    from pyroute2.iproute.linux import IPRoute  # noqa: PLC0415  (only on a network boot)
 
     return IPRoute()
 
@@ -190,6 +205,7 @@ def dhcp(name: str, config: IpConfig, log: Log, timeout: float = DHCP_TIMEOUT) -
 
 
 async def _dhcp(name: str, log: Log, timeout: float) -> Any:
+    _import_pyroute2()
     from pyroute2.dhcp import fsm  # noqa: PLC0415
     from pyroute2.dhcp.client import AsyncDHCPClient, ClientConfig  # noqa: PLC0415
     from pyroute2.dhcp.leases import Lease as Pyroute2Lease  # noqa: PLC0415

@@ -11,6 +11,8 @@ from vm.kernel import Kernel
 from vm.media import STAGE
 
 HOOKS = ("base", "udev", "archiso")
+#: The same with the network boot hooks, as archiso's releng HOOKS list them.
+PXE_HOOKS = (*HOOKS, "archiso_pxe_common", "archiso_pxe_http", "archiso_pxe_nbd", "archiso_pxe_nfs")
 
 
 def staged_hook() -> Path:
@@ -28,6 +30,18 @@ def archiso_initramfs(kernel: Kernel, out: Path | None = None) -> Path:
         kernel,
         list(HOOKS),
         out or lab_dir() / "initramfs-archiso.img",
+        hook_dirs=[STAGE / "usr/lib/initcpio"],
+        env={"ARCHISO_HOOK_SYSROOT": str(STAGE)},
+    )
+
+
+def pxe_initramfs(kernel: Kernel, out: Path | None = None) -> Path:
+    """HOOKS=(base udev archiso archiso_pxe_*): network drivers, nbd and NFS modules too."""
+    staged_hook()
+    return build_initramfs(
+        kernel,
+        list(PXE_HOOKS),
+        out or lab_dir() / "initramfs-archiso-pxe.img",
         hook_dirs=[STAGE / "usr/lib/initcpio"],
         env={"ARCHISO_HOOK_SYSROOT": str(STAGE)},
     )

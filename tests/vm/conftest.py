@@ -17,7 +17,7 @@ from vm.initramfs import build_initramfs
 from vm.kernel import Kernel, fetch_kernel
 from vm.lab import archiso_initramfs, staged_hook
 from vm.media import STAGE, Media, build_media, make_sources
-from vm.qemu import Drive, Guest
+from vm.qemu import Drive, Guest, Nic
 
 # Typed into the emergency shell: lists what a failed boot could have left behind.
 # The markers are computed by the shell so that its echo of the command does not match.
@@ -50,6 +50,7 @@ class Lab:
         timeout: float = 240.0,
         initrd: Path | None = None,
         extra_args: Sequence[str] = (),
+        nics: Sequence[Nic] = (),
     ) -> Guest:
         return Guest(
             name,
@@ -60,6 +61,7 @@ class Lab:
             memory_mib=memory_mib,
             timeout=timeout,
             extra_args=extra_args,
+            nics=nics,
         )
 
     def initramfs_without(self, *modules: str) -> Path:
