@@ -80,9 +80,14 @@ frozen: $(FROZEN)/archiso-hook
 # the venv's editable install points to another copy (makepkg builds in its srcdir).
 PYINSTALLER_OPTS := --noconfirm --log-level WARN --onedir --name archiso-hook \
 	--exclude-module tkinter --exclude-module unittest --exclude-module pydoc \
-	--exclude-module sqlite3 --exclude-module lib2to3
+	--exclude-module sqlite3 --exclude-module lib2to3 \
+	--optimize 2 --additional-hooks-dir tools/pyinstaller \
+	--exclude-module _codecs_cn --exclude-module _codecs_hk --exclude-module _codecs_iso2022 \
+	--exclude-module _codecs_jp --exclude-module _codecs_kr --exclude-module _codecs_tw
+# Run-time hooks that replace PyInstaller's own (tools/pyinstaller/rthooks.dat says why).
+PYI_HOOKS   := tools/pyinstaller/rthooks.dat $(wildcard tools/pyinstaller/rthooks/*.py)
 
-$(FROZEN)/archiso-hook: $(VENV)/.stamp $(PY_SOURCES)
+$(FROZEN)/archiso-hook: $(VENV)/.stamp $(PY_SOURCES) $(PYI_HOOKS)
 	rm -rf $(FROZEN) $(BUILD)/pyinstaller
 	PYTHONHASHSEED=0 PYTHONPATH=$(CURDIR) $(VENV)/bin/pyinstaller $(PYINSTALLER_OPTS) \
 		--distpath $(BUILD)/frozen --workpath $(BUILD)/pyinstaller \
@@ -98,7 +103,7 @@ $(I386_ROOT)/.complete: tools/i386-root pyproject.toml $(BUILD)/.apt-stamp
 
 # Built inside the i386 root, so the tree links that root's i386 glibc. The repository
 # is bound at its own path there: the same relative paths as the native rule.
-$(FROZEN_I686)/archiso-hook: $(I386_ROOT)/.complete $(PY_SOURCES)
+$(FROZEN_I686)/archiso-hook: $(I386_ROOT)/.complete $(PY_SOURCES) $(PYI_HOOKS)
 	rm -rf $(FROZEN_I686) $(BUILD)/pyinstaller-i686
 	tools/i386-root run $(I386_ROOT) -b $(CURDIR) -C $(CURDIR) -e PYTHONHASHSEED=0 \
 		-e SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) -e PYTHONPATH=$(CURDIR) -- \

@@ -13,7 +13,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from archiso_hook import checksums, cowfile, dm, fsprobe, loop, medium, syscalls, transfer
+import attrs
+
+from archiso_hook import checksums, cowfile, dm, fsprobe, loop, medium, syscalls
 from archiso_hook.aitab import parse_aitab
 from archiso_hook.cmdline import CopyMode, CowMode, Options
 from archiso_hook.errors import HookError, InputError, KernelError, printable
@@ -67,6 +69,18 @@ def seconds_since_exec() -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
+
+
+def peak_rss() -> int | None:
+    """This process's peak resident set (VmHWM), in bytes."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def already_mounted(newroot: str, state_file: str = STATE_FILE) -> bool:
@@ -159,6 +173,23 @@ def _load_modules(names: tuple[str, ...], log: Log) -> None:
         log.info(f"loaded kernel modules: {', '.join(loaded)}")
 
 
+@attrs.frozen
+class Memory:
+    total: int
+    available: int  # MemAvailable, what psutil calls `available` too
+
+
+def _meminfo(path: str = "/proc/meminfo") -> Memory:
+    """RAM from /proc/meminfo (psutil would cost the boot its import: subprocess and all)."""
+    fields: dict[str, int] = {}
+    with open(path, encoding="ascii") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            if name in ("MemTotal", "MemAvailable"):
+                fields[name] = int(rest.split()[0]) * 1024
+    return Memory(fields.get("MemTotal", 0), fields.get("MemAvailable", 0))
+
+
 def _filesystems() -> set[str]:
     with open("/proc/filesystems", encoding="ascii") as f:
         return {line.split()[-1] for line in f if line.strip()}
@@ -231,6 +262,9 @@ class Boot:
             self.state.timings["startup_seconds"] = round(startup, 3)
             self.state.timings["hook_seconds"] = round(startup + work, 3)
             since_exec = f", {startup + work:.2f} s since the hook started"
+        peak = peak_rss()
+        if peak is not None:
+            self.state.timings["peak_rss_bytes"] = peak
         self.state.save(self.state_file)
         from archiso_hook import report  # noqa: PLC0415  (only once the root is ready)
 
@@ -238,6 +272,7 @@ class Boot:
         self.log.info(
             f"live root ready at {self.newroot} in {work:.2f} s{since_exec} "
             f"({len(plan.images)} image(s))"
+            + (f", peak RSS {peak / 2**20:.1f} MiB" if peak is not None else "")
         )
         return plan
 
@@ -415,6 +450,8 @@ class Boot:
         copy = step.copy is not CopyMode.N and self._copy_is_possible(step, sum(sizes))
         if not copy and not step.verify:
             return
+        from archiso_hook import transfer  # noqa: PLC0415  (hashlib, threads: only to copy or verify)
+
         jobs = []
         if copy:
             self._mount(
@@ -470,9 +507,7 @@ class Boot:
 
     def _copy_is_possible(self, step: PrepareImages, needed: int) -> bool:
         """Whether to copy, said out loud with the numbers when the answer is no."""
-        import psutil  # noqa: PLC0415  (only when copytoram may happen)
-
-        memory = psutil.virtual_memory()
+        memory = _meminfo()
         room = step.copy_size.resolve(memory.total)
         mode = f"copytoram={step.copy}"
         reason = None

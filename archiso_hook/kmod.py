@@ -18,8 +18,6 @@ import bisect
 import ctypes
 import errno
 import functools
-import gzip
-import lzma
 import os
 import re
 import struct
@@ -512,8 +510,12 @@ def compression_of(head: bytes) -> str | None:
 def decompress(name: str, data: bytes, compression: str) -> bytes:
     """A module's ELF image, decompressed in Python for kernels that cannot."""
     if compression == "gzip":
+        import gzip  # noqa: PLC0415  (a compressed module: not at start-up)
+
         return gzip.decompress(data)
     if compression == "xz":
+        import lzma  # noqa: PLC0415  (a compressed module: not at start-up)
+
         return lzma.decompress(data, format=lzma.FORMAT_XZ)
     raise HookError(
         f"cannot load kernel module {name}: it is {compression}-compressed and the running"

@@ -1,0 +1,1 @@
+"""Takes the place of PyInstaller's run-time hooks named in ../rthooks.dat: nothing to do."""
