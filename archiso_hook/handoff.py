@@ -3,7 +3,9 @@
 switch_root empties the initramfs. What must outlive it goes to /run, which moves
 into the live system: a copy of the initramfs at /run/initramfs, which the live
 system switches back into at power-off to run /shutdown (systemd does when that
-file exists), and from which the watchdog runs.
+file exists), and from which the watchdog runs. The runtime hook makes the copy with
+cp and runs this command from it, which then forks the watchdog; run from elsewhere,
+it copies the initramfs itself and starts the watchdog from the copy.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ import time
 
 from archiso_hook.log import Log
 from archiso_hook.sizes import human
-from archiso_hook.watch import ARGV0, PID_FILE, READY_FILE
+from archiso_hook.watch import ARGV0, PID_FILE, READY_FILE, run_foreground
 
 SHUTDOWN_ROOT = "/run/initramfs"
 # Not needed to shut down: the modules are loaded by then (as mkinitcpio's shutdown).
 SKIP = ("/usr/lib/modules",)
+WATCH_INTERVAL = 0.25  # seconds, as `archiso-hook watch`
 
 
 def copy_initramfs(dest: str = SHUTDOWN_ROOT, source: str = "/") -> int:
@@ -83,6 +86,36 @@ def start_watchdog(binary: str, root: str = SHUTDOWN_ROOT) -> int:
     return pid
 
 
+def running_from(root: str) -> bool:
+    """Whether this very program runs from `root` (the copy the runtime hook made)."""
+    try:
+        return os.path.realpath("/proc/self/exe").startswith(root.rstrip("/") + "/")
+    except OSError:
+        return False
+
+
+def fork_watchdog(log: Log) -> int:
+    """Start `watch` in a child of this process, detached; its pid.
+
+    This process already runs from the copy (the runtime hook started it there, with `@`
+    in argv[0]), and has imported everything the watchdog needs: a fork saves a second
+    interpreter start-up, seconds under emulation, on the boot's path.
+    """
+    pid = os.fork()
+    if pid == 0:
+        code = 127
+        try:
+            os.setsid()
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, 0)
+            code = run_foreground(log, WATCH_INTERVAL)
+        finally:
+            os._exit(code)
+    with open(PID_FILE, "w", encoding="ascii") as f:
+        f.write(f"{pid}\n")
+    return pid
+
+
 def wait_ready(pid: int, timeout: float = 60.0) -> bool:
     """Until the watchdog has started (its start-up must not overlap switch_root, which
     moves away the files a starting program still reads); False if it died."""
@@ -97,15 +130,24 @@ def wait_ready(pid: int, timeout: float = 60.0) -> bool:
 
 
 def run(log: Log) -> int:
-    copied = copy_initramfs()
-    log.info(
-        f"copied the initramfs to {SHUTDOWN_ROOT} ({human(copied)}): the live system "
-        "switches back into it to shut down"
-    )
+    # The runtime hook copies the initramfs itself (cp: no interpreter on the boot's path)
+    # and runs this from the copy; run from anywhere else, this copies it.
+    from_copy = running_from(SHUTDOWN_ROOT)
+    if from_copy:
+        log.info(
+            f"the initramfs is copied to {SHUTDOWN_ROOT}: the live system switches back "
+            "into it to shut down"
+        )
+    else:
+        copied = copy_initramfs()
+        log.info(
+            f"copied the initramfs to {SHUTDOWN_ROOT} ({human(copied)}): the live system "
+            "switches back into it to shut down"
+        )
     binary = f"{SHUTDOWN_ROOT}/usr/lib/archiso-hook/archiso-hook"
     if os.path.exists("/run/archiso/state.json"):
         start = time.monotonic()
-        pid = start_watchdog(binary)
+        pid = fork_watchdog(log) if from_copy else start_watchdog(binary)
         if wait_ready(pid):
             log.info(f"started the watchdog (pid {pid}) in {time.monotonic() - start:.2f} s")
         else:
