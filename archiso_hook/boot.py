@@ -11,6 +11,7 @@ import errno
 import os
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import attrs
@@ -188,6 +189,12 @@ def _meminfo(path: str = "/proc/meminfo") -> Memory:
             if name in ("MemTotal", "MemAvailable"):
                 fields[name] = int(rest.split()[0]) * 1024
     return Memory(fields.get("MemTotal", 0), fields.get("MemAvailable", 0))
+
+
+# Loaded while the medium is awaited: what an ISO 9660 medium needs, so that no module
+# is loaded between the medium's event and its mount. (Not more: a medium arriving
+# during a load waits for it.)
+PRELOAD = ("fs-iso9660",)
 
 
 def _filesystems() -> set[str]:
@@ -372,7 +379,14 @@ class Boot:
             self.log,
             what=f"{step.what} {step.device}",
             hint=step.hint,
+            meanwhile=[partial(self._preload, name) for name in PRELOAD],
         )
+
+    def _preload(self, name: str) -> None:
+        """Load a module while the medium is awaited (idle time); one the initramfs lacks
+        is left for the step that needs it to report."""
+        with contextlib.suppress(HookError):
+            _load_modules((name,), self.log)
 
     def _mount(self, step: Mount) -> None:
         source = self._device(step.source)

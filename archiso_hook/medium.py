@@ -6,7 +6,7 @@ import errno
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import ModuleType
 
 from archiso_hook.cmdline import device_path
@@ -94,9 +94,14 @@ def wait_until(
     log: Log,
     *,
     subsystem: str = "block",
+    meanwhile: Sequence[Callable[[], None]] = (),
 ) -> tuple[str | None, str]:
     """Call `find` now and after every event of `subsystem` until it answers or time
     runs out.
+
+    `meanwhile`: work for the wait (loading the modules the next steps need), done one
+    piece at a time with a look for the device after each, so that the device, when it
+    comes, waits for at most one piece.
 
     Returns what `find` answered (None on timeout) and, on timeout, a description of
     the block devices that were present, for the error message.
@@ -115,6 +120,7 @@ def wait_until(
     start = time.monotonic()
     deadline = start + timeout
     log.info(f"waiting up to {timeout:g} s for {what}")
+    pending = list(meanwhile)
     while True:
         found = find()  # after subscribing, so no event can slip by unseen
         if found:
@@ -123,15 +129,24 @@ def wait_until(
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return None, describe_block_devices(pyudev, context) if subsystem == "block" else ""
+        if pending:
+            pending.pop(0)()
+            continue
         monitor.poll(timeout=remaining)
 
 
 def wait_for_device(
-    path: str, timeout: float, log: Log, *, what: str = "", hint: str | None = None
+    path: str,
+    timeout: float,
+    log: Log,
+    *,
+    what: str = "",
+    hint: str | None = None,
+    meanwhile: Sequence[Callable[[], None]] = (),
 ) -> str:
     """The real device node of `path` (a node or a udev link), once it is there."""
     what = what or f"the boot medium {path}"
-    found, seen = wait_until(lambda: present(path), timeout, what, log)
+    found, seen = wait_until(lambda: present(path), timeout, what, log, meanwhile=meanwhile)
     if found is None:
         raise MediumNotFoundError(
             f"{what} did not appear within {timeout:g} s; block devices seen: {seen}",
