@@ -335,9 +335,13 @@ def bench_dir() -> Path:
     return lab_dir() / "bench"
 
 
-def build_images(kernel: Kernel) -> tuple[dict[str, Path], dict[str, Sizes]]:
-    """Both initramfs images, and their sizes with the share of each hook's own files."""
-    staged_hook()
+def build_images(kernel: Kernel, stage: Path = STAGE) -> tuple[dict[str, Path], dict[str, Sizes]]:
+    """Both initramfs images, and their sizes with the share of each hook's own files.
+
+    `stage`: where archiso-hook is installed (`make stage`'s tree, or another build's).
+    """
+    if not (stage / "usr/lib/archiso-hook/archiso-hook").exists():
+        raise BenchError(f"{stage}/usr/lib/archiso-hook/archiso-hook is missing: make stage")
     images: dict[str, Path] = {}
     sizes: dict[str, Sizes] = {}
     for hook, hooks in HOOKS.items():
@@ -349,8 +353,8 @@ def build_images(kernel: Kernel) -> tuple[dict[str, Path], dict[str, Sizes]]:
             kernel,
             list(hooks),
             out,
-            hook_dirs=[BASELINE_HOOKS, STAGE / "usr/lib/initcpio"],
-            env={"ARCHISO_HOOK_SYSROOT": str(STAGE)},
+            hook_dirs=[BASELINE_HOOKS, stage / "usr/lib/initcpio"],
+            env={"ARCHISO_HOOK_SYSROOT": str(stage)},
             builddir=root,
         )
         own = (
@@ -389,10 +393,10 @@ def _compressed_size(root: Path, paths: Sequence[str]) -> int | None:
     )
 
 
-def build_bench_media(src: Path) -> dict[str, Media]:
+def build_bench_media(src: Path, counts: Sequence[int] = ENTRY_COUNTS) -> dict[str, Media]:
     """The sample medium, and media with 1, 10 and 50 aitab entries."""
     media = {"sample": build_media("bench-sample", src)}
-    for n in ENTRY_COUNTS:
+    for n in counts:
         lines = ["root / x86_64 zstd ext4 64"]
         lines += [f"extra{i} /srv/extra{i} any zstd none 0" for i in range(1, n)]
         media[f"entries-{n}"] = build_media(
@@ -430,29 +434,45 @@ def boot_once(
         raise BenchError(f"{name}: {e}; see {guest.log_path}") from None
 
 
-def run(boots: int, entry_boots: int, log: Callable[[str], None]) -> str:
+SCENARIOS = ("cold", "hotplug", "entries")
+
+
+def run(
+    boots: int,
+    entry_boots: int,
+    log: Callable[[str], None],
+    *,
+    stage: Path = STAGE,
+    scenarios: Sequence[str] = SCENARIOS,
+) -> str:
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     kernel = fetch_kernel()
     log("building both initramfs images")
-    images, sizes = build_images(kernel)
+    images, sizes = build_images(kernel, stage)
     with tempfile.TemporaryDirectory(prefix="bench-boot-") as tmp:
         log("building the media")
-        media = build_bench_media(make_bench_sources(Path(tmp) / "src"))
+        counts = ENTRY_COUNTS if "entries" in scenarios else ()
+        media = build_bench_media(make_bench_sources(Path(tmp) / "src"), counts)
     cold: Samples = {hook: [] for hook in HOOKS}
     hot: Samples = {hook: [] for hook in HOOKS}
     entries: dict[int, Samples] = {n: {hook: [] for hook in HOOKS} for n in ENTRY_COUNTS}
     # Interleaved, so that a slow spell of the host weighs on both hooks alike.
     for i in range(boots):
         for hook in HOOKS:
-            sample = boot_once(kernel, images[hook], f"bench-cold-{hook}", media["sample"].iso)
-            cold[hook].append(sample)
-            log(f"cold {hook} #{i + 1}: hook {sample.hook_seconds:.2f} s")
-            sample = boot_once(
-                kernel, images[hook], f"bench-hotplug-{hook}", media["sample"].iso, hotplug=True
-            )
-            hot[hook].append(sample)
-            e2m = sample.event_to_mount
-            log(f"hotplug {hook} #{i + 1}: event to mount {e2m and e2m * 1000:.1f} ms")
+            if "cold" in scenarios:
+                iso = media["sample"].iso
+                sample = boot_once(kernel, images[hook], f"bench-cold-{hook}", iso)
+                cold[hook].append(sample)
+                log(f"cold {hook} #{i + 1}: hook {sample.hook_seconds:.2f} s")
+            if "hotplug" in scenarios:
+                iso = media["sample"].iso
+                sample = boot_once(kernel, images[hook], f"bench-hotplug-{hook}", iso, hotplug=True)
+                hot[hook].append(sample)
+                e2m = sample.event_to_mount
+                log(f"hotplug {hook} #{i + 1}: event to mount {e2m and e2m * 1000:.1f} ms")
+    if "entries" not in scenarios:
+        entries = {}
+        entry_boots = 0
     for i in range(entry_boots):
         for n in ENTRY_COUNTS:
             for hook in HOOKS:
@@ -476,16 +496,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--boots", type=int, default=3, help="boots per hook and scenario")
     parser.add_argument("--entry-boots", type=int, default=1, help="boots per aitab size")
+    parser.add_argument(
+        "--stage", type=Path, default=STAGE, help="archiso-hook installed here (make stage)"
+    )
+    parser.add_argument(
+        "--scenarios", default=",".join(SCENARIOS), help="a comma-separated subset of %(default)s"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS / "boot.txt", help="results file")
     args = parser.parse_args(argv)
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    if unknown := set(scenarios) - set(SCENARIOS):
+        parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
 
     def log(line: str) -> None:
         print(f"bench: {line}", file=sys.stderr, flush=True)
 
-    text = run(args.boots, args.entry_boots, log)
+    text = run(args.boots, args.entry_boots, log, stage=args.stage, scenarios=scenarios)
     print(text, end="")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "boot.txt").write_text(text)
-    log(f"written to {(RESULTS / 'boot.txt').relative_to(REPO)}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    log(f"written to {args.out}")
     return 0
 
 
