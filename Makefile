@@ -18,7 +18,7 @@ APT_PACKAGES := python3-venv python3-dev libpython3.11 binutils \
 	qemu-system-x86 xorriso squashfs-tools busybox-static cpio zstd kmod \
 	e2fsprogs dosfstools btrfs-progs udev util-linux shellcheck file fdisk mtools \
 	debootstrap gcc-multilib dmsetup \
-	nginx nbd-server nfs-ganesha nfs-ganesha-vfs libnfs-utils \
+	nginx nbd-server nfs-ganesha nfs-ganesha-vfs libnfs-utils curl \
 	makepkg pacman-package-manager libarchive-tools fakeroot
 # (the last line: tests/pkg builds the Arch package with makepkg; bsdtar lists it)
 
@@ -34,7 +34,7 @@ SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 1700000
 export SOURCE_DATE_EPOCH
 
 .PHONY: help setup frozen frozen-i686 stage install install-i686 uninstall lab demo test \
-	test-unit test-vm lint bench bench-boot bench-transfer clean
+	test-unit test-vm lint bench bench-boot bench-transfer bench-net clean
 
 help:
 	@echo "make setup    install apt packages and .venv"
@@ -75,11 +75,12 @@ $(VENV)/.stamp: pyproject.toml | $(APT_STAMP)
 frozen: $(FROZEN)/archiso-hook
 
 # PyInstaller --onedir: a directory tree, no unpacking at each start (see README).
-# Modules the hook never imports at boot are excluded to keep the initramfs small.
+# Modules the hook never imports at boot are excluded to keep the initramfs small
+# (not unittest: pyroute2's rtnetlink socket imports unittest.mock at its top).
 # The same options for every architecture. PYTHONPATH: this tree's archiso_hook, also when
 # the venv's editable install points to another copy (makepkg builds in its srcdir).
 PYINSTALLER_OPTS := --noconfirm --log-level WARN --onedir --name archiso-hook \
-	--exclude-module tkinter --exclude-module unittest --exclude-module pydoc \
+	--exclude-module tkinter --exclude-module pydoc \
 	--exclude-module sqlite3 --exclude-module lib2to3 \
 	--optimize 2 --additional-hooks-dir tools/pyinstaller \
 	--exclude-module _codecs_cn --exclude-module _codecs_hk --exclude-module _codecs_iso2022 \
@@ -171,7 +172,7 @@ test: setup stage
 	$(PY) -m pytest -q tests
 
 # Figures as ratios to a baseline: see bench/. Both benches, about 15 minutes.
-bench: bench-boot bench-transfer
+bench: bench-boot bench-transfer bench-net
 
 # archiso-hook against a busybox shell hook (bench/baseline) on the same media, kernel and
 # QEMU: medians and ratios in bench/results/boot.txt (bench/boot.py says how it times).
@@ -181,6 +182,11 @@ bench-boot: setup stage
 # copytoram and checksum rates against dd, in one boot: bench/results/transfer.txt.
 bench-transfer: setup stage
 	$(PY) -m bench.transfer
+
+# Network boot: the hook's HTTP download rate against curl on the host and busybox wget
+# in the same guest: bench/results/net.txt.
+bench-net: setup stage
+	$(PY) -m bench.net
 
 test-vm: setup stage
 	$(PY) -m pytest -q -m vm tests
