@@ -96,6 +96,8 @@ def fetch(
     failing_since: float | None = None
     attempt = 0
     size: int | None = None
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
     with open(path, "wb") as out:
         while True:
             try:
@@ -114,14 +116,16 @@ def fetch(
                         size = total
                         if room:
                             room(size)
-                    while chunk := response.read(CHUNK):
+                    # One buffer for the whole file: no new bytes object per chunk.
+                    while n := response.readinto(buffer):
+                        chunk = view[:n]
                         out.write(chunk)
                         if hasher:
                             hasher.update(chunk)
-                        offset += len(chunk)
+                        offset += n
                         failing_since, attempt = None, 0
                         if progress:
-                            progress(len(chunk), size)
+                            progress(n, size)
                 if size is None or offset >= size:
                     break
                 raise http.client.IncompleteRead(b"", size - offset)
