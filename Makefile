@@ -167,9 +167,11 @@ demo: setup stage
 
 # Everything, the QEMU boots included. The frozen hook is staged first: the lab builds
 # its initramfs from what `make install` would put on a system.
+# Two workers (pytest-xdist), each test file on one: two guests boot at a time, one per
+# core (a TCG guest keeps one core busy); each worker has its own lab directory.
 test: setup stage
 	$(MAKE) --no-print-directory lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 # Figures as ratios to a baseline: see bench/. Both benches, about 15 minutes.
 bench: bench-boot bench-transfer bench-net

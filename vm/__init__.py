@@ -19,7 +19,15 @@ VM_DIR = Path(__file__).resolve().parent
 REPO = VM_DIR.parent
 
 
-def lab_dir() -> Path:
-    """Where the lab keeps caches, images and logs: `$ARCHISO_LAB_DIR` or `build/lab/`."""
+def cache_dir() -> Path:
+    """What every user of the lab shares (the kernels, fetched under a lock):
+    `$ARCHISO_LAB_DIR` or `build/lab/`."""
     override = os.environ.get("ARCHISO_LAB_DIR")
     return Path(override) if override else REPO / "build" / "lab"
+
+
+def lab_dir() -> Path:
+    """Where the lab keeps images, media and logs: `cache_dir()`, or a directory of its
+    own for each pytest-xdist worker (`make test` boots two guests at a time)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    return cache_dir() / worker if worker else cache_dir()

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import attrs
 
-from vm import lab_dir
+from vm import cache_dir
 
 __all__ = [
     "ARCHES",
@@ -180,7 +180,7 @@ def _release_of(package: str) -> str:
 
 
 def _cache_root() -> Path:
-    return lab_dir() / "kernel"
+    return cache_dir() / "kernel"
 
 
 def _entry_name(package: str, version: str) -> str:
