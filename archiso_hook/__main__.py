@@ -1,3 +1,9 @@
-from archiso_hook.cli import main
+import sys
 
-raise SystemExit(main())
+from archiso_hook.bootcmd import fast
+
+# What the boot runs, `mount NEWROOT`, without the command line's parser (bootcmd).
+if fast(sys.argv[1:]) is None:
+    from archiso_hook.cli import main
+
+    raise SystemExit(main())

@@ -105,44 +105,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    from archiso_hook.boot import (  # noqa: PLC0415
-        Boot,
-        BootFailedError,
-        already_mounted,
-        report_failure,
-    )
-    from archiso_hook.cmdline import parse_options  # noqa: PLC0415
-    from archiso_hook.log import Log  # noqa: PLC0415
+    from archiso_hook.bootcmd import mount  # noqa: PLC0415
 
-    log = Log(kmsg=True)
-    if already_mounted(args.newroot):
-        log.info(
-            f"the live root is already mounted at {args.newroot} (archiso-hook status "
-            "shows what was set up)"
-        )
-        return 0
-    # From the emergency shell a user can correct a parameter for this attempt.
-    overrides = [(key, value) for key, _, value in (word.partition("=") for word in args.set)]
-    try:
-        options = parse_options(_read_cmdline(), overrides=overrides)
-    except Exception as e:  # noqa: BLE001  (a bug must still end in the emergency shell)
-        return report_failure(log, e, debug=False)
-    log = Log(kmsg=True, quiet=options.quiet, debug=options.debug)
-    source = options.network_source
-    medium = (
-        f"the {source} server" if source else options.medium or options.iso_device or "the medium"
-    )
-    log.info(
-        f"archiso-hook {__version__}: mounting the {options.arch} images of "
-        f"{medium} at {args.newroot}"
-    )
-    for warning in options.warnings:
-        log.warning(warning)
-    try:
-        Boot(options, args.newroot, log).run()
-    except BootFailedError as e:
-        return e.code
-    return 0
+    return mount(args.newroot, args.set)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

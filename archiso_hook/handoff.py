@@ -23,6 +23,9 @@ SHUTDOWN_ROOT = "/run/initramfs"
 # Not needed to shut down: the modules are loaded by then (as mkinitcpio's shutdown).
 SKIP = ("/usr/lib/modules",)
 WATCH_INTERVAL = 0.25  # seconds, as `archiso-hook watch`
+STATE_FILE = "/run/archiso/state.json"
+# Written when `mount` did the handoff: the runtime hook's cleanup then has nothing to do.
+HANDED_OFF = "/run/archiso/handoff.done"
 
 
 def copy_initramfs(dest: str = SHUTDOWN_ROOT, source: str = "/") -> int:
@@ -129,6 +132,35 @@ def wait_ready(pid: int, timeout: float = 60.0) -> bool:
     return False
 
 
+def start_watch(log: Log, *, from_copy: bool) -> None:
+    """Start the watchdog from the copy (a fork when this process runs from it)."""
+    if not os.path.exists(STATE_FILE):
+        return
+    start = time.monotonic()
+    binary = f"{SHUTDOWN_ROOT}/usr/lib/archiso-hook/archiso-hook"
+    pid = fork_watchdog(log) if from_copy else start_watchdog(binary)
+    if wait_ready(pid):
+        log.info(f"started the watchdog (pid {pid}) in {time.monotonic() - start:.2f} s")
+    else:
+        log.warning("the watchdog did not start: COW files will not grow, nor warn when they fill")
+
+
+def after_mount(log: Log) -> None:
+    """`mount` succeeded: when it runs from the copy (the runtime hook copies the
+    initramfs first and runs it from there), hand off now, with no second interpreter
+    start-up: fork the watchdog and mark the handoff done for the cleanup hook. Run
+    from anywhere else, leave it to `handoff`."""
+    if not running_from(SHUTDOWN_ROOT):
+        return
+    log.info(
+        f"the initramfs is copied to {SHUTDOWN_ROOT}: the live system switches back into it "
+        "to shut down"
+    )
+    start_watch(log, from_copy=True)
+    with open(HANDED_OFF, "w", encoding="ascii"):
+        pass
+
+
 def run(log: Log) -> int:
     # The runtime hook copies the initramfs itself (cp: no interpreter on the boot's path)
     # and runs this from the copy; run from anywhere else, this copies it.
@@ -144,14 +176,5 @@ def run(log: Log) -> int:
             f"copied the initramfs to {SHUTDOWN_ROOT} ({human(copied)}): the live system "
             "switches back into it to shut down"
         )
-    binary = f"{SHUTDOWN_ROOT}/usr/lib/archiso-hook/archiso-hook"
-    if os.path.exists("/run/archiso/state.json"):
-        start = time.monotonic()
-        pid = fork_watchdog(log) if from_copy else start_watchdog(binary)
-        if wait_ready(pid):
-            log.info(f"started the watchdog (pid {pid}) in {time.monotonic() - start:.2f} s")
-        else:
-            log.warning(
-                "the watchdog did not start: COW files will not grow, nor warn when they fill"
-            )
+    start_watch(log, from_copy=from_copy)
     return 0
