@@ -84,7 +84,8 @@ PYINSTALLER_OPTS := --noconfirm --log-level WARN --onedir --name archiso-hook \
 	--exclude-module sqlite3 --exclude-module lib2to3 \
 	--optimize 2 --additional-hooks-dir tools/pyinstaller \
 	--exclude-module _codecs_cn --exclude-module _codecs_hk --exclude-module _codecs_iso2022 \
-	--exclude-module _codecs_jp --exclude-module _codecs_kr --exclude-module _codecs_tw
+	--exclude-module _codecs_jp --exclude-module _codecs_kr --exclude-module _codecs_tw \
+	--exclude-module bz2 --exclude-module _bz2
 # Run-time hooks that replace PyInstaller's own (tools/pyinstaller/rthooks.dat says why).
 PYI_HOOKS   := tools/pyinstaller/rthooks.dat $(wildcard tools/pyinstaller/rthooks/*.py)
 

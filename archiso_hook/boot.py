@@ -12,11 +12,11 @@ import os
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from archiso_hook import checksums, cowfile, dm, fsprobe, loop, medium, syscalls
+from archiso_hook import cowfile, dm, fsprobe, loop, medium, syscalls
 from archiso_hook.aitab import parse_aitab
 from archiso_hook.cmdline import CopyMode, CowMode, Options
 from archiso_hook.errors import HookError, InputError, KernelError, printable
@@ -57,6 +57,9 @@ from archiso_hook.plan import (
 from archiso_hook.rootpath import resolve_in_root
 from archiso_hook.sizes import human
 from archiso_hook.state import State
+
+if TYPE_CHECKING:
+    from archiso_hook import checksums
 
 
 def seconds_since_exec() -> float | None:
@@ -509,6 +512,8 @@ class Boot:
             self._release_medium()
 
     def _expected_checksum(self, image: str) -> checksums.Expected:
+        from archiso_hook import checksums  # noqa: PLC0415  (only with checksum=y)
+
         path = checksums.checksum_file_for(image)
         if path is None:
             raise HookError(
