@@ -9,9 +9,11 @@ with `lab.stamps=y`, so the lab's /init writes `LAB-STAMP` lines to the kernel l
 where the bench times the boot:
 
 - `handler-start`: just before /init calls the mount handler: the hook's first line;
-- `handler-end`: the handler returned (the live root is mounted), with the peak memory
-  of the handler's processes (cgroup v2 `memory.peak`);
-- `switch-root`: the cleanup hooks are done, just before switch_root: the handoff;
+- `handler-end`: the handler returned (the live root is mounted);
+- `switch-root`: the cleanup hooks are done, just before switch_root: the handoff; with
+  the peak memory of everything the hook ran since its first line (cgroup v2
+  `memory.peak`: the processes' memory and what they put in tmpfs, such as the copy of
+  the initramfs both hooks keep at /run/initramfs for the shutdown);
 - `udev-add DEVICE`, `udev-change DEVICE`: from a udev rule (`bench_stamps`), when udev
   has processed the add (or change: a disc seen in a drive) event of a disk holding a
   filesystem, just before it announces the event to listeners (so a waiting hook cannot
@@ -33,6 +35,7 @@ images). `python -m bench.boot [--boots N]`; results in bench/results/boot.txt.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import statistics
@@ -99,7 +102,8 @@ class BootSample:
     liveroot_uptime: float
     event: float | None  # the medium's last udev add event before its mount
     mounted: float | None  # the medium mounted at BOOTMNT
-    handler_peak: int | None  # bytes (cgroup memory.peak)
+    handler_peak: int | None  # bytes (cgroup memory.peak) at the handler's end
+    hook_peak: int | None  # the same at switch_root: the cleanup hooks' too
     rss_mib: float | None  # archiso-hook's own peak RSS report, if any
 
     @property
@@ -157,6 +161,7 @@ def parse_boot(output: str, device: str) -> BootSample:
         event=events[-1] if events else None,
         mounted=mounted,
         handler_peak=_peak(first["handler-end"]),
+        hook_peak=_peak(first["switch-root"]),
         rss_mib=float(rss.group(1)) if rss else None,
     )
 
@@ -262,9 +267,9 @@ def report_rows(
             cold, "power-on to the live root's first line", lambda s: s.liveroot_uptime, unit="s"
         ),
         Row(
-            "peak memory of the mount handler (cgroup)",
-            _med(cold, "archiso-hook", lambda s: s.handler_peak),
-            _med(cold, "baseline", lambda s: s.handler_peak),
+            "peak memory of the hook (cgroup, with its /run/initramfs copy)",
+            _med(cold, "archiso-hook", lambda s: s.hook_peak),
+            _med(cold, "baseline", lambda s: s.hook_peak),
             unit="MiB",
             scale=mib,
             digits=1,
@@ -446,6 +451,7 @@ def run(
     scenarios: Sequence[str] = SCENARIOS,
 ) -> str:
     started = time.strftime("%Y-%m-%d %H:%M:%S")
+    load_before = os.getloadavg()[0]
     kernel = fetch_kernel()
     log("building both initramfs images")
     images, sizes = build_images(kernel, stage)
@@ -485,7 +491,9 @@ def run(
         f"# bench boot, {started}: Debian's kernel {kernel.version} in QEMU (TCG, 1 CPU, "
         f"1 GiB); a = archiso-hook, b = busybox sh with losetup/dmsetup/mount "
         f"(bench/baseline); medians of {boots} boots ({entry_boots} for the aitab sizes); "
-        "times from kernel-log stamps (see bench/boot.py)"
+        "times from kernel-log stamps (see bench/boot.py); the host's load average "
+        f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (a guest "
+        "under TCG slows down when others share the host's cores)"
     )
     return header + "\n" + format_table(rows) + "\n"
 

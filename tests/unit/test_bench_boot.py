@@ -66,6 +66,7 @@ def test_a_boot_is_parsed_into_its_figures() -> None:
     # The medium's last event before the mount: not another disk's, nor a later one.
     assert sample.event == 7.650000
     assert sample.handler_peak == 16883712
+    assert sample.hook_peak == 67534848
     assert sample.rss_mib == 21.5
     assert sample.hook_seconds == pytest.approx(22.818860 - 7.723943)
     assert sample.handler_seconds == pytest.approx(13.437355 - 7.723943)
@@ -109,6 +110,7 @@ def _sample(start: float, end: float, switch: float, *, event: float | None = No
         event=event,
         mounted=None if event is None else event + 0.004,
         handler_peak=2**20,
+        hook_peak=2**21,
         rss_mib=None,
     )
 
@@ -130,6 +132,7 @@ def test_the_report_has_medians_and_ratios() -> None:
     assert rows["event to mount, medium plugged in while waiting"].a == pytest.approx(0.004)
     assert rows["event to mount, medium plugged in while waiting"].b is None
     assert rows["initramfs, zstd"].a == 3 << 20
+    assert rows["peak memory of the hook (cgroup, with its /run/initramfs copy)"].a == 2**21
     per_entry = rows["cost per aitab entry (least squares)"]
     assert per_entry.a == pytest.approx(0.01) and per_entry.b == pytest.approx(0.05)
     text = format_table(list(rows.values()))
