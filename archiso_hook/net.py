@@ -147,13 +147,22 @@ def link_up(name: str, log: Log, timeout: float = CARRIER_TIMEOUT) -> None:
     log.warning(f"{name} has no carrier after {timeout:g} s (cable, switch?); trying anyway")
 
 
-def configure_static(name: str, config: IpConfig) -> Lease:
-    assert config.client is not None and config.prefixlen is not None
+def _set_address(
+    name: str,
+    address: ipaddress.IPv4Address,
+    prefixlen: int,
+    gateway: ipaddress.IPv4Address | None,
+) -> None:
     with _iproute() as ipr:
         index = ipr.link_lookup(ifname=name)[0]
-        ipr.addr("replace", index=index, address=str(config.client), prefixlen=config.prefixlen)
-        if config.gateway:
-            ipr.route("replace", dst="0.0.0.0/0", gateway=str(config.gateway), oif=index)
+        ipr.addr("replace", index=index, address=str(address), prefixlen=prefixlen)
+        if gateway:
+            ipr.route("replace", dst="0.0.0.0/0", gateway=str(gateway), oif=index)
+
+
+def configure_static(name: str, config: IpConfig) -> Lease:
+    assert config.client is not None and config.prefixlen is not None
+    _set_address(name, config.client, config.prefixlen, config.gateway)
     return Lease(
         name,
         config.client,
@@ -186,11 +195,7 @@ def dhcp(name: str, config: IpConfig, log: Log, timeout: float = DHCP_TIMEOUT) -
     siaddr = ack.get("siaddr") or "0.0.0.0"
     server_id = options.get("server_id")
     server = siaddr if siaddr != "0.0.0.0" else server_id
-    with _iproute() as ipr:
-        index = ipr.link_lookup(ifname=name)[0]
-        ipr.addr("replace", index=index, address=str(address), prefixlen=prefixlen)
-        if gateway:
-            ipr.route("replace", dst="0.0.0.0/0", gateway=str(gateway), oif=index)
+    _set_address(name, address, prefixlen, gateway)
     return Lease(
         name,
         address,
