@@ -16,23 +16,15 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from bench.transfer import incompressible
+from bench.transfer import bench_media
 from vm import REPO
 from vm.kernel import fetch_kernel
-from vm.lab import pxe_initramfs, staged_hook
-from vm.media import build_media, make_sources
+from vm.lab import pxe_initramfs
 from vm.qemu import SERVER_ADDR, Guest, Nic, lab_mac
 from vm.servers import Nginx
 
-AITAB = """\
-root     /         x86_64  zstd  ext4  64
-bench1   /srv/b1   any     gzip  none  0
-bench2   /srv/b2   any     gzip  none  0
-"""
 IMAGE_MIB = 64
 RESULTS = REPO / "bench" / "results"
 WGET = re.compile(r"LAB-RESULT bench-wget url=\S+ seconds=([0-9.]+)")
@@ -53,12 +45,7 @@ def curl_rate(url: str) -> float:
 def main() -> int:
     kernel = fetch_kernel()
     initrd = pxe_initramfs(kernel)
-    with tempfile.TemporaryDirectory(prefix="bench-net-") as tmp:
-        src = make_sources(Path(tmp) / "src", hook_tree=staged_hook())
-        for name in ("bench1", "bench2"):
-            (src / "any" / name).mkdir(parents=True)
-            incompressible(src / "any" / name / "data.bin", IMAGE_MIB, name.encode())
-        media = build_media("bench-net", src, aitab=AITAB)
+    media = bench_media("bench-net", IMAGE_MIB)
     guest_rates: list[float] = []
     wget_rates: list[float] = []
     host_rates: list[float] = []

@@ -19,7 +19,7 @@ from pathlib import Path
 from vm import REPO
 from vm.kernel import fetch_kernel
 from vm.lab import archiso_initramfs, staged_hook
-from vm.media import SAMPLE_LABEL, build_media, make_sources
+from vm.media import SAMPLE_LABEL, Media, build_media, make_sources
 from vm.qemu import Drive, Guest
 
 AITAB = """\
@@ -46,15 +46,20 @@ def incompressible(path: Path, mib: int, seed: bytes) -> None:
             f.write(hashlib.shake_256(block).digest(65536))
 
 
+def bench_media(name: str, mib: int) -> Media:
+    """The sample root and two `mib` MiB incompressible images (bench1, bench2: AITAB)."""
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        src = make_sources(Path(tmp) / "src", hook_tree=staged_hook())
+        for image in ("bench1", "bench2"):
+            (src / "any" / image).mkdir(parents=True)
+            incompressible(src / "any" / image / "data.bin", mib, image.encode())
+        return build_media(name, src, aitab=AITAB)
+
+
 def run_guest() -> dict[str, list[float]]:
     kernel = fetch_kernel()
     initrd = archiso_initramfs(kernel)
-    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        src = make_sources(Path(tmp) / "src", hook_tree=staged_hook())
-        for name in ("bench1", "bench2"):
-            (src / "any" / name).mkdir(parents=True)
-            incompressible(src / "any" / name / "data.bin", IMAGE_MIB, name.encode())
-        media = build_media("bench-transfer", src, aitab=AITAB)
+    media = bench_media("bench-transfer", IMAGE_MIB)
     append = f"archisolabel={SAMPLE_LABEL} copytoram=n lab.check=bench-transfer"
     with Guest(
         "bench-transfer",
