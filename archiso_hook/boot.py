@@ -415,6 +415,11 @@ class Boot:
         live_path = None
         if step.live_path is not None:
             live_path = "/" + os.path.relpath(target, self.newroot).removeprefix(".")
+        self._record_mount(target, source, fstype, step.read_only, live_path)
+
+    def _record_mount(
+        self, target: str, source: str, fstype: str, read_only: bool, live_path: str | None
+    ) -> None:
         self._record(
             "mount",
             f"unmount {target}",
@@ -423,7 +428,7 @@ class Boot:
             target=target,
             source=source,
             fstype=fstype,
-            read_only=step.read_only,
+            read_only=read_only,
             live_path=live_path,
         )
 
@@ -697,17 +702,7 @@ class Boot:
                 self.log.info(f"NFS {version or ''} mount of {source} failed: {e.message}")
                 continue
             self.log.info(f"mounted NFS {source} read-only at {step.target} ({data})")
-            self._record(
-                "mount",
-                f"unmount {step.target}",
-                lambda: _unmount(step.target),
-                "target",
-                target=step.target,
-                source=source,
-                fstype="nfs",
-                read_only=True,
-                live_path=None,
-            )
+            self._record_mount(step.target, source, "nfs", True, None)
             return
         assert last is not None
         raise HookError(
