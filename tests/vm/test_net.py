@@ -156,7 +156,8 @@ def test_a_wrong_server_says_so_and_leaves_nothing(lab: Lab, pxe: Path, media: M
                 "echo NET-$((1+1)) $(cat /sys/class/net/eth0/operstate) "
                 "$(test -e /sys/block/nbd0/pid && echo attached || echo free)"
             )
-            match = guest.expect(r"NET-2 (\S+) (\S+)", timeout=30)
+            # To the end of the line: the console may deliver it in pieces.
+            match = guest.expect(r"NET-2 (\S+) (\S+)\r?\n", timeout=30)
             guest.send("poweroff -f")
             guest.wait(60)
     assert match.groups() == ("down", "free")  # undone: the interface is as it was
