@@ -72,6 +72,15 @@ def _import_pyroute2() -> None:
     sys.modules["pyroute2"] = importlib.util.module_from_spec(spec)  # __path__, not run
 
 
+def _link_kinds_missing() -> bool:
+    """pyroute2 lists its link-kind plugins (bond, vlan, ...) with pkgutil: true when it
+    found none, as in a frozen build whose archive pkgutil cannot list."""
+    _import_pyroute2()
+    from pyroute2.netlink.rtnl import ifinfmsg  # noqa: PLC0415
+
+    return not ifinfmsg.data_plugins
+
+
 def _iproute() -> Any:
     _import_pyroute2()
     from pyroute2.iproute.linux import IPRoute  # noqa: PLC0415  (only on a network boot)
@@ -272,6 +281,11 @@ def take_down(name: str) -> None:
 def bring_up(config: IpConfig, bootif: str | None, timeout: float, log: Log) -> Lease:
     """The whole bring-up: interface, link, address (static or DHCP)."""
     name = choose_interface(config, bootif, timeout, log)
+    if _link_kinds_missing():
+        log.warning(
+            "pyroute2 found none of its link-kind plugins: bonds, VLANs and the like "
+            "are described without their settings"
+        )
     link_up(name, log)
     if config.autoconf is Autoconf.STATIC:
         lease = configure_static(name, config)
