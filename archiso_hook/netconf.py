@@ -12,13 +12,15 @@ or a bare `ip=dhcp` (also on, any, both, bootp; off and none mean no network).
 from __future__ import annotations
 
 import enum
-import ipaddress
 import re
-import urllib.parse
+from typing import TYPE_CHECKING
 
 import attrs
 
 from archiso_hook.errors import InputError
+
+if TYPE_CHECKING:  # imported where used: every boot reads this module, few use the network
+    import ipaddress
 
 PXESERVER = "${pxeserver}"
 NBD_PORT = 10809
@@ -60,6 +62,8 @@ def _address(field: str, value: str, what: str) -> ipaddress.IPv4Address | None:
     if not re.fullmatch(r"[0-9]{1,3}(\.[0-9]{1,3}){3}", value):
         raise InputError(f"ip=: {what} {value!r} is not an IPv4 address (field {field})")
     try:
+        import ipaddress  # noqa: PLC0415
+
         return ipaddress.IPv4Address(value)
     except ValueError:
         raise InputError(f"ip=: {what} {value!r} is not an IPv4 address (field {field})") from None
@@ -74,6 +78,8 @@ def _prefixlen(value: str, client: ipaddress.IPv4Address | None) -> int | None:
         first = int(client) >> 24
         return 8 if first < 128 else 16 if first < 192 else 24
     try:
+        import ipaddress  # noqa: PLC0415
+
         return ipaddress.IPv4Network(f"0.0.0.0/{mask}").prefixlen
     except ValueError:
         raise InputError(f"ip=: netmask {value!r} is not a contiguous mask (field 4)") from None
@@ -152,6 +158,8 @@ def _host(name: str, value: str, host: str) -> str:
 
 def parse_http_server(value: str) -> str:
     """archiso_http_srv=http://host[:port]/path/ : the base URL, ending in '/'."""
+    import urllib.parse  # noqa: PLC0415
+
     url = urllib.parse.urlsplit(value)
     if url.scheme not in {"http", "https"} or not url.netloc:
         raise InputError(
