@@ -36,13 +36,19 @@ class State:
         ]
 
     def save(self, path: str = STATE_FILE) -> None:
-        """Atomically, readable by root only."""
+        """Atomically, readable by root only.
+
+        Saved after every resource, so a boot with n images writes it 2n times: one
+        line through json's C encoder (indent= and attrs.asdict() would run in Python,
+        a cost per save that grows with the resources: quadratic over a boot).
+        """
+        fields = {field.name: getattr(self, field.name) for field in attrs.fields(State)}
+        text = json.dumps({"version": VERSION, **fields}) + "\n"
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         tmp = f"{path}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"version": VERSION, **attrs.asdict(self)}, f, indent=1)
-            f.write("\n")
+            f.write(text)
         os.replace(tmp, path)
 
     @classmethod
