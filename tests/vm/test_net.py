@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import subprocess
 import time
 from pathlib import Path
 
@@ -38,6 +39,29 @@ def pxe(lab: Lab) -> Path:
 @pytest.fixture(scope="module")
 def media(lab: Lab) -> Media:
     return lab.media("sample")
+
+
+def _image_files(initrd: Path) -> set[str]:
+    listing = subprocess.run(
+        f"zstd -dc '{initrd}' | cpio -t --quiet",
+        shell=True,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert listing.returncode == 0, listing.stderr
+    return set(listing.stdout.split())
+
+
+def test_openssl_is_only_in_images_that_boot_from_the_network(lab: Lab, pxe: Path) -> None:
+    tls = re.compile(r"usr/lib/archiso-hook/.*/(libssl\.so|libcrypto\.so|_ssl\.|_hashlib\.)")
+    disk = _image_files(lab.initrd)
+    network = _image_files(pxe)
+    assert "usr/lib/archiso-hook/archiso-hook" in disk
+    assert not [name for name in disk if tls.match(name)]
+    assert len([name for name in network if tls.match(name)]) == 4, sorted(network)
+    # Both leave the hook's own loop devices to the hook, not to udev's blkid.
+    assert "usr/lib/udev/rules.d/59-archiso-hook-loop.rules" in disk & network
 
 
 def hook_lines(output: str) -> list[str]:
