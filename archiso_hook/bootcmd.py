@@ -17,7 +17,8 @@ from archiso_hook import __version__
 from archiso_hook.errors import HookError, InputError, printable
 
 
-def _read_cmdline(path: str = "/proc/cmdline") -> str:
+def read_cmdline(path: str = "/proc/cmdline") -> str:
+    """The kernel command line: for `mount`, and for `plan` and the other commands' log."""
     try:
         with open(path, encoding="utf-8", errors="surrogateescape") as f:
             return f.read()
@@ -46,7 +47,7 @@ def mount(newroot: str, words: Sequence[str]) -> int:
     # From the emergency shell a user can correct a parameter for this attempt.
     overrides = [(key, value) for key, _, value in (word.partition("=") for word in words)]
     try:
-        options = parse_options(_read_cmdline(), overrides=overrides)
+        options = parse_options(read_cmdline(), overrides=overrides)
     except Exception as e:  # noqa: BLE001  (a bug must still end in the emergency shell)
         return report_failure(log, e, debug=False)
     log = Log(kmsg=True, quiet=options.quiet, debug=options.debug)

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from archiso_hook import __version__
+from archiso_hook.bootcmd import read_cmdline
 from archiso_hook.errors import HookError, InputError, printable
 
 if TYPE_CHECKING:
@@ -73,20 +74,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _read_cmdline(path: str = "/proc/cmdline") -> str:
-    try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
-            return f.read()
-    except OSError as e:
-        raise HookError(f"cannot read {path}: {e.strerror}") from None
-
-
 def cmd_plan(args: argparse.Namespace) -> int:
     from archiso_hook.aitab import parse_aitab  # noqa: PLC0415
     from archiso_hook.cmdline import Arch, parse_options  # noqa: PLC0415
     from archiso_hook.plan import plan_boot  # noqa: PLC0415
 
-    cmdline = args.cmdline if args.cmdline is not None else _read_cmdline()
+    cmdline = args.cmdline if args.cmdline is not None else read_cmdline()
     arch = Arch.of_machine(args.arch) if args.arch else None
     options = parse_options(cmdline, machine_arch=arch)
     try:
@@ -151,7 +144,7 @@ def boot_log() -> Log:
     from archiso_hook.log import Log  # noqa: PLC0415
 
     try:
-        words = {key: value for key, value in split_cmdline(_read_cmdline())}
+        words = {key: value for key, value in split_cmdline(read_cmdline())}
     except HookError:
         words = {}
     quiet = "quiet" in words and words["quiet"] in (None, "y", "yes", "1")
