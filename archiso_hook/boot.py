@@ -221,6 +221,7 @@ class Boot:
         self.cow_bytes: dict[str, int] = {}  # origin ref -> COW file size
         self.image_paths: dict[str, str] = {}  # image on the medium -> its copy in RAM
         self._dm: dm.DeviceMapper | None = None
+        self._filesystems: set[str] = set()  # what /proc/filesystems listed
         self._handlers: dict[type, Callable[[Any], None]] = {
             LoadModules: self._load_modules,
             FindMedium: self._find_medium,
@@ -311,6 +312,7 @@ class Boot:
     def _run(self) -> BootPlan:
         if not os.path.isdir(self.newroot):
             raise InputError(f"new root {self.newroot} is not a directory")
+        self.state.save(self.state_file)  # resources are appended to it as they appear
         if syscalls.is_mountpoint(BOOTMNT):  # another hook (loop_mnt, pxe) mounted it
             self.log.info(f"using the medium already mounted at {BOOTMNT}")
         else:
@@ -329,6 +331,7 @@ class Boot:
             self.options, parse_aitab(text, aitab_path), newroot=self.newroot, aitab=aitab_path
         )
         self.state.images = [image.to_json() for image in plan.images]
+        self.state.save(self.state_file)
         for step in plan.image_steps:
             self._do(step)
         return plan
@@ -354,15 +357,16 @@ class Boot:
         self, kind: str, undo: str, action: Callable[[], None], key: str, **fields: Any
     ) -> None:
         """Register a resource: in the state file, and for undo."""
-        self.state.add(kind, **fields)
         value = fields[key]
 
         def undo_and_forget() -> None:
             action()
-            self.state.remove(kind, key, value)
+            # A rollback saves the whole state (or removes the file) when it is done.
+            with contextlib.suppress(OSError):
+                self.state.remove_saved(self.state_file, kind, key, value)
 
         self.undo.push(undo, undo_and_forget, key=f"{kind}:{value}")
-        self.state.save(self.state_file)
+        self.state.add_saved(self.state_file, kind, **fields)
 
     def _device(self, source: str) -> str:
         if source.startswith("@"):
@@ -399,8 +403,10 @@ class Boot:
                 f"{source} holds no filesystem this hook can recognise",
                 hint="is it the right device?",
             )
-        if fstype not in _filesystems():
-            _load_modules((f"fs-{fstype}",), self.log)
+        if fstype not in self._filesystems:  # known ones stay known: read once per new one
+            self._filesystems = _filesystems()
+            if fstype not in self._filesystems:
+                _load_modules((f"fs-{fstype}",), self.log)
         target = step.target
         if step.live_path is not None:  # under the new root: its symlinks stay inside it
             target = resolve_in_root(self.newroot, step.live_path)
@@ -795,7 +801,9 @@ class Boot:
                 f"reusing the persistent COW file {step.path} "
                 f"({human(usage.allocated)} used of {human(usage.apparent)})"
             )
-            self.state.add("file", path=step.path, apparent_bytes=usage.apparent, kept=True)
+            self.state.add_saved(
+                self.state_file, "file", path=step.path, apparent_bytes=usage.apparent, kept=True
+            )
             return
         if exists:
             why = "cow_reset=y" if self.options.cow_reset else "a transient store (N) was asked for"

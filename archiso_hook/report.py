@@ -4,7 +4,7 @@ Written once, when the live root is ready: the parameters in effect (defaults fi
 the medium and how it was found, every image with where it was read from and how it is
 mounted, and the boot's timings. /run moves into the live system at switch_root, so the
 report stays there, readable by every user (mode 0644; it holds nothing secret). Unlike
-the state file (root only, rewritten at every step, for `status` and the teardown), it is
+the state file (root only, added to at every step, for `status` and the teardown), it is
 written once and never changes.
 
 `build_report` is pure: everything comes in as arguments. `save_for` gathers them from a
