@@ -337,7 +337,8 @@ class Boot:
         return plan
 
     def _do(self, step: Step) -> None:
-        self.log.debug(step.describe())
+        if self.log.show_debug:
+            self.log.debug(step.describe())
         self._handlers[type(step)](step)
 
     def _rollback(self) -> None:
@@ -386,7 +387,7 @@ class Boot:
             self.log,
             what=f"{step.what} {step.device}",
             hint=step.hint,
-            meanwhile=[partial(self._preload, name) for name in PRELOAD],
+            meanwhile=[partial(self._preload, name) for name in PRELOAD] + [self._read_filesystems],
         )
 
     def _preload(self, name: str) -> None:
@@ -394,6 +395,10 @@ class Boot:
         is left for the step that needs it to report."""
         with contextlib.suppress(HookError):
             _load_modules((name,), self.log)
+
+    def _read_filesystems(self) -> None:
+        """While the medium is awaited: so that its mount need not read them."""
+        self._filesystems = _filesystems()
 
     def _mount(self, step: Mount) -> None:
         source = self._device(step.source)
