@@ -11,7 +11,6 @@ it copies the initramfs itself and starts the watchdog from the copy.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import time
 
@@ -30,6 +29,8 @@ HANDED_OFF = "/run/archiso/handoff.done"
 
 def copy_initramfs(dest: str = SHUTDOWN_ROOT, source: str = "/") -> int:
     """Copy the root filesystem (only it: no /proc, /run, /new_root...) to dest; bytes."""
+    import shutil  # noqa: PLC0415  (the runtime hook's cp makes the copy on a boot)
+
     device = os.lstat(source).st_dev
     copied = 0
     for directory, subdirs, files in os.walk(source):

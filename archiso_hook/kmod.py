@@ -22,15 +22,15 @@ import os
 import re
 import struct
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Protocol
 
 import attrs
 
 from archiso_hook.errors import HookError
 
-MODULES_DIR = Path("/usr/lib/modules")
-SYSFS_MODULES = Path("/sys/module")
+# Plain strings, not pathlib: its import (urllib.parse, ipaddress...) is start-up time.
+MODULES_DIR = "/usr/lib/modules"
+SYSFS_MODULES = "/sys/module"
 
 # libkmod/libkmod-index.c: a big-endian radix tree. Node offsets carry in their high
 # nibble which optional parts the node has; values are sorted by priority.
@@ -202,8 +202,9 @@ class BinaryIndex:
             raise self._corrupt(f"unsupported version {version:#010x}")
 
     @classmethod
-    def read(cls, path: Path) -> BinaryIndex:
-        return cls(path.read_bytes(), str(path))
+    def read(cls, path: str | os.PathLike[str]) -> BinaryIndex:
+        with open(path, "rb") as f:
+            return cls(f.read(), os.fspath(path))
 
     def _corrupt(self, what: str) -> HookError:
         return HookError(
@@ -412,13 +413,21 @@ def parse_softdeps(text: str) -> list[Softdep]:
 # --- modules, and the kernel they go to -----------------------------------------------------
 
 
+def _path(value: str | os.PathLike[str]) -> str:
+    return os.fspath(value)
+
+
+def _optional_path(value: str | os.PathLike[str] | None) -> str | None:
+    return None if value is None else os.fspath(value)
+
+
 @attrs.frozen
 class Module:
     """A module of the initramfs, or one built into the kernel (no path)."""
 
     name: str
-    path: Path | None
-    deps: tuple[Path, ...] = ()  # as modules.dep lists them; modprobe loads them in reverse
+    path: str | None = attrs.field(converter=_optional_path)
+    deps: tuple[str, ...] = ()  # as modules.dep lists them; modprobe loads them in reverse
 
     @property
     def builtin(self) -> bool:
@@ -599,7 +608,7 @@ def _read_cmdline() -> str:
 class LiveKernel:
     """The running kernel: /sys/module, and the module syscalls (bound on first use)."""
 
-    sysfs: Path = SYSFS_MODULES
+    sysfs: str = attrs.field(default=SYSFS_MODULES, converter=_path)
     syscalls: Syscalls | None = None
     options: dict[str, bytes] = attrs.Factory(lambda: cmdline_module_options(_read_cmdline()))
 
@@ -607,12 +616,13 @@ class LiveKernel:
         return os.uname().release
 
     def is_loaded(self, name: str) -> bool:
-        directory = self.sysfs / name
+        directory = os.path.join(self.sysfs, name)
         try:
-            state = (directory / "initstate").read_text().strip()
+            with open(os.path.join(directory, "initstate"), encoding="ascii") as f:
+                state = f.read().strip()
         except FileNotFoundError:
             # Built-in modules with parameters have a directory but no initstate.
-            return directory.is_dir()
+            return os.path.isdir(directory)
         # "coming" or "going": insert anyway; the kernel waits for the other load.
         return state == "live"
 
@@ -662,8 +672,8 @@ class LiveKernel:
 # --- lookup, load order and loading ---------------------------------------------------------
 
 
-def default_root() -> Path:
-    return MODULES_DIR / os.uname().release
+def default_root() -> str:
+    return os.path.join(MODULES_DIR, os.uname().release)
 
 
 @attrs.define
@@ -673,7 +683,7 @@ class ModuleIndex:
     Index files are read on first use and kept for the life of the object.
     """
 
-    root: Path = attrs.field(factory=default_root, converter=Path)
+    root: str = attrs.field(factory=default_root, converter=_path)
     kernel: Kernel = attrs.field(factory=LiveKernel)
     _indexes: dict[str, BinaryIndex | None] = attrs.field(factory=dict, init=False, repr=False)
     _softdeps: list[Softdep] | None = attrs.field(default=None, init=False, repr=False)
@@ -682,7 +692,7 @@ class ModuleIndex:
     _builtin_by_alias: set[str] = attrs.field(factory=set, init=False, repr=False)
 
     def _check_root(self) -> None:
-        if not self.root.is_dir():
+        if not os.path.isdir(self.root):
             raise HookError(
                 f"the initramfs has no kernel modules for the running kernel"
                 f" {self.kernel.release()} ({self.root} is missing)",
@@ -693,8 +703,8 @@ class ModuleIndex:
         # A missing index is empty, as in libkmod (older depmods do not write them all).
         if filename not in self._indexes:
             self._check_root()
-            path = self.root / filename
-            self._indexes[filename] = BinaryIndex.read(path) if path.is_file() else None
+            path = os.path.join(self.root, filename)
+            self._indexes[filename] = BinaryIndex.read(path) if os.path.isfile(path) else None
         return self._indexes[filename]
 
     def _search(self, filename: str, key: str) -> str | None:
@@ -710,7 +720,10 @@ class ModuleIndex:
         if self._softdeps is None:
             self._check_root()
             try:
-                text = (self.root / "modules.softdep").read_text(errors="surrogateescape")
+                with open(
+                    os.path.join(self.root, "modules.softdep"), errors="surrogateescape"
+                ) as f:
+                    text = f.read()
             except FileNotFoundError:
                 text = ""
             self._softdeps = parse_softdeps(text)
@@ -757,7 +770,11 @@ class ModuleIndex:
         if line is None:
             return Module(name, None) if self.is_builtin(name) else None
         path, _, deps = line.partition(":")
-        return Module(name, self.root / path, tuple(self.root / dep for dep in deps.split()))
+        return Module(
+            name,
+            os.path.join(self.root, path),
+            tuple(os.path.join(self.root, dep) for dep in deps.split()),
+        )
 
     def is_builtin(self, name: str) -> bool:
         if name in self._builtin_by_alias:
