@@ -16,7 +16,7 @@ FROZEN_I686 := $(BUILD)/frozen-i686/archiso-hook
 # What the lab and the frozen build need from Debian.
 APT_PACKAGES := python3-venv python3-dev libpython3.11 binutils \
 	qemu-system-x86 xorriso squashfs-tools busybox-static cpio zstd kmod \
-	e2fsprogs dosfstools btrfs-progs udev util-linux shellcheck file fdisk mtools \
+	e2fsprogs dosfstools btrfs-progs udev util-linux shellcheck file fdisk mtools strace \
 	debootstrap gcc-multilib dmsetup \
 	nginx nbd-server nfs-ganesha nfs-ganesha-vfs libnfs-utils curl \
 	makepkg pacman-package-manager libarchive-tools fakeroot
@@ -81,7 +81,13 @@ frozen: $(FROZEN)/archiso-hook
 # nftables, wireless, socket diagnostics with psutil, ...) are left out too.
 # The same options for every architecture. PYTHONPATH: this tree's archiso_hook, also when
 # the venv's editable install points to another copy (makepkg builds in its srcdir).
+# hash_seed=0: Python seeds its string hashes from the kernel's random pool at each start;
+# early in a boot, before the pool is ready (no RDRAND, no virtio-rng: older machines and
+# most VMs), that read makes the kernel gather jitter entropy first: 1.0 of the 1.35
+# billion instructions from exec to the first line in the lab's guest (README, How fast).
+# The hook hashes nothing an attacker could choose in bulk, which randomisation is for.
 PYINSTALLER_OPTS := --noconfirm --log-level WARN --onedir --name archiso-hook \
+	--python-option hash_seed=0 \
 	--exclude-module tkinter --exclude-module pydoc \
 	--exclude-module sqlite3 --exclude-module lib2to3 \
 	--optimize 2 --additional-hooks-dir tools/pyinstaller \
@@ -95,7 +101,12 @@ PYINSTALLER_OPTS := --noconfirm --log-level WARN --onedir --name archiso-hook \
 	$(foreach m,ndb ipdb conntrack nftables ipset ipvs iwutil plan9 wiset devlink \
 		netlink.nl80211 netlink.diag,--exclude-module pyroute2.$(m))
 # Run-time hooks that replace PyInstaller's own (tools/pyinstaller/rthooks.dat says why).
-PYI_HOOKS   := tools/pyinstaller/rthooks.dat $(wildcard tools/pyinstaller/rthooks/*.py)
+# PYI_OPTIONS: a file rewritten when the options change, so that both trees are rebuilt.
+PYI_OPTIONS := $(BUILD)/.pyinstaller-options
+PYI_HOOKS   := tools/pyinstaller/rthooks.dat $(wildcard tools/pyinstaller/rthooks/*.py) \
+	$(PYI_OPTIONS)
+$(shell mkdir -p $(BUILD) && { echo '$(PYINSTALLER_OPTS)' | cmp -s - $(PYI_OPTIONS) || \
+	echo '$(PYINSTALLER_OPTS)' > $(PYI_OPTIONS); })
 
 # PYINSTALLER_ZLIB_COMPRESSION_LEVEL=0: the archive of modules inside the binary is stored,
 # not deflated: the initramfs's own compression does better over the whole (7.9 rather
