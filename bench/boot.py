@@ -26,7 +26,11 @@ microseconds; /proc/uptime has only 10 ms), so they come from one clock. The liv
 root's first line reports its /proc/uptime.
 
 Scenarios: `cold` (the sample medium on an IDE CD-ROM from power-on, as the boot
-tests), `hotplug` (no medium at power-on: once the hook says it waits, a virtio disk
+tests), `icount` (the same boot with QEMU's `-icount shift=0,sleep=off`: the guest's
+clock then advances one nanosecond per instruction it executes, the kernel's included,
+so its stamps count instructions, not the host's time; two boots agree to the
+millisecond where wall-clock ones differ by a second, which is how a change of a few
+percent shows), `hotplug` (no medium at power-on: once the hook says it waits, a virtio disk
 with the ISO is plugged in through QEMU's monitor; event-to-mount then measures how a
 hook waits) and `entries` (1, 10 and 50 aitab lines: the root plus plain squashfs
 images). `python -m bench.boot [--boots N]`; results in bench/results/boot.txt.
@@ -247,12 +251,28 @@ def report_rows(
     hotplug: Samples,
     entries: dict[int, Samples],
     sizes: dict[str, Sizes],
+    *,
+    counted: Samples | None = None,
 ) -> list[Row]:
-    """Every figure of the report, as rows of medians for a and b."""
+    """Every figure of the report, as rows of medians for a and b. `counted`: the cold
+    boots under icount, whose seconds are billions of guest instructions."""
     mib = 1 / 2**20
+    counted = counted or {}
     rows = [
         _both(cold, "hook: first line to switch_root", lambda s: s.hook_seconds, unit="s"),
         _both(cold, "  of which the mount handler", lambda s: s.handler_seconds, unit="s"),
+        _both(
+            counted,
+            "hook: first line to switch_root, guest instructions",
+            lambda s: s.hook_seconds,
+            unit="10^9",
+        ),
+        _both(
+            counted,
+            "  of which the mount handler, guest instructions",
+            lambda s: s.handler_seconds,
+            unit="10^9",
+        ),
         Row(
             "event to mount, medium plugged in while waiting",
             _med(hotplug, "archiso-hook", lambda s: s.event_to_mount),
@@ -425,13 +445,29 @@ def make_bench_sources(src: Path) -> Path:
     return src
 
 
+# One virtual nanosecond per guest instruction; an idle guest skips to its next timer.
+ICOUNT = ("-icount", "shift=0,sleep=off")
+
+
 def boot_once(
-    kernel: Kernel, initrd: Path, name: str, iso: Path, *, hotplug: bool = False
+    kernel: Kernel,
+    initrd: Path,
+    name: str,
+    iso: Path,
+    *,
+    hotplug: bool = False,
+    icount: bool = False,
 ) -> BootSample:
     drives = [] if hotplug else [Drive(iso, kind="ide-cdrom")]
     device = "/dev/vda" if hotplug else "/dev/sr0"
     with Guest(
-        name, kernel=kernel, initrd=initrd, append=APPEND, drives=drives, timeout=300
+        name,
+        kernel=kernel,
+        initrd=initrd,
+        append=APPEND,
+        drives=drives,
+        timeout=300,
+        extra_args=ICOUNT if icount else (),
     ) as guest:
         if hotplug:
             guest.expect(_WAITING, timeout=200)
@@ -445,7 +481,7 @@ def boot_once(
         raise BenchError(f"{name}: {e}; see {guest.log_path}") from None
 
 
-SCENARIOS = ("cold", "hotplug", "entries")
+SCENARIOS = ("cold", "icount", "hotplug", "entries")
 
 
 def run(
@@ -453,6 +489,7 @@ def run(
     entry_boots: int,
     log: Callable[[str], None],
     *,
+    icount_boots: int = 2,
     stage: Path = STAGE,
     scenarios: Sequence[str] = SCENARIOS,
 ) -> str:
@@ -466,6 +503,7 @@ def run(
         counts = ENTRY_COUNTS if "entries" in scenarios else ()
         media = build_bench_media(make_bench_sources(Path(tmp) / "src"), counts)
     cold: Samples = {hook: [] for hook in HOOKS}
+    counted: Samples = {hook: [] for hook in HOOKS}
     hot: Samples = {hook: [] for hook in HOOKS}
     entries: dict[int, Samples] = {n: {hook: [] for hook in HOOKS} for n in ENTRY_COUNTS}
     # Interleaved, so that a slow spell of the host weighs on both hooks alike.
@@ -476,6 +514,11 @@ def run(
                 sample = boot_once(kernel, images[hook], f"bench-cold-{hook}", iso)
                 cold[hook].append(sample)
                 log(f"cold {hook} #{i + 1}: hook {sample.hook_seconds:.2f} s")
+            if "icount" in scenarios and i < icount_boots:
+                iso = media["sample"].iso
+                sample = boot_once(kernel, images[hook], f"bench-icount-{hook}", iso, icount=True)
+                counted[hook].append(sample)
+                log(f"icount {hook} #{i + 1}: hook {sample.hook_seconds:.3f} x 10^9 instructions")
             if "hotplug" in scenarios:
                 iso = media["sample"].iso
                 sample = boot_once(kernel, images[hook], f"bench-hotplug-{hook}", iso, hotplug=True)
@@ -492,11 +535,12 @@ def run(
                 sample = boot_once(kernel, images[hook], f"bench-entries-{n}-{hook}", iso)
                 entries[n][hook].append(sample)
                 log(f"{n} entries {hook} #{i + 1}: handler {sample.handler_seconds:.2f} s")
-    rows = report_rows(cold, hot, entries, sizes)
+    rows = report_rows(cold, hot, entries, sizes, counted=counted)
     header = (
         f"# bench boot, {started}: Debian's kernel {kernel.version} in QEMU (TCG, 1 CPU, "
         f"1 GiB); a = archiso-hook, b = busybox sh with losetup/dmsetup/mount "
-        f"(bench/baseline); medians of {boots} boots ({entry_boots} for the aitab sizes); "
+        f"(bench/baseline); medians of {boots} boots ({entry_boots} for the aitab sizes, "
+        f"{min(icount_boots, boots)} counting instructions); "
         "times from kernel-log stamps (see bench/boot.py); the host's load average "
         f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (a guest "
         "under TCG slows down when others share the host's cores)"
@@ -516,6 +560,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="boots per aitab size (one boot varies by tenths of a second)",
     )
     parser.add_argument(
+        "--icount-boots",
+        type=int,
+        default=2,
+        help="boots per hook counting instructions (deterministic: two show it)",
+    )
+    parser.add_argument(
         "--stage", type=Path, default=STAGE, help="archiso-hook installed here (make stage)"
     )
     parser.add_argument(
@@ -530,7 +580,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(line: str) -> None:
         print(f"bench: {line}", file=sys.stderr, flush=True)
 
-    text = run(args.boots, args.entry_boots, log, stage=args.stage, scenarios=scenarios)
+    text = run(
+        args.boots,
+        args.entry_boots,
+        log,
+        icount_boots=args.icount_boots,
+        stage=args.stage,
+        scenarios=scenarios,
+    )
     print(text, end="")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

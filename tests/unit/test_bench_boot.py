@@ -130,9 +130,15 @@ def test_the_report_has_medians_and_ratios() -> None:
         },
     }
     sizes = {"archiso-hook": Sizes(3 << 20, 1 << 20), "baseline": Sizes(2 << 20, None)}
-    rows = {r.label: r for r in report_rows(cold, hot, entries, sizes)}
+    # Under icount a boot's seconds are billions of instructions, the same in every boot.
+    counted = {"archiso-hook": [_sample(1, 2.2, 2.5)] * 2, "baseline": [_sample(1, 1.5, 2)] * 2}
+    rows = {r.label: r for r in report_rows(cold, hot, entries, sizes, counted=counted)}
+    assert len(rows) == len(report_rows(cold, hot, entries, sizes, counted=counted))
     hook = rows["hook: first line to switch_root"]
     assert (hook.a, hook.b) == (3.0, 3.0)
+    instructions = rows["hook: first line to switch_root, guest instructions"]
+    assert (instructions.a, instructions.b) == (1.5, 1.0)
+    assert rows["  of which the mount handler, guest instructions"].a == pytest.approx(1.2)
     assert rows["event to mount, medium plugged in while waiting"].a == pytest.approx(0.004)
     assert rows["event to mount, medium plugged in while waiting"].b is None
     assert rows["initramfs, zstd"].a == 3 << 20
@@ -141,6 +147,8 @@ def test_the_report_has_medians_and_ratios() -> None:
     assert per_entry.a == pytest.approx(0.01) and per_entry.b == pytest.approx(0.05)
     text = format_table(list(rows.values()))
     assert "hook: first line to switch_root (s)" in text
+    line = next(t for t in text.splitlines() if "guest instructions (10^9)" in t)
+    assert line.split()[-3:] == ["1.50", "1.00", "1.50"]
     assert "cost per aitab entry (least squares, medium mounted to live root) (ms)" in text
     line = next(t for t in text.splitlines() if t.startswith("initramfs, zstd"))
     assert line.split()[-3:] == ["3.00", "2.00", "1.50"]
