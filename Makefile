@@ -86,6 +86,10 @@ frozen: $(FROZEN)/archiso-hook
 # most VMs), that read makes the kernel gather jitter entropy first: 1.0 of the 1.35
 # billion instructions from exec to the first line in the lab's guest (README, How fast).
 # The hook hashes nothing an attacker could choose in bulk, which randomisation is for.
+# The codecs of East Asian encodings, which need the _codecs_* modules left out below.
+CJK_CODECS := big5 big5hkscs cp932 cp949 cp950 euc_jis_2004 euc_jisx0213 euc_jp euc_kr \
+	gb18030 gb2312 gbk hz iso2022_jp iso2022_jp_1 iso2022_jp_2 iso2022_jp_2004 iso2022_jp_3 \
+	iso2022_jp_ext iso2022_kr johab shift_jis shift_jis_2004 shift_jisx0213
 PYINSTALLER_OPTS := --noconfirm --log-level WARN --onedir --name archiso-hook \
 	--python-option hash_seed=0 \
 	--exclude-module tkinter --exclude-module pydoc \
@@ -93,6 +97,7 @@ PYINSTALLER_OPTS := --noconfirm --log-level WARN --onedir --name archiso-hook \
 	--optimize 2 --additional-hooks-dir tools/pyinstaller \
 	--exclude-module _codecs_cn --exclude-module _codecs_hk --exclude-module _codecs_iso2022 \
 	--exclude-module _codecs_jp --exclude-module _codecs_kr --exclude-module _codecs_tw \
+	--exclude-module _multibytecodec $(foreach c,$(CJK_CODECS),--exclude-module encodings.$(c)) \
 	--exclude-module bz2 --exclude-module _bz2 \
 	--exclude-module decimal --exclude-module _decimal --exclude-module _pydecimal \
 	--exclude-module fractions --exclude-module statistics --exclude-module tarfile \
@@ -111,10 +116,16 @@ $(shell mkdir -p $(BUILD) && { echo '$(PYINSTALLER_OPTS)' | cmp -s - $(PYI_OPTIO
 # PYINSTALLER_ZLIB_COMPRESSION_LEVEL=0: the archive of modules inside the binary is stored,
 # not deflated: the initramfs's own compression does better over the whole (7.9 rather
 # than 8.2 MiB) and nothing is inflated at each start.
+# attrs-methods.marshal: the methods attrs generates, compiled by the interpreter that is
+# frozen (archiso_hook/precompiled.py), with -OO as the frozen hook runs.
 $(FROZEN)/archiso-hook: $(VENV)/.stamp $(PY_SOURCES) $(PYI_HOOKS)
 	rm -rf $(FROZEN) $(BUILD)/pyinstaller
+	mkdir -p $(BUILD)/pyinstaller
+	PYTHONHASHSEED=0 PYTHONPATH=$(CURDIR) PYTHONDONTWRITEBYTECODE=1 $(VENV)/bin/python -OO \
+		-m archiso_hook.precompiled $(BUILD)/pyinstaller/attrs-methods.marshal
 	PYTHONHASHSEED=0 PYINSTALLER_ZLIB_COMPRESSION_LEVEL=0 PYTHONPATH=$(CURDIR) \
 		$(VENV)/bin/pyinstaller $(PYINSTALLER_OPTS) \
+		--add-data $(CURDIR)/$(BUILD)/pyinstaller/attrs-methods.marshal:archiso_hook \
 		--distpath $(BUILD)/frozen --workpath $(BUILD)/pyinstaller \
 		--specpath $(BUILD)/pyinstaller archiso_hook/__main__.py
 	@touch $@
@@ -130,10 +141,16 @@ $(I386_ROOT)/.complete: tools/i386-root pyproject.toml $(BUILD)/.apt-stamp
 # is bound at its own path there: the same relative paths as the native rule.
 $(FROZEN_I686)/archiso-hook: $(I386_ROOT)/.complete $(PY_SOURCES) $(PYI_HOOKS)
 	rm -rf $(FROZEN_I686) $(BUILD)/pyinstaller-i686
+	mkdir -p $(BUILD)/pyinstaller-i686
+	tools/i386-root run $(I386_ROOT) -b $(CURDIR) -C $(CURDIR) -e PYTHONHASHSEED=0 \
+		-e PYTHONPATH=$(CURDIR) -e PYTHONDONTWRITEBYTECODE=1 -- \
+		/opt/archiso-hook-venv/bin/python -OO \
+		-m archiso_hook.precompiled $(BUILD)/pyinstaller-i686/attrs-methods.marshal
 	tools/i386-root run $(I386_ROOT) -b $(CURDIR) -C $(CURDIR) -e PYTHONHASHSEED=0 \
 		-e SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) -e PYTHONPATH=$(CURDIR) \
 		-e PYINSTALLER_ZLIB_COMPRESSION_LEVEL=0 -- \
 		/opt/archiso-hook-venv/bin/pyinstaller $(PYINSTALLER_OPTS) \
+		--add-data $(CURDIR)/$(BUILD)/pyinstaller-i686/attrs-methods.marshal:archiso_hook \
 		--distpath $(BUILD)/frozen-i686 --workpath $(BUILD)/pyinstaller-i686 \
 		--specpath $(BUILD)/pyinstaller-i686 archiso_hook/__main__.py
 	@touch $@

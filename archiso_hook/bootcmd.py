@@ -60,6 +60,10 @@ def mount(newroot: str, words: Sequence[str]) -> int:
     )
     for warning in options.warnings:
         log.warning(warning)
+    from archiso_hook import precompiled  # noqa: PLC0415
+
+    if precompiled.installed is not None:
+        log.debug(f"methods attrs generated so far: {precompiled.installed}")
     try:
         Boot(options, newroot, log).run()
     except BootFailedError as e:

@@ -86,12 +86,14 @@ def _images(report: dict[str, Any]) -> set[str]:
 def test_dual_iso_on_an_i686_kernel_mounts_the_i686_root_and_the_shared_image(
     lab_i686: Lab, dual: Media
 ) -> None:
-    with lab_i686.boot("dual-i686", f"{BASE} {CHECKS}", [Drive(dual.iso, kind="ide-cdrom")]) as g:
+    append = f"{BASE} {CHECKS} rd.debug"
+    with lab_i686.boot("dual-i686", append, [Drive(dual.iso, kind="ide-cdrom")]) as g:
         g.expect(r"LAB: (PASS|FAIL)", timeout=220)
         output = g.output
     report = _passed(output)
     assert _images(report) == {"i686/root.fs.sfs", "any/share.sfs"}
     assert _arch_line(output) == "machine=i686 busybox=32 hook=32"
+    assert_attrs_methods_precompiled(output)
     assert "archiso-hook: live root ready at /new_root" in output
     cow = {f["path"] for f in report["cow_files"]}
     assert cow == {f"/run/archiso/cowspace/persistent_{SAMPLE_LABEL}/i686/root.cow"}, cow
@@ -100,12 +102,23 @@ def test_dual_iso_on_an_i686_kernel_mounts_the_i686_root_and_the_shared_image(
 def test_dual_iso_on_an_x86_64_kernel_mounts_the_x86_64_root_and_the_shared_image(
     lab: Lab, dual: Media
 ) -> None:
-    with lab.boot("dual-x86_64", f"{BASE} {CHECKS}", [Drive(dual.iso, kind="ide-cdrom")]) as g:
+    append = f"{BASE} {CHECKS} rd.debug"
+    with lab.boot("dual-x86_64", append, [Drive(dual.iso, kind="ide-cdrom")]) as g:
         g.expect(r"LAB: (PASS|FAIL)", timeout=200)
         output = g.output
     report = _passed(output)
     assert _images(report) == {"x86_64/root.fs.sfs", "any/share.sfs"}
     assert _arch_line(output) == "machine=x86_64 busybox=64 hook=64"
+    assert_attrs_methods_precompiled(output)
+
+
+def assert_attrs_methods_precompiled(output: str) -> None:
+    """Each tree's table, made by its own interpreter, answered every class the boot
+    defined (archiso_hook/precompiled.py); rd.debug prints the count."""
+    found = re.findall(r"methods attrs generated so far: (\d+) precompiled, (\d+) compiled", output)
+    assert found, output[-3000:]
+    (precompiled, compiled), *_ = found
+    assert int(precompiled) > 20 and compiled == "0", found
 
 
 def test_arch_i686_on_an_x86_64_kernel_runs_the_i686_live_root(lab: Lab, dual: Media) -> None:
