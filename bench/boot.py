@@ -30,7 +30,7 @@ tests), `icount` (the same boot with QEMU's `-icount shift=0,sleep=off`: the gue
 clock then advances one nanosecond per instruction it executes, the kernel's included,
 so its stamps count instructions, not the host's time; two boots agree to the
 millisecond where wall-clock ones differ by a second, which is how a change of a few
-percent shows), `hotplug` (no medium at power-on: once the hook says it waits, a virtio disk
+percent shows; with `entries`, also one boot of 1 and of 50 entries each), `hotplug` (no medium at power-on: once the hook says it waits, a virtio disk
 with the ISO is plugged in through QEMU's monitor; event-to-mount then measures how a
 hook waits) and `entries` (1, 10 and 50 aitab lines: the root plus plain squashfs
 images). `python -m bench.boot [--boots N]`; results in bench/results/boot.txt.
@@ -253,9 +253,11 @@ def report_rows(
     sizes: dict[str, Sizes],
     *,
     counted: Samples | None = None,
+    counted_entries: dict[int, Samples] | None = None,
 ) -> list[Row]:
     """Every figure of the report, as rows of medians for a and b. `counted`: the cold
-    boots under icount, whose seconds are billions of guest instructions."""
+    boots under icount, whose seconds are billions of guest instructions;
+    `counted_entries`: boots of aitab sizes under icount."""
     mib = 1 / 2**20
     counted = counted or {}
     rows = [
@@ -338,14 +340,7 @@ def report_rows(
             )
         )
     if len(entries) >= 2:
-        per = {}
-        for hook in HOOKS:
-            points = [
-                (float(n), t)
-                for n, samples in entries.items()
-                if (t := _med(samples, hook, lambda s: s.after_medium_seconds)) is not None
-            ]
-            per[hook] = slope(points)
+        per = _per_entry(entries)
         rows.append(
             Row(
                 "cost per aitab entry (least squares, medium mounted to live root)",
@@ -356,7 +351,32 @@ def report_rows(
                 digits=1,
             )
         )
+    if len(counted_entries or {}) >= 2:
+        per = _per_entry(counted_entries or {})
+        rows.append(
+            Row(
+                "cost per aitab entry, guest instructions",
+                per["archiso-hook"],
+                per["baseline"],
+                unit="10^6",
+                scale=1000,
+                digits=1,
+            )
+        )
     return rows
+
+
+def _per_entry(entries: dict[int, Samples]) -> dict[str, float | None]:
+    """Each hook's slope of the time from the medium's mount to the live root."""
+    per = {}
+    for hook in HOOKS:
+        points = [
+            (float(n), t)
+            for n, samples in entries.items()
+            if (t := _med(samples, hook, lambda s: s.after_medium_seconds)) is not None
+        ]
+        per[hook] = slope(points)
+    return per
 
 
 # --- running the boots (needs QEMU, the staged hook and the kernel) ----------------
@@ -528,6 +548,17 @@ def run(
     if "entries" not in scenarios:
         entries = {}
         entry_boots = 0
+    counted_entries: dict[int, Samples] = {}
+    if "entries" in scenarios and "icount" in scenarios:
+        for n in (ENTRY_COUNTS[0], ENTRY_COUNTS[-1]):  # two points: the count is exact
+            counted_entries[n] = {}
+            for hook in HOOKS:
+                iso = media[f"entries-{n}"].iso
+                name = f"bench-icount-entries-{n}-{hook}"
+                sample = boot_once(kernel, images[hook], name, iso, icount=True)
+                counted_entries[n][hook] = [sample]
+                after = sample.after_medium_seconds
+                log(f"icount {n} entries {hook}: {after and after * 1000:.1f} x 10^6 instructions")
     for i in range(entry_boots):
         for n in ENTRY_COUNTS:
             for hook in HOOKS:
@@ -535,7 +566,7 @@ def run(
                 sample = boot_once(kernel, images[hook], f"bench-entries-{n}-{hook}", iso)
                 entries[n][hook].append(sample)
                 log(f"{n} entries {hook} #{i + 1}: handler {sample.handler_seconds:.2f} s")
-    rows = report_rows(cold, hot, entries, sizes, counted=counted)
+    rows = report_rows(cold, hot, entries, sizes, counted=counted, counted_entries=counted_entries)
     header = (
         f"# bench boot, {started}: Debian's kernel {kernel.version} in QEMU (TCG, 1 CPU, "
         f"1 GiB); a = archiso-hook, b = busybox sh with losetup/dmsetup/mount "

@@ -132,8 +132,11 @@ def test_the_report_has_medians_and_ratios() -> None:
     sizes = {"archiso-hook": Sizes(3 << 20, 1 << 20), "baseline": Sizes(2 << 20, None)}
     # Under icount a boot's seconds are billions of instructions, the same in every boot.
     counted = {"archiso-hook": [_sample(1, 2.2, 2.5)] * 2, "baseline": [_sample(1, 1.5, 2)] * 2}
-    rows = {r.label: r for r in report_rows(cold, hot, entries, sizes, counted=counted)}
-    assert len(rows) == len(report_rows(cold, hot, entries, sizes, counted=counted))
+    report = report_rows(
+        cold, hot, entries, sizes, counted=counted, counted_entries={1: entries[1], 50: entries[50]}
+    )
+    rows = {r.label: r for r in report}
+    assert len(rows) == len(report)
     hook = rows["hook: first line to switch_root"]
     assert (hook.a, hook.b) == (3.0, 3.0)
     instructions = rows["hook: first line to switch_root, guest instructions"]
@@ -145,6 +148,8 @@ def test_the_report_has_medians_and_ratios() -> None:
     assert rows["peak memory of the hook (cgroup, with its /run/initramfs copy)"].a == 2**21
     per_entry = rows["cost per aitab entry (least squares, medium mounted to live root)"]
     assert per_entry.a == pytest.approx(0.01) and per_entry.b == pytest.approx(0.05)
+    counted_per_entry = rows["cost per aitab entry, guest instructions"]
+    assert (counted_per_entry.a, counted_per_entry.b) == (per_entry.a, per_entry.b)
     text = format_table(list(rows.values()))
     assert "hook: first line to switch_root (s)" in text
     line = next(t for t in text.splitlines() if "guest instructions (10^9)" in t)
