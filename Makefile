@@ -215,7 +215,7 @@ test: setup stage
 	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
-# Figures as ratios to a baseline: see bench/. The three benches, about 20 minutes.
+# Figures as ratios to a baseline: see bench/. The three benches, about 25 minutes.
 bench: bench-boot bench-transfer bench-net
 
 # archiso-hook against a busybox shell hook (bench/baseline) on the same media, kernel and
