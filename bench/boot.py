@@ -340,30 +340,16 @@ def report_rows(
                 unit="s",
             )
         )
-    if len(entries) >= 2:
-        per = _per_entry(entries)
-        rows.append(
-            Row(
-                "cost per aitab entry (least squares, medium mounted to live root)",
-                per["archiso-hook"],
-                per["baseline"],
-                unit="ms",
-                scale=1000,
-                digits=1,
+    slopes = (
+        (entries, "cost per aitab entry (least squares, medium mounted to live root)", "ms"),
+        (counted_entries or {}, "cost per aitab entry, guest instructions", "10^6"),
+    )
+    for samples, label, unit in slopes:
+        if len(samples) >= 2:
+            per = _per_entry(samples)
+            rows.append(
+                Row(label, per["archiso-hook"], per["baseline"], unit=unit, scale=1000, digits=1)
             )
-        )
-    if len(counted_entries or {}) >= 2:
-        per = _per_entry(counted_entries or {})
-        rows.append(
-            Row(
-                "cost per aitab entry, guest instructions",
-                per["archiso-hook"],
-                per["baseline"],
-                unit="10^6",
-                scale=1000,
-                digits=1,
-            )
-        )
     return rows
 
 
