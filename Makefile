@@ -74,6 +74,11 @@ $(VENV)/.stamp: pyproject.toml | $(APT_STAMP)
 
 frozen: $(FROZEN)/archiso-hook
 
+# The codecs of East Asian encodings, which need the _codecs_* modules left out below.
+CJK_CODECS := big5 big5hkscs cp932 cp949 cp950 euc_jis_2004 euc_jisx0213 euc_jp euc_kr \
+	gb18030 gb2312 gbk hz iso2022_jp iso2022_jp_1 iso2022_jp_2 iso2022_jp_2004 iso2022_jp_3 \
+	iso2022_jp_ext iso2022_kr johab shift_jis shift_jis_2004 shift_jisx0213
+
 # PyInstaller --onedir: a directory tree, no unpacking at each start (see README).
 # Modules the hook never imports at boot are excluded to keep the initramfs small
 # (not unittest: pyroute2's rtnetlink socket imports unittest.mock at its top). pyroute2's
@@ -86,10 +91,6 @@ frozen: $(FROZEN)/archiso-hook
 # most VMs), that read makes the kernel gather jitter entropy first: 1.0 of the 1.35
 # billion instructions from exec to the first line in the lab's guest (README, How fast).
 # The hook hashes nothing an attacker could choose in bulk, which randomisation is for.
-# The codecs of East Asian encodings, which need the _codecs_* modules left out below.
-CJK_CODECS := big5 big5hkscs cp932 cp949 cp950 euc_jis_2004 euc_jisx0213 euc_jp euc_kr \
-	gb18030 gb2312 gbk hz iso2022_jp iso2022_jp_1 iso2022_jp_2 iso2022_jp_2004 iso2022_jp_3 \
-	iso2022_jp_ext iso2022_kr johab shift_jis shift_jis_2004 shift_jisx0213
 PYINSTALLER_OPTS := --noconfirm --log-level WARN --onedir --name archiso-hook \
 	--python-option hash_seed=0 \
 	--exclude-module tkinter --exclude-module pydoc \
