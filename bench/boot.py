@@ -28,9 +28,9 @@ root's first line reports its /proc/uptime.
 Scenarios: `cold` (the sample medium on an IDE CD-ROM from power-on, as the boot
 tests), `icount` (the same boot with QEMU's `-icount shift=0,sleep=off`: the guest's
 clock then advances one nanosecond per instruction it executes, the kernel's included,
-so its stamps count instructions, not the host's time; two boots agree to the
-millisecond where wall-clock ones differ by a second, which is how a change of a few
-percent shows; with `entries`, also one boot of 1 and of 50 entries each), `hotplug`
+so its stamps count instructions, not the host's time; two boots agree to within 1%
+where wall-clock ones differ by a second, which is how a change of a few percent
+shows; with `entries`, also one boot of 1 and of 50 entries each), `hotplug`
 (no medium at power-on: once the hook says it waits, a virtio disk with the ISO is
 plugged in through QEMU's monitor; event-to-mount then measures how a hook waits) and
 `entries` (1, 10 and 50 aitab lines: the root plus plain squashfs
