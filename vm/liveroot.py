@@ -414,6 +414,25 @@ def write_manifest(
     return manifest
 
 
+def _settle_atimes(tree: Path) -> None:
+    """Read `tree` once as mke2fs -d will, so that its reading cannot move a time it copies.
+
+    mke2fs copies each file's access time, to the second, as it found it before reading
+    the file. Under relatime, the first read of a file not read since its last change
+    moves that time, so an image made right after the tree would differ from the next
+    one, whenever the read falls in a later second than the writing did.
+    """
+    for top, dirs, files in os.walk(tree):  # lists every directory
+        for name in [*dirs, *files]:
+            path = os.path.join(top, name)
+            if os.path.islink(path):
+                os.readlink(path)
+            elif os.path.isfile(path):
+                with open(path, "rb") as f:
+                    while f.read(1 << 20):
+                        pass
+
+
 def _tree_bytes(tree: Path) -> int:
     total = 0
     for dirpath, dirnames, filenames in os.walk(tree):
@@ -449,6 +468,8 @@ def make_ext4(
         cmd += ["-U", uuid, "-E", f"hash_seed={uuid}"]
         # mke2fs stamps the superblock with the current time unless told otherwise.
         env["E2FSPROGS_FAKE_TIME"] = os.environ.get("SOURCE_DATE_EPOCH", "1700000000")
+        if tree is not None:
+            _settle_atimes(tree)
     if tree is not None:
         cmd += ["-d", str(tree)]
     image.parent.mkdir(parents=True, exist_ok=True)

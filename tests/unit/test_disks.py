@@ -193,6 +193,19 @@ def test_identifiers_are_reproducible(images: dict[str, Path], tmp_path: Path) -
     assert again.read_bytes() == images["ext4"].read_bytes()
 
 
+def test_an_image_made_right_after_its_tree_is_reproducible(tmp_path: Path) -> None:
+    """mke2fs copies access times, and a tree's first read moves them (relatime): as
+    when the tree's writing and the first image fall in different seconds."""
+    tree = _tree(tmp_path / "tree")
+    os.symlink("note.txt", tree / "root" / "link")
+    then = 1_600_000_000  # access time = modification time: the next read moves it
+    for path in [tree, *tree.rglob("*")]:
+        os.utime(path, (then, then), follow_symlinks=False)
+    first = make_ext4(tree, tmp_path / "first.ext4", size_mib=24, label="t", uuid=FS_UUID)
+    second = make_ext4(tree, tmp_path / "second.ext4", size_mib=24, label="t", uuid=FS_UUID)
+    assert first.read_bytes() == second.read_bytes()
+
+
 def test_dos_table(images: dict[str, Path], tmp_path: Path) -> None:
     layout = make_disk(
         tmp_path / "usb.img",
