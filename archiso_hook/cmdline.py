@@ -76,28 +76,36 @@ def _copytoram_size(value: str) -> Size:
     return parse_size(value, what="copytoram_size")
 
 
-def split_cmdline(text: str) -> list[tuple[str, str | None]]:
-    """Split a command line into (key, value) pairs following the kernel's next_arg().
+def cmdline_words(text: str) -> list[str]:
+    """The words of a command line as the kernel's next_arg() finds them, quotes kept.
 
-    Whitespace separates words except inside double quotes; the quotes around a
-    value (`archisolabel="ARCH 2011"`) or a whole word are removed. A bare word
-    has the value None.
+    Whitespace separates words except inside double quotes; an unterminated quote runs
+    to the end of the line.
     """
-    pairs: list[tuple[str, str | None]] = []
+    words: list[str] = []
     word: list[str] = []
     in_quote = False
     for char in text:
         if char in _BLANKS and not in_quote:
             if word:
-                pairs.append(_split_word("".join(word)))
+                words.append("".join(word))
                 word = []
             continue
         if char == '"':
             in_quote = not in_quote
         word.append(char)
-    if word:  # an unterminated quote runs to the end of the line
-        pairs.append(_split_word("".join(word)))
-    return pairs
+    if word:
+        words.append("".join(word))
+    return words
+
+
+def split_cmdline(text: str) -> list[tuple[str, str | None]]:
+    """Split a command line into (key, value) pairs following the kernel's next_arg().
+
+    The quotes around a value (`archisolabel="ARCH 2011"`) or a whole word are removed.
+    A bare word has the value None.
+    """
+    return [_split_word(word) for word in cmdline_words(text)]
 
 
 def _split_word(word: str) -> tuple[str, str | None]:
