@@ -36,23 +36,22 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shlex
 import shutil
 import stat
-import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import attrs
 
+from archiso_hook import loaders
 from archiso_hook.aitab import ARCHES, AitabEntry, ImageType, parse_aitab
+from archiso_hook.bootfiles import BOOT_ARCHES, BootFiles, check_boot_files, find_boot_files
 from archiso_hook.errors import HookError, InputError
+from archiso_hook.hosttools import Log, run_tool, search_path, tool_failure
 from archiso_hook.sizes import MiB, Size, human
-
-Log = Callable[[str], None]
 
 # --------------------------------------------------------------------------- results
 
@@ -74,6 +73,26 @@ class BuildResult:
     images: tuple[BuiltImage, ...]
     iso: Path | None
     epoch: int  # the SOURCE_DATE_EPOCH the images carry
+    boot: tuple[BootFiles, ...] = ()  # the kernels and initramfs images on the medium
+
+
+@attrs.frozen
+class BootOptions:
+    """What makes the medium boot by itself (`archiso-hook build --boot ...`).
+
+    `files`: architecture -> (kernel, initramfs); an architecture of the aitab that is not
+    given is looked for in the source of its root image (`<root>/boot/vmlinuz-linux` with
+    `initramfs-linux.img`, ...). `required`: every architecture of the aitab must have its
+    kernel (an ISO must boot); otherwise they are placed where they are given or found.
+    The rest is the boot menu (loaders.make_menu).
+    """
+
+    files: Mapping[str, tuple[Path, Path]] = attrs.field(factory=dict)
+    required: bool = True
+    title: str = "Live system"
+    append: str = ""
+    serial: bool = False
+    timeout: int = 5
 
 
 # --------------------------------------------------------------------------- build
@@ -88,12 +107,17 @@ def build(
     arches: Collection[str] | None = None,
     iso: Path | None = None,
     label: str | None = None,
+    boot: BootOptions | None = None,
     log: Log = print,
 ) -> BuildResult:
     """Build the images `aitab` lists for `arches` (default: all) from `src` into `out`.
 
     The source of an image is `src/<arch>/<img>` if that directory exists, else `src/<img>`.
-    With `iso`, also write an ISO 9660 image of `out` with volume label `label`.
+    With `boot`, each architecture's kernel and initramfs go to `<basedir>/boot/<arch>/`.
+    With `iso`, also write an ISO 9660 image of `out` with volume label `label`: with
+    `boot`, one that boots by itself (BIOS and UEFI, CD and USB stick); without, a data
+    medium for a loader that starts the kernel itself (PXE, QEMU's -kernel).
+    Every input is checked before anything is written.
     """
     aitab, src, out = Path(aitab), Path(src), Path(out)
     _check_basedir(basedir)
@@ -115,10 +139,25 @@ def build(
                 f"source directory {source} of {entry.name}"
             )
         jobs.append(_Job(entry, source, scan_tree(source, entry.fs_type)))
+    boot_files = _boot_files(boot, jobs, aitab, log) if boot is not None else ()
+    menu = None
+    if boot is not None and iso is not None and boot_files:
+        assert label is not None
+        menu = loaders.make_menu(
+            label=label,
+            basedir=basedir,
+            kernels=[loaders.BootKernel(b.arch, b.kernel.mixed_mode) for b in boot_files],
+            title=boot.title,
+            append=boot.append,
+            serial=boot.serial,
+            timeout=boot.timeout,
+        )
+        loaders.check_loaders(menu.kernels, log)
 
     if epoch is None:
+        mtimes = [int(p.stat().st_mtime) for b in boot_files for p in _paths(b)]
         epoch = _clamp_epoch(
-            max([int(aitab.stat().st_mtime)] + [job.usage.newest_mtime for job in jobs])
+            max([int(aitab.stat().st_mtime), *mtimes] + [job.usage.newest_mtime for job in jobs])
         )
         log(f"SOURCE_DATE_EPOCH is not set: using {epoch}, the newest mtime of the inputs")
 
@@ -139,11 +178,14 @@ def build(
         for job in jobs:
             images.append(_build_image(ctx, job, media / job.entry.arch))
 
+    for files in boot_files:
+        place_boot_files(files, out / loaders.boot_dir(basedir, files.arch), log)
+
     iso_path = None
     if iso is not None:
         assert label is not None
-        iso_path = make_iso(out, Path(iso), label, epoch, log)
-    return BuildResult(tuple(images), iso_path, epoch)
+        iso_path = make_iso(out, Path(iso), label, epoch, log, menu=menu)
+    return BuildResult(tuple(images), iso_path, epoch, tuple(boot_files))
 
 
 @attrs.frozen
@@ -151,6 +193,74 @@ class _Job:
     entry: AitabEntry
     source: Path
     usage: TreeUsage
+
+
+# --------------------------------------------------------------------------- boot files
+
+
+def _boot_files(
+    boot: BootOptions, jobs: Sequence[_Job], aitab: Path, log: Log
+) -> tuple[BootFiles, ...]:
+    """Each architecture's kernel and initramfs, given or found, read and checked."""
+    image_arches = {job.entry.arch for job in jobs} - {"any"}
+    for arch in sorted(set(boot.files) - image_arches):
+        if image_arches:
+            raise InputError(
+                f"--boot {arch}=...: {aitab} has no image for {arch} "
+                f"(it has images for {', '.join(sorted(image_arches))} and any)"
+            )
+    found: list[BootFiles] = []
+    for arch in BOOT_ARCHES:
+        if arch in boot.files:
+            kernel, initramfs = boot.files[arch]
+            found.append(check_boot_files(arch, Path(kernel), Path(initramfs)))
+            continue
+        if arch not in image_arches:
+            continue
+        roots = [j.source for j in jobs if j.entry.mount == "/" and j.entry.arch in (arch, "any")]
+        pairs = [pair for root in roots[:1] for pair in find_boot_files(root)]
+        where = f"{roots[0]}/boot" if roots else f"the source of {arch}'s root image"
+        if len(pairs) > 1:
+            listed = ", ".join(f"{k.name} with {i.name}" for k, i in pairs)
+            raise InputError(
+                f"{where} has several kernels for {arch} ({listed}): choose one with "
+                f"--boot {arch}=KERNEL,INITRAMFS"
+            )
+        if pairs:
+            log(f"{arch}: found the kernel {pairs[0][0]} and the initramfs {pairs[0][1]}")
+            found.append(check_boot_files(arch, *pairs[0]))
+        elif boot.required:
+            raise InputError(
+                f"no kernel for the {arch} images: give --boot {arch}=KERNEL,INITRAMFS, or put "
+                f"them in {where} (vmlinuz-linux with initramfs-linux.img), or --no-boot "
+                "for a medium that only holds the images"
+            )
+    if boot.required and not found:
+        raise InputError(
+            f"{aitab} has images for any architecture only: say which kernel boots them "
+            "with --boot ARCH=KERNEL,INITRAMFS"
+        )
+    return tuple(found)
+
+
+def _paths(files: BootFiles) -> tuple[Path, Path]:
+    return files.kernel.path, files.initramfs.path
+
+
+def place_boot_files(files: BootFiles, directory: Path, log: Log) -> None:
+    """The kernel and initramfs at `directory`/vmlinuz and archiso.img."""
+    directory.mkdir(parents=True, exist_ok=True)
+    names = (loaders.KERNEL_NAME, loaders.INITRAMFS_NAME)
+    for src, name in zip(_paths(files), names, strict=True):
+        dst = directory / name
+        part = dst.with_name(f".{name}.part")
+        try:
+            shutil.copyfile(src, part)
+            part.replace(dst)
+        finally:
+            part.unlink(missing_ok=True)
+    release = f" {files.kernel.release}" if files.kernel.release else ""
+    log(f"placed the {files.arch} kernel{release} and its initramfs in {directory}")
 
 
 @attrs.frozen
@@ -894,7 +1004,7 @@ def _build_btrfs(ctx: _Context, job: _Job, dst: Path) -> None:
 
 def _btrfs_rootdir(log: Log) -> bool:
     """Whether this host's mkfs.btrfs can populate a filesystem from a directory."""
-    if shutil.which("mkfs.btrfs", path=_search_path()) is None:
+    if shutil.which("mkfs.btrfs", path=search_path()) is None:
         return False
     proc = run_tool(["mkfs.btrfs", "--help"], log, check=False)
     return "--rootdir" in proc.stdout + proc.stderr
@@ -910,114 +1020,37 @@ def _dump_super_field(dump: str, key: str) -> int:
 # --------------------------------------------------------------------------- ISO
 
 
-def make_iso(out: Path, iso: Path, label: str, epoch: int, log: Log) -> Path:
-    """An ISO 9660 image of `out` (Rock Ridge names, level 3 for files over 4 GiB)."""
+def make_iso(
+    out: Path, iso: Path, label: str, epoch: int, log: Log, *, menu: loaders.Menu | None = None
+) -> Path:
+    """An ISO 9660 image of `out` (Rock Ridge names, level 3 for files over 4 GiB).
+
+    With `menu`, one that boots by itself: isolinux and GRUB are written into `out` and
+    the EFI system partition is appended (loaders.py).
+    """
     label = _check_iso(out, iso, label)
     stamp = time.strftime("%Y%m%d%H%M%S00", time.gmtime(epoch))
     part = iso.with_name(f".{iso.name}.part")
     part.unlink(missing_ok=True)
     log(f"writing {iso} (label {label}) from {out}")
-    try:
-        # -rational-rock: owners 0 and modes a+r, so the builder's uid does not leak in;
-        # --modification-date also fixes the volume's "UUID" blkid reports.
-        run_tool(
-            [
-                "xorriso",
-                "-as",
-                "mkisofs",
-                "-quiet",
-                "-o",
-                str(part),
-                "-V",
-                label,
-                "-iso-level",
-                "3",
-                "-rational-rock",
-                f"--modification-date={stamp}",
-                "--set_all_file_dates",
-                f"={epoch}",
-                str(out),
-            ],
-            log,
-            env={"SOURCE_DATE_EPOCH": str(epoch)},
-        )
-        part.replace(iso)
-    finally:
-        part.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".archiso-iso-", dir=iso.parent) as scratch:
+        boot_args: list[str] = []
+        if menu is not None:
+            setup = loaders.write_loaders(out, menu, epoch=epoch, scratch=Path(scratch), log=log)
+            boot_args = setup.xorriso_args()
+        try:
+            # -no_rc first: no start-up file of xorriso's can change the result.
+            # -rational-rock: owners 0 and modes a+r, so the builder's uid does not leak in;
+            # --modification-date also fixes the volume's "UUID" blkid and GRUB report.
+            run_tool(
+                ["xorriso", "-no_rc", "-as", "mkisofs", "-quiet", "-o", str(part), "-V", label,
+                 "-iso-level", "3", "-rational-rock", f"--modification-date={stamp}",
+                 "--set_all_file_dates", f"={epoch}", *boot_args, str(out)],
+                log,
+                env={"SOURCE_DATE_EPOCH": str(epoch)},
+            )  # fmt: skip
+            part.replace(iso)
+        finally:
+            part.unlink(missing_ok=True)
     log(f"wrote {iso} ({human(iso.stat().st_size)})")
     return iso
-
-
-# --------------------------------------------------------------------------- tools
-
-# Where a missing tool comes from.
-TOOL_PACKAGES = {
-    "mksquashfs": "squashfs-tools",
-    "unsquashfs": "squashfs-tools",
-    "mke2fs": "e2fsprogs",
-    "debugfs": "e2fsprogs",
-    "dumpe2fs": "e2fsprogs",
-    "e2fsck": "e2fsprogs",
-    "xorriso": "xorriso",
-    "mkfs.btrfs": "btrfs-progs",
-    "btrfs": "btrfs-progs",
-}
-_SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# Tools see only this (plus what a call adds): no locale, TZ or SOURCE_DATE_EPOCH surprises
-# (mksquashfs refuses SOURCE_DATE_EPOCH together with -mkfs-time).
-_BASE_ENV = {"PATH": _SYSTEM_PATH, "LC_ALL": "C", "TZ": "UTC"}
-
-
-def _search_path() -> str:
-    # sbin first: mke2fs and friends live there and are often not on a user's PATH.
-    return os.pathsep.join(filter(None, (_SYSTEM_PATH, os.environ.get("PATH"))))
-
-
-def run_tool(
-    argv: Sequence[str],
-    log: Log,
-    *,
-    env: Mapping[str, str] | None = None,
-    check: bool = True,
-    stdout: bool = True,
-) -> subprocess.CompletedProcess[str]:
-    """Run a host tool with a minimal environment, logging the command line.
-
-    Failures (with `check`) and a missing tool are HookErrors; `stdout=False` discards it.
-    """
-    tool = argv[0]
-    executable = shutil.which(tool, path=_search_path())
-    if executable is None:
-        package = TOOL_PACKAGES.get(tool)
-        raise HookError(
-            f"{tool} is not installed", f"install the Debian package {package}" if package else None
-        )
-    extra = dict(env or {})
-    log("$ " + shlex.join([*(f"{k}={v}" for k, v in extra.items()), *argv]))
-    try:
-        proc = subprocess.run(
-            [executable, *argv[1:]],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env={**_BASE_ENV, **extra},
-            text=True,
-            errors="replace",
-            check=False,
-        )
-    except OSError as e:
-        raise HookError(f"cannot run {tool}: {_reason(e)}") from None
-    if proc.stdout is None:
-        proc.stdout = ""
-    if check and proc.returncode != 0:
-        raise tool_failure(tool, proc)
-    return proc
-
-
-def tool_failure(tool: str, proc: subprocess.CompletedProcess[str]) -> HookError:
-    """The error for a tool that failed: its exit status and the last lines it printed."""
-    code = proc.returncode
-    status = f"exit status {code}" if code >= 0 else f"signal {-code}"
-    lines = [line.strip() for line in (proc.stderr or proc.stdout or "").splitlines()]
-    tail = " / ".join([line for line in lines if line][-3:]) or "no error output"
-    return HookError(f"{tool} failed with {status}: {tail}")

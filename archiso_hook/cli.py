@@ -13,6 +13,8 @@ from archiso_hook.bootcmd import read_cmdline
 from archiso_hook.errors import HookError, InputError, printable
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from archiso_hook.log import Log
 
 EPILOG_PLAN = """example:
@@ -41,9 +43,14 @@ EPILOG_TRANSFER = """examples:
                                           (is my stick OK?)
   archiso-hook transfer --to /mnt/images --verify arch/x86_64/root.fs.sfs
 """
-EPILOG_BUILD = """example:
-  archiso-hook build --aitab aitab --src work --out media \\
-      --iso live.iso --label ARCH_2026
+EPILOG_BUILD = """examples:
+  archiso-hook build --aitab aitab --src work --out media --iso live.iso \\
+      --label ARCH_2026 --boot x86_64=/boot/vmlinuz-linux,archiso.img
+                  (boots by itself, BIOS and UEFI, as a CD or a USB stick:
+                  qemu-system-x86_64 -m 1G -cdrom live.iso, or dd it to a stick)
+  archiso-hook build --aitab aitab --src work --out media --iso live.iso \\
+      --label ARCH_2026 --no-boot
+                  (the images only, for a loader that starts the kernel itself)
 """
 EPILOG = """At boot, mkinitcpio's 'archiso' hook runs 'archiso-hook mount /new_root', which
 reads the kernel command line (mkinitcpio -H archiso lists the parameters). Each
@@ -114,11 +121,21 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     from pathlib import Path  # noqa: PLC0415
 
-    from archiso_hook.builder import build  # noqa: PLC0415
+    from archiso_hook.builder import BootOptions, build  # noqa: PLC0415
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
+    boot = None
+    if not args.no_boot:
+        boot = BootOptions(
+            files=dict(_boot_spec(spec) for spec in args.boot or ()),
+            required=args.iso is not None,
+            title=args.title,
+            append=args.append,
+            serial=args.serial,
+            timeout=args.timeout,
+        )
     result = build(
         Path(args.aitab),
         Path(args.src),
@@ -128,6 +145,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         arches={*args.arch, "any"} if args.arch else None,
         iso=Path(args.iso) if args.iso else None,
         label=args.label,
+        boot=boot,
         log=log,
     )
     for image in result.images:
@@ -135,6 +153,17 @@ def cmd_build(args: argparse.Namespace) -> int:
     if result.iso:
         print(result.iso)
     return 0
+
+
+def _boot_spec(spec: str) -> tuple[str, tuple[Path, Path]]:
+    """`ARCH=KERNEL,INITRAMFS` of --boot."""
+    from pathlib import Path  # noqa: PLC0415
+
+    arch, sep, files = spec.partition("=")
+    kernel, comma, initramfs = files.rpartition(",")
+    if not sep or not comma or not kernel or not initramfs:
+        raise InputError(f"--boot {spec}: expected ARCH=KERNEL,INITRAMFS")
+    return arch, (Path(kernel), Path(initramfs))
 
 
 def boot_log() -> Log:
@@ -344,6 +373,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--iso", help="also write an ISO 9660 image of OUT here")
     p.add_argument("--label", help="the ISO's volume label (archisolabel=)")
+    g = p.add_argument_group(
+        "booting the medium",
+        "An ISO boots by itself: BIOS (isolinux) and UEFI (GRUB), as a CD and from a USB "
+        "stick, with a menu per architecture and a copy-to-RAM entry. Each architecture "
+        "of the aitab needs its kernel and an initramfs built with HOOKS=(base udev "
+        "archiso): given with --boot, or found in its root image's source "
+        "(boot/vmlinuz-linux with boot/initramfs-linux.img). They go to "
+        "<basedir>/boot/<arch>/vmlinuz and archiso.img.",
+    )
+    g.add_argument(
+        "--boot",
+        action="append",
+        metavar="ARCH=KERNEL,INITRAMFS",
+        help="the kernel and initramfs of this architecture (repeatable)",
+    )
+    g.add_argument(
+        "--no-boot",
+        action="store_true",
+        help="no kernel and no boot loader: the images only, for PXE or QEMU's -kernel",
+    )
+    g.add_argument("--title", default="Live system", help="the menu's name of the system")
+    g.add_argument(
+        "--append",
+        default="",
+        metavar="PARAMETERS",
+        help="kernel parameters added to every entry (cow_spacesize=1G quiet, ...)",
+    )
+    g.add_argument(
+        "--serial",
+        action="store_true",
+        help="menus and console on the serial port ttyS0 (115200 baud) too",
+    )
+    g.add_argument(
+        "--timeout",
+        type=int,
+        default=5,
+        metavar="SECONDS",
+        help="the menu boots its default entry after this long; 0: at once (default: 5)",
+    )
     return parser
 
 

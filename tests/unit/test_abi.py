@@ -16,13 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from archiso_hook import dm, kmod, loop
+from archiso_hook import bootfiles, dm, kmod, loop
 from archiso_hook.ioctl import GENERIC, POWERPC_MIPS_SPARC, layout_for
 
 C_PROGRAM = r"""
 #include <linux/dm-ioctl.h>
 #include <linux/loop.h>
 #include <linux/fs.h>
+#include <asm/bootparam.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <sys/syscall.h>
@@ -66,6 +67,13 @@ int main(void) {
     P("LOOP_SET_STATUS64", LOOP_SET_STATUS64);
     P("LO_FLAGS_AUTOCLEAR", LO_FLAGS_AUTOCLEAR);
     P("BLKGETSIZE64", BLKGETSIZE64);
+#define HDR(field) \
+    P("off_hdr_" #field, offsetof(struct boot_params, hdr) + offsetof(struct setup_header, field))
+    HDR(setup_sects); HDR(boot_flag); HDR(header); HDR(version); HDR(kernel_version);
+    HDR(xloadflags); HDR(cmdline_size);
+    P("XLF_KERNEL_64", XLF_KERNEL_64);
+    P("XLF_EFI_HANDOVER_32", XLF_EFI_HANDOVER_32);
+    P("XLF_EFI_HANDOVER_64", XLF_EFI_HANDOVER_64);
     return 0;
 }
 """
@@ -166,6 +174,21 @@ def test_loop_layout_and_numbers_match_the_headers(kernel_headers: dict[str, int
     blkgetsize64 = {"x86_64": 0x80081272, "i686": 0x80041272}[_arch(h)]
     assert layout_for(_arch(h)).ior(0x12, 114, h["sizeof_pointer"]) == h["BLKGETSIZE64"]
     assert h["BLKGETSIZE64"] == blkgetsize64
+
+
+def test_bzimage_setup_header_matches_the_headers(kernel_headers: dict[str, int]) -> None:
+    """The kernel image's header (asm/bootparam.h), which the builder reads: every field
+    bootfiles declares sits where the compiler puts it, and the flags are the kernel's."""
+    h = kernel_headers
+    for name, _code in bootfiles.SETUP_HEADER_FIELDS:
+        if f"off_hdr_{name}" in h:
+            assert bootfiles.setup_header_offset(name) == h[f"off_hdr_{name}"], name
+    assert (
+        bootfiles.SETUP_HEADER_OFFSET + bootfiles.SETUP_HEADER.size == h["off_hdr_cmdline_size"] + 4
+    )
+    assert bootfiles.XLF_KERNEL_64 == h["XLF_KERNEL_64"]
+    assert bootfiles.XLF_EFI_HANDOVER_32 == h["XLF_EFI_HANDOVER_32"]
+    assert bootfiles.XLF_EFI_HANDOVER_64 == h["XLF_EFI_HANDOVER_64"]
 
 
 def test_module_syscall_numbers_match_the_headers(kernel_headers: dict[str, int]) -> None:

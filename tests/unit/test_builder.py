@@ -18,7 +18,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from archiso_hook import builder
+from archiso_hook import builder, hosttools
 from archiso_hook.aitab import ImageType
 from archiso_hook.builder import (
     BLOCK,
@@ -33,13 +33,14 @@ from archiso_hook.builder import (
     mapping_blocks,
     plan_ext,
     plan_ext_free,
-    run_tool,
     scan_tree,
     source_date_epoch,
     used_inodes,
 )
 from archiso_hook.errors import HookError, InputError
+from archiso_hook.hosttools import run_tool
 from archiso_hook.sizes import MiB
+from tests.unit.fake_boot import write_boot_pair
 
 TOOLS = (
     "mksquashfs",
@@ -472,19 +473,23 @@ def test_keeps_owners_when_root(tmp_path: Path) -> None:
 _NON_ROOT_SCRIPT = """
 import sys
 from pathlib import Path
-from archiso_hook.builder import build
+from archiso_hook.builder import BootOptions, build
 top = Path(sys.argv[1])
-build(top / "aitab", top / "src", top / "out", log=lambda _: None)
+files = {a: (top / f"k/vmlinuz-{a}", top / f"k/initramfs-{a}.img") for a in ("x86_64", "i686")}
+build(top / "aitab", top / "src", top / "out", iso=top / "live.iso", label="NONROOT",
+      boot=BootOptions(files=files), log=lambda _: None)
 """
 
 
-def test_non_root_builds_are_root_owned(tmp_path: Path) -> None:
+def test_non_root_builds_are_root_owned_and_bootable(tmp_path: Path) -> None:
     # As root, drop to nobody for the build; the tree must be readable and out writable.
     with tempfile.TemporaryDirectory(prefix="builder-nonroot-") as top_name:
         top = Path(top_name)
         _tree(top / "src/img", {"f": b"f", "d/g": b"g"})
         (top / "src/img").chmod(0o1777)
         (top / "aitab").write_text("img / x86_64 none ext4 50%\nimg / i686 gzip none\n")
+        for arch in ("x86_64", "i686"):  # a bootable ISO too: loaders, EFI partition
+            write_boot_pair(top / "k", arch)
         argv = [sys.executable, "-c", _NON_ROOT_SCRIPT, str(top)]
         env = {
             "PATH": _PATH,
@@ -507,6 +512,8 @@ def test_non_root_builds_are_root_owned(tmp_path: Path) -> None:
         assert b"Mode:  01777" in _debugfs(ext, "stat /")  # the source root's mode
         for line in _unsquashfs_list(top / "out/arch/i686/img.sfs"):
             assert " 0/0 " in line, line
+        report = _tool("xorriso", "-indev", str(top / "live.iso"), "-report_el_torito", "plain")
+        assert b"El Torito boot img" in report.stdout
 
 
 def test_iso_needs_a_valid_label(tmp_path: Path) -> None:
@@ -528,7 +535,7 @@ def test_filesystems_this_host_cannot_make(tmp_path: Path) -> None:
     _tree(tmp_path / "src/img", {"a": b"a"})
     with pytest.raises(InputError, match=r"aitab:1: cannot make xfs images on this host"):
         _build(tmp_path, "img / any xz xfs 50%\n")
-    if shutil.which("mkfs.btrfs", path=builder._search_path()) is None:
+    if shutil.which("mkfs.btrfs", path=hosttools.search_path()) is None:
         with pytest.raises(
             InputError,
             match=r"aitab:1: cannot make btrfs images on this host: "
@@ -539,7 +546,7 @@ def test_filesystems_this_host_cannot_make(tmp_path: Path) -> None:
 
 def test_btrfs_when_mkfs_btrfs_has_rootdir(tmp_path: Path) -> None:
     # Not reproducible and not on every host: only checked where btrfs-progs is installed.
-    if shutil.which("mkfs.btrfs", path=builder._search_path()) is None:
+    if shutil.which("mkfs.btrfs", path=hosttools.search_path()) is None:
         pytest.skip("needs mkfs.btrfs (btrfs-progs)")
     _tree(tmp_path / "src/img", {"a": _random(300_000, 5), "d/b": b"b"})
     built = _build(tmp_path, "img / x86_64 none btrfs 40%\n")
@@ -599,7 +606,13 @@ def test_run_tool_logs_and_uses_a_minimal_environment(monkeypatch: pytest.Monkey
     lines: list[str] = []
     proc = run_tool(["env"], lines.append, env={"EXTRA": "a b"})
     assert lines == ["$ 'EXTRA=a b' env"]
-    assert sorted(proc.stdout.splitlines()) == ["EXTRA=a b", "LC_ALL=C", f"PATH={_PATH}", "TZ=UTC"]
+    assert sorted(proc.stdout.splitlines()) == [
+        "EXTRA=a b",
+        "LC_ALL=C",
+        "MTOOLSRC=/dev/null",
+        f"PATH={_PATH}",
+        "TZ=UTC",
+    ]
     assert run_tool(["true"], lines.append, stdout=False).stdout == ""
 
 
@@ -615,11 +628,11 @@ def test_run_tool_failure_names_tool_status_and_stderr() -> None:
 
 
 def test_run_tool_missing_tool_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(builder.TOOL_PACKAGES, "mkfs.nothing", "nothing-progs")
+    monkeypatch.setitem(hosttools.TOOL_PACKAGES, "mkfs.nothing", ("nothing-progs", "nothing"))
     with pytest.raises(HookError) as error:
         run_tool(["mkfs.nothing", "x"], lambda _: None)
     assert str(error.value) == (
-        "mkfs.nothing is not installed (install the Debian package nothing-progs)"
+        "mkfs.nothing is not installed (install the Debian package nothing-progs (Arch: nothing))"
     )
 
 
