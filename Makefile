@@ -15,12 +15,15 @@ FROZEN_I686 := $(BUILD)/frozen-i686/archiso-hook
 
 # What the lab and the frozen build need from Debian.
 APT_PACKAGES := python3-venv python3-dev libpython3.11 binutils \
-	qemu-system-x86 xorriso squashfs-tools busybox-static cpio zstd kmod \
+	qemu-system-x86 xorriso squashfs-tools busybox-static cpio zstd lz4 bzip2 kmod \
 	e2fsprogs dosfstools btrfs-progs udev util-linux shellcheck file fdisk mtools strace \
+	isolinux syslinux-common grub-common grub-efi-amd64-bin grub-efi-ia32-bin ovmf ovmf-ia32 \
 	debootstrap gcc-multilib dmsetup \
 	nginx nbd-server nfs-ganesha nfs-ganesha-vfs libnfs-utils curl \
 	makepkg pacman-package-manager libarchive-tools fakeroot
-# (the last line: tests/pkg builds the Arch package with makepkg; bsdtar lists it)
+# (isolinux to ovmf-ia32: the boot loaders of a bootable ISO, and the UEFI firmware that
+# boots it in QEMU; the last line: tests/pkg builds the Arch package with makepkg; bsdtar
+# lists it)
 
 PREFIX      ?= /usr
 DESTDIR     ?=
@@ -33,12 +36,13 @@ PY_SOURCES  := $(shell find archiso_hook -name '*.py' | sort)
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 1700000000)
 export SOURCE_DATE_EPOCH
 
-.PHONY: help setup frozen frozen-i686 stage install install-i686 uninstall lab demo test \
+.PHONY: help setup frozen frozen-i686 stage iso install install-i686 uninstall lab demo test \
 	test-unit test-vm lint bench bench-boot bench-transfer bench-net clean
 
 help:
 	@echo "make setup    install apt packages and .venv"
-	@echo "make demo     build the sample live media and boot it in QEMU"
+	@echo "make demo     build the sample ISO and boot it in QEMU, as a PC does"
+	@echo "make iso      the sample ISO that boots by itself: $(SAMPLE_ISO)"
 	@echo "make test     linters, unit tests and the QEMU boot tests"
 	@echo "make frozen   build the frozen hook ($(FROZEN))"
 	@echo "make frozen-i686  the same for i686 ($(FROZEN_I686)), in an i386 root"
@@ -205,14 +209,22 @@ stage: frozen frozen-i686
 	rm -rf $(STAGE)
 	$(MAKE) --no-print-directory install install-i686 DESTDIR=$(abspath $(STAGE)) PREFIX=/usr
 
-demo: setup stage
-	$(PY) -m vm.demo
+# The sample medium for x86_64 and i686, made by the staged `archiso-hook build` around
+# Debian's kernels: it boots by itself (BIOS and UEFI, CD and USB stick); its default entry
+# runs the lab's checks and powers off (vm/sample_iso.py).
+SAMPLE_ISO := $(BUILD)/iso/archiso-sample.iso
+iso: setup stage
+	$(PY) -m vm.sample_iso $(SAMPLE_ISO)
+
+demo: setup stage iso
+	$(PY) -m vm.demo $(SAMPLE_ISO)
 
 # Everything, the QEMU boots included. The frozen hook is staged first: the lab builds
-# its initramfs from what `make install` would put on a system.
+# its initramfs from what `make install` would put on a system; the sample ISO is made by
+# it, and booted through firmware by tests/vm/test_iso_*.py.
 # Two workers (pytest-xdist), each test file on one: two guests boot at a time, one per
 # core (a TCG guest keeps one core busy); each worker has its own lab directory.
-test: setup stage
+test: setup stage iso
 	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
@@ -233,7 +245,7 @@ bench-transfer: setup stage
 bench-net: setup stage
 	$(PY) -m bench.net
 
-test-vm: setup stage
+test-vm: setup stage iso
 	$(PY) -m pytest -q -m vm tests
 
 lint: setup

@@ -8,7 +8,7 @@ from pathlib import Path
 from vm import lab_dir
 from vm.initramfs import build_initramfs
 from vm.kernel import Kernel
-from vm.media import STAGE
+from vm.media import I386_ROOT, STAGE
 
 HOOKS = ("base", "udev", "archiso")
 #: The same with the network boot hooks, as archiso's releng HOOKS list them.
@@ -44,4 +44,19 @@ def pxe_initramfs(kernel: Kernel, out: Path | None = None) -> Path:
         out or lab_dir() / "initramfs-archiso-pxe.img",
         hook_dirs=[STAGE / "usr/lib/initcpio"],
         env={"ARCHISO_HOOK_SYSROOT": str(STAGE)},
+    )
+
+
+def archiso_initramfs_i686(kernel: Kernel, out: Path | None = None) -> Path:
+    """HOOKS=(base udev archiso) for Debian's 686 `kernel`, built inside the i386 root
+    (`make stage` makes it, tools/i386-root) as archiso builds i686 images in an i686
+    chroot: the image gets i386 busybox, udev and the i686 archiso-hook."""
+    staged_hook()
+    return build_initramfs(
+        kernel,
+        list(HOOKS),
+        out or lab_dir() / "initramfs-archiso-i686.img",
+        hook_dirs=[STAGE / "usr/lib/initcpio"],
+        env={"ARCHISO_HOOK_SYSROOT": str(STAGE)},
+        chroot=I386_ROOT,
     )

@@ -12,6 +12,10 @@ The human monitor listens on a unix socket in a private temporary directory
 the context manager kills it on exit. A boot never passes by QEMU's exit status: callers
 `expect()` positive lines.
 
+Firmware: `Guest("iso", kernel=None, drives=[Drive(iso, kind="ide-cdrom", bootindex=1)],
+firmware=OVMF)` boots as a PC does, through SeaBIOS (the default), OVMF or OVMF_IA32 and
+the medium's own boot loader; its kernel parameters come from the medium's menu.
+
 Network: `nics=[Nic(lab_mac(1), forwards=[Forward(host_port=8080, guest_port=80)])]`
 gives the guest a virtio-net NIC on QEMU's user-mode network with `restrict=on`: its DHCP
 server (slirp, `SLIRP_HOST`) leases `GUEST_ADDR`, and the guest reaches nothing but the
@@ -48,11 +52,15 @@ from vm.kernel import ARCHES, Kernel
 __all__ = [
     "DEFAULT_APPEND",
     "GUEST_ADDR",
+    "OVMF",
+    "OVMF_IA32",
+    "SEABIOS",
     "SERVER_ADDR",
     "SLIRP_HOST",
     "SLIRP_NET",
     "Drive",
     "DriveKind",
+    "Firmware",
     "Forward",
     "Guest",
     "GuestError",
@@ -91,6 +99,49 @@ class Drive:
     serial: str | None = None
     readonly: bool = False
     name: str | None = None
+    #: the firmware boots from the drive with the lowest index (a firmware boot's medium)
+    bootindex: int | None = None
+
+
+@attrs.frozen
+class Firmware:
+    """What a guest boots through when QEMU is given no kernel: the machine's firmware,
+    then the medium's own boot loader, as on a PC.
+
+    `code` and `vars` are a UEFI's flash images (Debian's ovmf and ovmf-ia32): the code
+    read-only, a copy of the variable store for each guest."""
+
+    name: str
+    machine: str = "pc"
+    code: Path | None = None
+    vars: Path | None = None
+    package: str | None = None
+    extra_args: tuple[str, ...] = ()
+
+    def check(self) -> None:
+        for path in (self.code, self.vars):
+            if path is not None and not path.is_file():
+                raise FileNotFoundError(
+                    f"{self.name}: {path} is missing (Debian package {self.package}; make setup)"
+                )
+
+
+_OVMF = Path("/usr/share/OVMF")
+#: QEMU's own BIOS.
+SEABIOS = Firmware("seabios")
+#: 64-bit UEFI (the 4 MB flash layout: code and variables must be of the same one).
+OVMF = Firmware("ovmf", code=_OVMF / "OVMF_CODE_4M.fd", vars=_OVMF / "OVMF_VARS_4M.fd",
+                package="ovmf")  # fmt: skip
+#: 32-bit UEFI, as on tablets and netbooks. Debian builds it only with Secure Boot, which
+#: needs SMM on q35 and a secure flash (not enforced: the variables enroll no keys).
+OVMF_IA32 = Firmware(
+    "ovmf-ia32",
+    machine="q35,smm=on",
+    code=_OVMF / "OVMF32_CODE_4M.secboot.fd",
+    vars=_OVMF / "OVMF32_VARS_4M.fd",
+    package="ovmf-ia32",
+    extra_args=("-global", "driver=cfi.pflash01,property=secure,value=on"),
+)
 
 
 #: The user-mode network of a lab NIC (the default of `Nic.net`).
@@ -223,10 +274,12 @@ def _opt(value: str | Path) -> str:
     return str(value).replace(",", ",,")
 
 
-def _drive_args(drives: Sequence[Drive]) -> list[str]:
+def _drive_args(drives: Sequence[Drive], machine: str = "pc") -> list[str]:
     args: list[str] = []
     controllers: set[str] = set()
     ide_slot = 0
+    # pc: PIIX IDE, two buses of two units; q35: AHCI, six ports of one unit.
+    ide_buses, ide_units = (6, 1) if machine.startswith("q35") else (2, 2)
     for index, drive in enumerate(drives):
         if not drive.path.exists():
             raise FileNotFoundError(f"drive image not found: {drive.path}")
@@ -245,9 +298,9 @@ def _drive_args(drives: Sequence[Drive]) -> list[str]:
         }[drive.kind]
         device += f",drive={did},id={did}-dev"
         if drive.kind == "ide-cdrom":
-            if ide_slot >= 4:
-                raise ValueError("the PIIX IDE controller has room for 4 drives")
-            device += f",bus=ide.{ide_slot // 2},unit={ide_slot % 2}"
+            if ide_slot >= ide_buses * ide_units:
+                raise ValueError(f"the {machine} IDE controller has room for {ide_slot} drives")
+            device += f",bus=ide.{ide_slot // ide_units},unit={ide_slot % ide_units}"
             ide_slot += 1
         elif drive.kind == "scsi-cd":
             if "scsi" not in controllers:
@@ -261,14 +314,16 @@ def _drive_args(drives: Sequence[Drive]) -> list[str]:
             device += ",bus=xhci.0"
         if drive.serial is not None:
             device += f",serial={_opt(drive.serial)}"
+        if drive.bootindex is not None:
+            device += f",bootindex={drive.bootindex}"
         args += ["-drive", spec, "-device", device]
     return args
 
 
 def qemu_command(
     *,
-    kernel: Path,
-    initrd: Path,
+    kernel: Path | None,
+    initrd: Path | None = None,
     append: str = "",
     drives: Sequence[Drive] = (),
     memory_mib: int = 1024,
@@ -277,15 +332,23 @@ def qemu_command(
     extra_args: Sequence[str] = (),
     nics: Sequence[Nic] = (),
     relay_log: Path = Path(os.devnull),
+    firmware: Firmware = SEABIOS,
+    firmware_vars: Path | None = None,
 ) -> list[str]:
     """The QEMU command line of a lab guest (TCG, no default devices, no reboot).
-    `relay_log` is where the relays of the NICs' forwards log their connections."""
+    `relay_log` is where the relays of the NICs' forwards log their connections.
+
+    With `kernel`, QEMU starts it directly (`-kernel`, `-initrd`, `-append`). Without,
+    the guest boots as a PC does: `firmware` (its variables in `firmware_vars`, a copy
+    the guest may write), then the boot loader of the drive with the lowest `bootindex`;
+    it gets a display adapter, as a PC has (GRUB's Linux loader on UEFI complains
+    without one), shown nowhere."""
     cmd = [
         qemu,
         "-accel",
         "tcg",
         "-M",
-        "pc",
+        firmware.machine,
         "-m",
         str(memory_mib),
         "-smp",
@@ -302,15 +365,21 @@ def qemu_command(
     ]
     if monitor is not None:
         cmd += ["-monitor", f"unix:{_opt(monitor)},server=on,wait=off"]
-    cmd += [
-        "-kernel",
-        str(kernel),
-        "-initrd",
-        str(initrd),
-        "-append",
-        f"{DEFAULT_APPEND} {append}".strip(),
-    ]
-    cmd += _drive_args(drives)
+    if kernel is not None:
+        if initrd is None:
+            raise ValueError("a guest booted with -kernel needs an initrd")
+        cmd += ["-kernel", str(kernel), "-initrd", str(initrd)]
+        cmd += ["-append", f"{DEFAULT_APPEND} {append}".strip()]
+    else:
+        if append:
+            raise ValueError("a firmware boot takes its kernel parameters from the medium")
+        if firmware.code is not None:
+            if firmware_vars is None:
+                raise ValueError(f"{firmware.name} needs a copy of its variable store")
+            cmd += ["-drive", f"if=pflash,format=raw,readonly=on,file={_opt(firmware.code)}"]
+            cmd += ["-drive", f"if=pflash,format=raw,file={_opt(firmware_vars)}"]
+        cmd += [*firmware.extra_args, "-vga", "std"]
+    cmd += _drive_args(drives, firmware.machine)
     cmd += _nic_args(nics, relay_log)
     cmd += list(extra_args)
     return cmd
@@ -324,7 +393,9 @@ class Guest:
     """A running QEMU guest; use it as a context manager (QEMU is killed on exit).
 
     `kernel` is a `Kernel` (its uncompressed `vmlinux` is booted, or its bzImage when
-    the vmlinux has no PVH entry: `Kernel.boot_file`) or a kernel file.
+    the vmlinux has no PVH entry: `Kernel.boot_file`) or a kernel file; None boots as a
+    PC does, through `firmware` and the boot loader of the drive with a `bootindex`, on
+    `arch`'s QEMU (qemu-system-i386 for "i686").
     `timeout` is the hard limit of the whole run: the watchdog kills QEMU then.
     `nics` are its network cards (none by default); the relays of their forwards log
     each connection to `relay_log_path` (`<lab>/logs/<name>.relay.log`).
@@ -334,8 +405,8 @@ class Guest:
         self,
         name: str,
         *,
-        kernel: Kernel | Path,
-        initrd: Path,
+        kernel: Kernel | Path | None,
+        initrd: Path | None = None,
         append: str = "",
         drives: Sequence[Drive] = (),
         memory_mib: int = 1024,
@@ -343,15 +414,21 @@ class Guest:
         extra_args: Sequence[str] = (),
         log_dir: Path | None = None,
         nics: Sequence[Nic] = (),
+        firmware: Firmware = SEABIOS,
+        arch: str = "x86_64",
     ) -> None:
         self.name = _safe_name(name)
+        self.kernel_path: Path | None
         if isinstance(kernel, Kernel):
             self.kernel_path = kernel.boot_file
-            self.qemu = ARCHES[kernel.arch].qemu
+            arch = kernel.arch
         else:
-            self.kernel_path = Path(kernel)
-            self.qemu = "qemu-system-x86_64"
-        self.initrd = Path(initrd)
+            self.kernel_path = None if kernel is None else Path(kernel)
+        self.qemu = ARCHES[arch].qemu
+        self.firmware = firmware
+        if kernel is None:
+            firmware.check()
+        self.initrd = None if initrd is None else Path(initrd)
         self.append = append
         self.drives = tuple(drives)
         self.memory_mib = memory_mib
@@ -405,6 +482,10 @@ class Guest:
         if self._proc is not None:
             raise RuntimeError(f"guest {self.name} already started")
         self._tmpdir = Path(tempfile.mkdtemp(prefix="lab-qemu-"))
+        firmware_vars = None
+        if self.kernel_path is None and self.firmware.vars is not None:
+            firmware_vars = self._tmpdir / "firmware-vars.fd"
+            shutil.copyfile(self.firmware.vars, firmware_vars)
         self.command = qemu_command(
             kernel=self.kernel_path,
             initrd=self.initrd,
@@ -416,6 +497,8 @@ class Guest:
             extra_args=self.extra_args,
             nics=self.nics,
             relay_log=self.relay_log_path,
+            firmware=self.firmware,
+            firmware_vars=firmware_vars,
         )
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         if self.nics:
@@ -588,13 +671,18 @@ class Guest:
 
     def send(self, line: str) -> None:
         """Type `line` and Enter on the serial console."""
+        self.type(line + "\n")
+
+    def type(self, keys: str) -> None:
+        """Type `keys` on the serial console as they are (a boot menu's arrows are
+        `"\\x1b[B"`, Enter is `"\\r"`)."""
         if self._proc is None or self._proc.stdin is None:
             raise RuntimeError("the guest is not started")
         try:
-            self._proc.stdin.write(line.encode() + b"\n")
+            self._proc.stdin.write(keys.encode())
             self._proc.stdin.flush()
         except BrokenPipeError:
-            raise self._error(f"QEMU is gone: cannot send {line!r}") from None
+            raise self._error(f"QEMU is gone: cannot send {keys!r}") from None
 
     def wait(self, timeout: float = 60.0) -> int:
         """Wait for QEMU to exit and return its status; kill it and raise on timeout."""

@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from vm import lab_dir
@@ -17,7 +18,7 @@ from vm.initramfs import build_initramfs
 from vm.kernel import Kernel, fetch_kernel
 from vm.lab import archiso_initramfs, staged_hook
 from vm.media import STAGE, Media, build_media, make_sources
-from vm.qemu import Drive, Guest, Nic
+from vm.qemu import SEABIOS, Drive, Firmware, Guest, Nic
 
 # Typed into the emergency shell: lists what a failed boot could have left behind.
 # The markers are computed by the shell so that its echo of the command does not match.
@@ -109,3 +110,44 @@ def leak_report(guest: Guest) -> list[str]:
     guest.send(LEAK_CHECK)
     match = guest.expect(r"LEAK-2-BEGIN\r?\n(.*?)LEAK-2-END", timeout=30)
     return [line.strip() for line in match.group(1).splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def sample_iso() -> Path:
+    """`make iso`'s medium: it boots by itself (vm/sample_iso.py)."""
+    from vm.sample_iso import SAMPLE_ISO  # noqa: PLC0415
+
+    if not SAMPLE_ISO.is_file():
+        pytest.fail(f"{SAMPLE_ISO} is missing: run `make iso` (make test does it first)")
+    return SAMPLE_ISO
+
+
+def firmware_boot(
+    name: str,
+    drive: Drive,
+    *,
+    firmware: Firmware = SEABIOS,
+    arch: str = "x86_64",
+    timeout: float = 420.0,
+) -> Guest:
+    """A guest that boots `drive` as a PC does: firmware, the medium's boot loader, the
+    entry its menu picks (no -kernel)."""
+    return Guest(
+        name,
+        kernel=None,
+        drives=[attrs.evolve(drive, bootindex=1)],
+        firmware=firmware,
+        arch=arch,
+        timeout=timeout,
+    )
+
+
+def assert_firmware_boot(guest: Guest, output: str, *, loader: str, arch_line: str) -> None:
+    """The guest booted through `loader`, not QEMU's -kernel, into the live root of the
+    expected architecture, which passed its checks, took itself apart and powered off."""
+    assert "-kernel" not in guest.command, guest.command
+    assert loader in output, output[:3000]
+    assert "LAB: PASS" in output, output[-3000:]
+    match = re.search(r"^LAB-RESULT arch (.*?)\r?$", output, re.M)
+    assert match and match.group(1) == arch_line, output[-3000:]
+    assert "archiso-hook: nothing left busy" in output, output[-3000:]

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from tests.vm.conftest import Lab, status_reports
-from vm import lab_dir
 from vm.initramfs import InitramfsError, build_initramfs
 from vm.kernel import fetch_kernel
+from vm.lab import archiso_initramfs_i686
 from vm.media import DUAL_AITAB, I386_ROOT, SAMPLE_LABEL, STAGE, Media, make_dual_sources
 from vm.qemu import Drive
 
@@ -38,14 +38,7 @@ def lab_i686(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         if not needed.exists():
             pytest.fail(f"{needed} is missing: run `make stage` (make test does it first)")
     kernel = fetch_kernel("i686")
-    initrd = build_initramfs(
-        kernel,
-        ["base", "udev", "archiso"],
-        lab_dir() / "initramfs-archiso-i686.img",
-        hook_dirs=[STAGE / "usr/lib/initcpio"],
-        env={"ARCHISO_HOOK_SYSROOT": str(STAGE)},
-        chroot=I386_ROOT,
-    )
+    initrd = archiso_initramfs_i686(kernel)
     src = make_dual_sources(
         tmp_path_factory.mktemp("dual-sources"),
         hook_tree=STAGE / "usr/lib/archiso-hook",
