@@ -39,7 +39,6 @@ import re
 import shutil
 import stat
 import tempfile
-import time
 import uuid
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -204,6 +203,10 @@ def _boot_files(
     """Each architecture's kernel and initramfs, given or found, read and checked."""
     image_arches = {job.entry.arch for job in jobs} - {"any"}
     for arch in sorted(set(boot.files) - image_arches):
+        if arch not in BOOT_ARCHES:
+            raise InputError(
+                f"--boot {arch}=...: unknown architecture, expected {' or '.join(BOOT_ARCHES)}"
+            )
         if image_arches:
             raise InputError(
                 f"--boot {arch}=...: {aitab} has no image for {arch} "
@@ -1029,7 +1032,7 @@ def make_iso(
     the EFI system partition is appended (loaders.py).
     """
     label = _check_iso(out, iso, label)
-    stamp = time.strftime("%Y%m%d%H%M%S00", time.gmtime(epoch))
+    stamp = loaders.volume_date(epoch)
     part = iso.with_name(f".{iso.name}.part")
     part.unlink(missing_ok=True)
     log(f"writing {iso} (label {label}) from {out}")

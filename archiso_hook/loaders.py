@@ -291,10 +291,16 @@ def esp_fallback_cfg(volume_uuid: str) -> str:
     )
 
 
+def volume_date(epoch: int) -> str:
+    """The ISO 9660 volume's dates for xorriso (`--modification-date`): YYYYMMDDhhmmss00."""
+    return time.strftime("%Y%m%d%H%M%S00", time.gmtime(epoch))
+
+
 def volume_uuid(epoch: int) -> str:
-    """What GRUB and blkid call the UUID of the ISO 9660 volume made at `epoch`:
-    its modification time, `YYYY-MM-DD-hh-mm-ss-00` (xorriso --modification-date)."""
-    return time.strftime("%Y-%m-%d-%H-%M-%S-00", time.gmtime(epoch))
+    """What GRUB and blkid call the UUID of the ISO 9660 volume made at `epoch`: its
+    modification date, `YYYY-MM-DD-hh-mm-ss-00`."""
+    d = volume_date(epoch)
+    return "-".join((d[:4], d[4:6], d[6:8], d[8:10], d[10:12], d[12:14], d[14:]))
 
 
 # --------------------------------------------------------------------------- the loaders

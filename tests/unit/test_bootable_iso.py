@@ -201,6 +201,11 @@ def _nothing_written(tmp: Path) -> None:
             {},
             "has images for any architecture only: say which kernel boots them",
         ),
+        (
+            DUAL_AITAB,
+            {"x86_64": "x86_64", "i686": "i686", "arm": "x86_64"},
+            "--boot arm=...: unknown architecture, expected x86_64 or i686",
+        ),
     ],
 )
 def test_wrong_boot_files_are_refused_before_anything_is_written(
