@@ -22,6 +22,7 @@ import attrs
 import pytest
 
 from archiso_hook import __version__
+from archiso_hook.hosttools import TOOL_PACKAGES
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run makepkg as a user")
 
@@ -186,6 +187,12 @@ def test_package_metadata(built: Built) -> None:
     assert ("license", "GPL-3.0-or-later") in info
     assert ("arch", "x86_64") in info
     assert {v for k, v in info if k == "depend"} == {"glibc", "mkinitcpio", "systemd-libs"}
+    # what `archiso-hook build --iso` runs, as hosttools names its Arch packages
+    optional = {v.split(":")[0] for k, v in info if k == "optdepend"}
+    assert optional == {"squashfs-tools", "e2fsprogs", "libisoburn", "syslinux", "grub",
+                        "dosfstools", "mtools"}  # fmt: skip
+    for tool in ("mksquashfs", "mke2fs", "xorriso", "grub-mkimage", "mkfs.fat", "mcopy"):
+        assert TOOL_PACKAGES[tool][1] in optional, tool
     assert ("conflict", "mkinitcpio-archiso") in info
     pyproject = (TREE / "pyproject.toml").read_text()
     assert f'version = "{__version__}"' in pyproject
