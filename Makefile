@@ -37,7 +37,7 @@ SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 1700000
 export SOURCE_DATE_EPOCH
 
 .PHONY: help setup frozen frozen-i686 stage iso install install-i686 uninstall lab demo test \
-	test-unit test-vm lint bench bench-boot bench-transfer bench-net clean
+	test-unit test-vm lint bench bench-boot bench-transfer bench-net bench-loaders clean
 
 help:
 	@echo "make setup    install apt packages and .venv"
@@ -228,8 +228,8 @@ test: setup stage iso
 	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
-# Figures as ratios to a baseline: see bench/. The three benches, about 25 minutes.
-bench: bench-boot bench-transfer bench-net
+# Figures as ratios to a baseline: see bench/. The four benches, about 30 minutes.
+bench: bench-boot bench-transfer bench-net bench-loaders
 
 # archiso-hook against a busybox shell hook (bench/baseline) on the same media, kernel and
 # QEMU: medians and ratios in bench/results/boot.txt (bench/boot.py says how it times).
@@ -244,6 +244,11 @@ bench-transfer: setup stage
 # in the same guest: bench/results/net.txt.
 bench-net: setup stage
 	$(PY) -m bench.net
+
+# Power-on to the live root through SeaBIOS and OVMF and the ISO's loaders, against QEMU's
+# direct kernel boot, on the sample ISO: bench/results/loaders.txt.
+bench-loaders: setup stage
+	$(PY) -m bench.loaders
 
 test-vm: setup stage iso
 	$(PY) -m pytest -q -m vm tests

@@ -45,26 +45,40 @@ class SampleIsoError(RuntimeError):
 
 
 def build_command(
-    aitab: Path, src: Path, tree: Path, out: Path, boot: dict[str, tuple[Path, Path]]
+    aitab: Path,
+    src: Path,
+    tree: Path,
+    out: Path,
+    boot: dict[str, tuple[Path, Path]],
+    *,
+    timeout: int = TIMEOUT,
+    checks: str = CHECKS,
 ) -> list[str]:
     """`archiso-hook build ...` for the sample medium."""
     argv = [str(BUILDER), "build", "--aitab", str(aitab), "--src", str(src), "--out", str(tree)]
     argv += ["--iso", str(out), "--label", SAMPLE_LABEL, "--title", TITLE]
     for arch, (kernel, initramfs) in sorted(boot.items()):
         argv += ["--boot", f"{arch}={kernel},{initramfs}"]
-    argv += ["--serial", "--timeout", str(TIMEOUT), "--append", f"lab.check={CHECKS}"]
+    argv += ["--serial", "--timeout", str(timeout), "--append", f"lab.check={checks}"]
     return argv
 
 
-def build_sample_iso(out: Path = SAMPLE_ISO, log: Callable[[str], None] = print) -> Path:
-    """Make the sample ISO at `out` (atomically) and return it."""
+def build_sample_iso(
+    out: Path = SAMPLE_ISO,
+    log: Callable[[str], None] = print,
+    *,
+    timeout: int = TIMEOUT,
+    checks: str = CHECKS,
+) -> Path:
+    """Make the sample ISO at `out` (atomically) and return it. `timeout` and `checks`:
+    the menu's, and the default entry's `lab.check=` (the bench's ISO has neither)."""
     staged_hook()
     if (
         not (STAGE / "usr/lib/archiso-hook-i686/archiso-hook").exists()
         or not (I386_ROOT / ".complete").exists()
     ):
         raise SampleIsoError("the i686 hook or the i386 root is missing: run `make stage`")
-    work = lab_dir() / "sample-iso"
+    work = lab_dir() / f"sample-iso-{out.stem}"
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
@@ -85,7 +99,9 @@ def build_sample_iso(out: Path = SAMPLE_ISO, log: Callable[[str], None] = print)
         )
         out.parent.mkdir(parents=True, exist_ok=True)
         part = out.with_name(f".{out.name}.part")
-        argv = build_command(work / "aitab", src, work / "tree", part, boot)
+        argv = build_command(
+            work / "aitab", src, work / "tree", part, boot, timeout=timeout, checks=checks
+        )
         log("$ " + shlex.join(argv))
         if subprocess.run(argv, stdin=subprocess.DEVNULL, check=False).returncode != 0:
             raise SampleIsoError(f"{BUILDER} build failed (its lines above say why)")
