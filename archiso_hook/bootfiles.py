@@ -272,37 +272,36 @@ def _walk(f: IO[bytes], path: Path) -> Iterator[tuple[str, _Member | None]]:
     tools decompress concatenated frames as one stream, which covers what mkinitcpio and
     dracut write)."""
     top = _Reader(f)
-    while True:
-        top.skip_zeros()
-        magic = top.peek(6)
-        if not magic:
-            return
-        if magic in _NEWC:
-            yield "none", None
-            yield from (("none", member) for member in _members(top, path))
-            continue
-        kind = next((k for m, k in _MAGICS if magic.startswith(m)), None)
-        if kind is None:
-            raise InputError(
-                f"{path} is not an initramfs: at byte {top.offset} is neither a cpio archive "
-                f"nor data compressed in a format the kernel reads (it starts {magic.hex()})"
-            )
-        f.seek(top.offset)
-        with _decompressed(f, kind, path) as stream:
-            inner = _Reader(stream)
-            while True:
-                inner.skip_zeros()
-                magic = inner.peek(6)
-                if not magic:
-                    break
-                if magic not in _NEWC:
-                    raise InputError(
-                        f"{path}: the {kind} data at byte {top.offset} holds no cpio archive "
-                        f"at its byte {inner.offset}: not an initramfs"
-                    )
-                yield kind, None
-                yield from ((kind, member) for member in _members(inner, path))
+    yield from _archives(top, path, "none")
+    magic = top.peek(6)
+    if not magic:
         return
+    kind = next((k for m, k in _MAGICS if magic.startswith(m)), None)
+    if kind is None:
+        raise InputError(
+            f"{path} is not an initramfs: at byte {top.offset} is neither a cpio archive "
+            f"nor data compressed in a format the kernel reads (it starts {magic.hex()})"
+        )
+    f.seek(top.offset)
+    with _decompressed(f, kind, path) as stream:
+        inner = _Reader(stream)
+        yield from _archives(inner, path, kind)
+        if inner.peek(1):
+            raise InputError(
+                f"{path}: the {kind} data at byte {top.offset} holds no cpio archive "
+                f"at its byte {inner.offset}: not an initramfs"
+            )
+
+
+def _archives(reader: _Reader, path: Path, kind: str) -> Iterator[tuple[str, _Member | None]]:
+    """The newc archives from the reader's position on, and the zeros between them, up to
+    the end or to anything else (left unread)."""
+    while True:
+        reader.skip_zeros()
+        if reader.peek(6) not in _NEWC:
+            return
+        yield kind, None
+        yield from ((kind, member) for member in _members(reader, path))
 
 
 def _members(reader: _Reader, path: Path) -> Iterator[_Member]:

@@ -53,6 +53,7 @@ from pathlib import Path
 
 import attrs
 
+from bench import publish
 from vm import REPO, lab_dir
 from vm.initramfs import build_initramfs
 from vm.kernel import Kernel, fetch_kernel
@@ -606,10 +607,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stage=args.stage,
         scenarios=scenarios,
     )
-    print(text, end="")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    log(f"written to {args.out}")
+    publish(text, args.out)
     return 0
 
 

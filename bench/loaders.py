@@ -35,6 +35,7 @@ from pathlib import Path
 
 import attrs
 
+from bench import publish
 from vm import REPO, lab_dir
 from vm.kernel import extract_vmlinux
 from vm.qemu import OVMF, SEABIOS, Drive, Firmware, Guest
@@ -176,11 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(line: str) -> None:
         print(f"bench: {line}", file=sys.stderr, flush=True)
 
-    text = run(args.boots, log)
-    print(text, end="")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    log(f"written to {args.out}")
+    publish(run(args.boots, log), args.out)
     return 0
 
 

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 
+from bench import publish
 from bench.transfer import bench_media
 from vm import REPO
 from vm.kernel import fetch_kernel
@@ -90,10 +91,7 @@ def main() -> int:
         f"{'busybox wget in the same guest, same boot':<52}{wget:>9.1f}{wget / host:>9.3f}",
         f"{'archiso-hook against busybox wget, same path':<52}{'':>9}{guest / wget:>9.2f}",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text, end="")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "net.txt").write_text(text)
+    publish("\n".join(lines) + "\n", RESULTS / "net.txt")
     return 0
 
 

@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import publish
 from vm import REPO
 from vm.kernel import fetch_kernel
 from vm.lab import archiso_initramfs, staged_hook
@@ -96,11 +97,7 @@ def main() -> int:
     for mode in MODES:
         median = statistics.median(rates[mode])
         lines.append(f"{LABELS[mode]:<36} {median / 2**20:8.1f} {median / raw:12.2f}")
-    text = "\n".join(lines) + "\n"
-    print(text, end="")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "transfer.txt").write_text(text)
-    print(f"(written to {(RESULTS / 'transfer.txt').relative_to(REPO)})", file=sys.stderr)
+    publish("\n".join(lines) + "\n", RESULTS / "transfer.txt")
     return 0
 
 

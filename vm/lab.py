@@ -25,38 +25,31 @@ def staged_hook() -> Path:
 
 def archiso_initramfs(kernel: Kernel, out: Path | None = None) -> Path:
     """HOOKS=(base udev archiso) for `kernel`, with the staged archiso-hook."""
-    staged_hook()
-    return build_initramfs(
-        kernel,
-        list(HOOKS),
-        out or lab_dir() / "initramfs-archiso.img",
-        hook_dirs=[STAGE / "usr/lib/initcpio"],
-        env={"ARCHISO_HOOK_SYSROOT": str(STAGE)},
-    )
+    return _staged_initramfs(kernel, HOOKS, out or lab_dir() / "initramfs-archiso.img")
 
 
 def pxe_initramfs(kernel: Kernel, out: Path | None = None) -> Path:
     """HOOKS=(base udev archiso archiso_pxe_*): network drivers, nbd and NFS modules too."""
-    staged_hook()
-    return build_initramfs(
-        kernel,
-        list(PXE_HOOKS),
-        out or lab_dir() / "initramfs-archiso-pxe.img",
-        hook_dirs=[STAGE / "usr/lib/initcpio"],
-        env={"ARCHISO_HOOK_SYSROOT": str(STAGE)},
-    )
+    return _staged_initramfs(kernel, PXE_HOOKS, out or lab_dir() / "initramfs-archiso-pxe.img")
 
 
 def archiso_initramfs_i686(kernel: Kernel, out: Path | None = None) -> Path:
     """HOOKS=(base udev archiso) for Debian's 686 `kernel`, built inside the i386 root
     (`make stage` makes it, tools/i386-root) as archiso builds i686 images in an i686
     chroot: the image gets i386 busybox, udev and the i686 archiso-hook."""
+    out = out or lab_dir() / "initramfs-archiso-i686.img"
+    return _staged_initramfs(kernel, HOOKS, out, chroot=I386_ROOT)
+
+
+def _staged_initramfs(
+    kernel: Kernel, hooks: tuple[str, ...], out: Path, chroot: Path | None = None
+) -> Path:
     staged_hook()
     return build_initramfs(
         kernel,
-        list(HOOKS),
-        out or lab_dir() / "initramfs-archiso-i686.img",
+        list(hooks),
+        out,
         hook_dirs=[STAGE / "usr/lib/initcpio"],
         env={"ARCHISO_HOOK_SYSROOT": str(STAGE)},
-        chroot=I386_ROOT,
+        chroot=chroot,
     )
