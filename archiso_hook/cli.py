@@ -136,18 +136,22 @@ def cmd_build(args: argparse.Namespace) -> int:
             serial=args.serial,
             timeout=args.timeout,
         )
-    result = build(
-        Path(args.aitab),
-        Path(args.src),
-        Path(args.out),
-        basedir=args.basedir,
-        # Images marked `any` belong to every architecture's boot.
-        arches={*args.arch, "any"} if args.arch else None,
-        iso=Path(args.iso) if args.iso else None,
-        label=args.label,
-        boot=boot,
-        log=log,
-    )
+    try:
+        result = build(
+            Path(args.aitab),
+            Path(args.src),
+            Path(args.out),
+            basedir=args.basedir,
+            # Images marked `any` belong to every architecture's boot.
+            arches={*args.arch, "any"} if args.arch else None,
+            iso=Path(args.iso) if args.iso else None,
+            label=args.label,
+            boot=boot,
+            log=log,
+        )
+    except OSError as e:  # the output cannot be written: a full disk, a read-only place
+        where = f" {e.filename}" if e.filename else ""
+        raise HookError(f"cannot write{where}: {e.strerror or e}") from None
     for image in result.images:
         print(image.path)
     if result.iso:

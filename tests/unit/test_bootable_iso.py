@@ -289,3 +289,9 @@ def test_the_command_line(
     run = _cli(capsys, *common, "--out", str(tmp_path / "o3"), "--iso", str(data), "--no-boot")
     assert run.status == 0, run.err
     assert "El Torito" not in _run("xorriso", "-indev", str(data), "-report_el_torito", "plain")
+
+    run = _cli(capsys, *common, "--out", "/dev/null/media", "--no-boot")
+    assert (run.status, run.err.splitlines()[-1]) == (
+        1,
+        "archiso-hook: error: cannot write /dev/null/media/arch: Not a directory",
+    )
