@@ -15,12 +15,17 @@ prints the total (and, outside `ci`, the count of each property).
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from collections import Counter
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+from tests.lend import Lent, lend
 
 settings.register_profile(
     "ci", max_examples=100, derandomize=True, database=None, deadline=None, print_blob=False
@@ -72,3 +77,14 @@ def pytest_terminal_summary(
         f"fuzz: {sum(counts.values()):,d} examples of {len(counts)} properties in "
         f"{seconds:.1f} s (hypothesis profile {profile})"
     )
+
+
+@pytest.fixture(scope="session")
+def lent_checkout() -> Iterator[Lent]:
+    """This checkout's sources and venv where an unprivileged user can run them
+    (tests/lend.py): root's own clone may be in /root, which no other user may enter."""
+    root = Path(tempfile.mkdtemp(prefix="archiso-lent-", dir="/tmp"))
+    try:
+        yield lend(root)
+    finally:
+        shutil.rmtree(root)

@@ -8,6 +8,7 @@ inside makepkg's build(), on the sources `make dist` packed.
 
 from __future__ import annotations
 
+import contextlib
 import filecmp
 import os
 import pwd
@@ -15,6 +16,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +25,7 @@ import pytest
 
 from archiso_hook import __version__
 from archiso_hook.hosttools import TOOL_PACKAGES
+from tests.lend import Lent
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run makepkg as a user")
 
@@ -68,16 +71,24 @@ def as_user(workdir: Path, args: list[str], **env: str) -> str:
 
 
 def ensure_user() -> pwd.struct_passwd:
-    try:
-        return pwd.getpwnam(USER)
-    except KeyError:
-        run(["useradd", "--system", "--user-group", "--no-create-home",
-             "--shell", "/usr/sbin/nologin", "--comment", "makepkg tests", USER])  # fmt: skip
-        return pwd.getpwnam(USER)
+    """The build user, made once. Two test processes may ask at once (test_private_checkout
+    builds the package again): the one whose useradd loses finds the other's user."""
+    for _attempt in range(20):
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(USER)
+        made = subprocess.run(
+            ["useradd", "--system", "--user-group", "--no-create-home",
+             "--shell", "/usr/sbin/nologin", "--comment", "makepkg tests", USER],
+            capture_output=True,
+            check=False,
+        )  # fmt: skip
+        if made.returncode != 0:
+            time.sleep(0.5)
+    return pwd.getpwnam(USER)
 
 
 @pytest.fixture(scope="module")
-def built() -> Iterator[Built]:
+def built(lent_checkout: Lent) -> Iterator[Built]:
     user = ensure_user()
     assert (TREE / ".venv/bin/pyinstaller").exists(), "run make setup first"
     workdir = Path(tempfile.mkdtemp(prefix="archiso-makepkg-", dir="/tmp"))
@@ -97,7 +108,8 @@ def built() -> Iterator[Built]:
             ["makepkg", "--nodeps", "--noconfirm", "--nocolor"],
             PKGEXT=".pkg.tar.zst",  # Debian's makepkg.conf says .gz; Arch's says .zst
             SOURCE_DATE_EPOCH=epoch,
-            ARCHISO_HOOK_VENV=str(TREE / ".venv"),
+            # the tree's venv, copied where the user can run it (the tree may be in /root)
+            ARCHISO_HOOK_VENV=str(lent_checkout.venv),
         )
         package = workdir / PACKAGE
         members = run(["bsdtar", "-tf", str(package)]).splitlines()

@@ -10,7 +10,6 @@ import random
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,6 +39,7 @@ from archiso_hook.builder import (
 from archiso_hook.errors import HookError, InputError
 from archiso_hook.hosttools import run_tool
 from archiso_hook.sizes import MiB
+from tests.lend import Lent
 from tests.unit.fake_boot import write_boot_pair
 
 TOOLS = (
@@ -481,7 +481,7 @@ build(top / "aitab", top / "src", top / "out", iso=top / "live.iso", label="NONR
 """
 
 
-def test_non_root_builds_are_root_owned_and_bootable(tmp_path: Path) -> None:
+def test_non_root_builds_are_root_owned_and_bootable(tmp_path: Path, lent_checkout: Lent) -> None:
     # As root, drop to nobody for the build; the tree must be readable and out writable.
     with tempfile.TemporaryDirectory(prefix="builder-nonroot-") as top_name:
         top = Path(top_name)
@@ -490,11 +490,13 @@ def test_non_root_builds_are_root_owned_and_bootable(tmp_path: Path) -> None:
         (top / "aitab").write_text("img / x86_64 none ext4 50%\nimg / i686 gzip none\n")
         for arch in ("x86_64", "i686"):  # a bootable ISO too: loaders, EFI partition
             write_boot_pair(top / "k", arch)
-        argv = [sys.executable, "-c", _NON_ROOT_SCRIPT, str(top)]
+        # The lent copy: the checkout itself may be where uid 65534 cannot enter.
+        argv = [str(lent_checkout.python), "-c", _NON_ROOT_SCRIPT, str(top)]
         env = {
             "PATH": _PATH,
             "SOURCE_DATE_EPOCH": str(EPOCH),
-            "PYTHONPATH": str(Path(builder.__file__).parents[1]),
+            "PYTHONPATH": str(lent_checkout.sources),
+            "PYTHONDONTWRITEBYTECODE": "1",
         }
         if os.geteuid() == 0:
             if shutil.which("setpriv") is None:

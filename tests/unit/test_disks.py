@@ -11,14 +11,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from vm import REPO
+from tests.lend import Lent
 from vm.disks import (
     ESP,
     LINUX_FS,
@@ -406,7 +405,7 @@ _UNPRIVILEGED = textwrap.dedent(
 )
 
 
-def test_images_need_no_root() -> None:
+def test_images_need_no_root(lent_checkout: Lent) -> None:
     if os.geteuid() != 0:
         prefix: list[str] = []
     elif shutil.which("setpriv"):
@@ -417,12 +416,15 @@ def test_images_need_no_root() -> None:
     try:
         if prefix:
             os.chown(work, 65534, 65534)
+        # The lent copy: the checkout itself may be where uid 65534 cannot enter.
         proc = subprocess.run(
-            [*prefix, sys.executable, "-c", _UNPRIVILEGED, str(work)],
+            [*prefix, str(lent_checkout.python), "-c", _UNPRIVILEGED, str(work)],
             capture_output=True,
             text=True,
-            cwd=REPO,
-            env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=str(REPO)),
+            cwd=work,
+            env=dict(
+                os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=str(lent_checkout.sources)
+            ),
             check=False,
         )
         assert proc.returncode == 0, proc.stderr
