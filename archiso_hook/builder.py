@@ -139,7 +139,7 @@ def build(
             )
         jobs.append(_Job(entry, source, scan_tree(source, entry.fs_type)))
     boot_files = _boot_files(boot, jobs, aitab, log) if boot is not None else ()
-    menu = None
+    host_loaders = None
     if boot is not None and iso is not None and boot_files:
         assert label is not None
         menu = loaders.make_menu(
@@ -151,7 +151,7 @@ def build(
             serial=boot.serial,
             timeout=boot.timeout,
         )
-        loaders.check_loaders(menu.kernels, log)
+        host_loaders = loaders.find_loaders(menu, log)
 
     if epoch is None:
         mtimes = [int(p.stat().st_mtime) for b in boot_files for p in _paths(b)]
@@ -183,7 +183,7 @@ def build(
     iso_path = None
     if iso is not None:
         assert label is not None
-        iso_path = make_iso(out, Path(iso), label, epoch, log, menu=menu)
+        iso_path = make_iso(out, Path(iso), label, epoch, log, boot_loaders=host_loaders)
     return BuildResult(tuple(images), iso_path, epoch, tuple(boot_files))
 
 
@@ -1024,12 +1024,18 @@ def _dump_super_field(dump: str, key: str) -> int:
 
 
 def make_iso(
-    out: Path, iso: Path, label: str, epoch: int, log: Log, *, menu: loaders.Menu | None = None
+    out: Path,
+    iso: Path,
+    label: str,
+    epoch: int,
+    log: Log,
+    *,
+    boot_loaders: loaders.Loaders | None = None,
 ) -> Path:
     """An ISO 9660 image of `out` (Rock Ridge names, level 3 for files over 4 GiB).
 
-    With `menu`, one that boots by itself: isolinux and GRUB are written into `out` and
-    the EFI system partition is appended (loaders.py).
+    With `boot_loaders`, one that boots by itself: isolinux, GRUB and their menus are written
+    into `out`, and the EFI system partition is appended (loaders.py).
     """
     label = _check_iso(out, iso, label)
     stamp = loaders.volume_date(epoch)
@@ -1038,8 +1044,10 @@ def make_iso(
     log(f"writing {iso} (label {label}) from {out}")
     with tempfile.TemporaryDirectory(prefix=".archiso-iso-", dir=iso.parent) as scratch:
         boot_args: list[str] = []
-        if menu is not None:
-            setup = loaders.write_loaders(out, menu, epoch=epoch, scratch=Path(scratch), log=log)
+        if boot_loaders is not None:
+            setup = loaders.write_loaders(
+                out, boot_loaders, epoch=epoch, scratch=Path(scratch), log=log
+            )
             boot_args = setup.xorriso_args()
         try:
             # -no_rc first: no start-up file of xorriso's can change the result.

@@ -389,12 +389,22 @@ def uefi_loaders(
 LOADER_TOOLS = ("grub-mkimage", "mkfs.fat", "mmd", "mcopy")
 
 
-def check_loaders(kernels: Sequence[BootKernel], log: Log, root: Path = Path("/")) -> None:
-    """Everything a bootable medium needs from the host is there: before hours of building."""
-    find_syslinux(root)
-    uefi_loaders(kernels, log, root)
+@attrs.frozen
+class Loaders:
+    """A medium's menus, and the host's loaders that will carry them."""
+
+    menu: Menu
+    syslinux: Syslinux
+    grub: Mapping[str, Path]  # architecture -> GRUB's modules for its UEFI
+
+
+def find_loaders(menu: Menu, log: Log, root: Path = Path("/")) -> Loaders:
+    """Everything a bootable medium needs from the host, found before hours of building
+    (a HookError naming the packages of what is missing)."""
+    found = Loaders(menu, find_syslinux(root), uefi_loaders(menu.kernels, log, root))
     for tool in (*LOADER_TOOLS, "xorriso"):
         find_tool(tool)
+    return found
 
 
 def make_grub_image(arch: str, module_dir: Path, embedded: Path, out: Path, log: Log) -> Path:
@@ -472,17 +482,10 @@ class BootSetup:
 
 
 def write_loaders(
-    tree: Path,
-    menu: Menu,
-    *,
-    epoch: int,
-    scratch: Path,
-    log: Log,
-    root: Path = Path("/"),
+    tree: Path, loaders: Loaders, *, epoch: int, scratch: Path, log: Log
 ) -> BootSetup:
     """Write isolinux and the menus into `tree`, and make the EFI partition in `scratch`."""
-    syslinux = find_syslinux(root)
-    grub = uefi_loaders(menu.kernels, log, root)
+    menu, syslinux = loaders.menu, loaders.syslinux
     uuid_ = volume_uuid(epoch)
 
     sysdir = tree / SYSLINUX_DIR
@@ -500,7 +503,7 @@ def write_loaders(
     fallback = scratch / "grub-fallback.cfg"
     fallback.write_text(esp_fallback_cfg(uuid_), encoding="ascii")
     files = {f"{GRUB_DIR}/grub.cfg": fallback}
-    for arch, module_dir in grub.items():
+    for arch, module_dir in loaders.grub.items():
         name = GRUB_TARGETS[arch][1]
         files[f"EFI/BOOT/{name}"] = make_grub_image(arch, module_dir, embedded, scratch / name, log)
     esp = make_esp(files, scratch / "efiboot.img", epoch, log)
