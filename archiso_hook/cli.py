@@ -42,6 +42,9 @@ EPILOG_TRANSFER = """examples:
   archiso-hook transfer --verify /run/archiso/bootmnt/arch/x86_64/*.sfs
                                           (is my stick OK?)
   archiso-hook transfer --to /mnt/images --verify arch/x86_64/root.fs.sfs
+  archiso-hook transfer --to /tmp/t --verify --timeout 600 \\
+      http://10.0.2.2/arch/x86_64/root.fs.sfs
+                                          (does this server boot us?)
 """
 EPILOG_BUILD = """examples:
   archiso-hook build --aitab aitab --src work --out media --iso live.iso \\
@@ -170,6 +173,53 @@ def _boot_spec(spec: str) -> tuple[str, tuple[Path, Path]]:
     return arch, (Path(kernel), Path(initramfs))
 
 
+def _transfer_urls(args: argparse.Namespace, log: Log) -> int:
+    """Download URLs with the boot's HTTP engine: one line per failure, exit 1 if any."""
+    import os  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from archiso_hook import httpfetch  # noqa: PLC0415
+    from archiso_hook.sizes import human  # noqa: PLC0415
+
+    if len([i for i in args.images if "://" in i]) != len(args.images):
+        raise InputError("give either files on this machine or URLs, not both")
+    if args.to is None:
+        raise InputError("URLs need --to DIR: the directory to download them into")
+    if args.timeout is not None and args.timeout <= 0:
+        raise InputError(f"--timeout {args.timeout:g} is not valid: expected seconds above 0")
+    os.makedirs(args.to, exist_ok=True)
+    start = time.monotonic()
+    total = failed = 0
+    for url in args.images:
+        name = os.path.basename(url.split("?", 1)[0].rstrip("/"))
+        try:
+            got = httpfetch.fetch_checked(
+                url,
+                os.path.join(args.to, name),
+                log,
+                checksum="required" if args.verify else "no",
+                deadline=args.timeout,
+                required_by="--verify",
+            )
+        except httpfetch.FetchError as e:
+            log.error(printable(str(e)))
+            failed += 1
+            continue
+        except httpfetch.NotFoundError:
+            log.error(f"{url} is not on the server (HTTP 404)")
+            failed += 1
+            continue
+        total += got.size
+    seconds = time.monotonic() - start
+    done = len(args.images) - failed
+    print(
+        f"fetched: {done} of {len(args.images)} file(s), {total} bytes in {seconds:.3f} s "
+        f"({human(total / seconds if seconds else 0)}/s)"
+        + ("; checksums match" if args.verify and not failed else "")
+    )
+    return 1 if failed else 0
+
+
 def boot_log() -> Log:
     """The log of a command run at boot or shutdown: to the kernel log too, and honouring
     quiet and rd.debug (read leniently: a bad archiso parameter is mount's to report)."""
@@ -211,6 +261,11 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     from archiso_hook.sizes import human  # noqa: PLC0415
 
     log = Log(quiet=args.quiet)
+    urls = [image for image in args.images if "://" in image]
+    if urls:
+        return _transfer_urls(args, log)
+    if args.timeout is not None:
+        raise InputError("--timeout is for URLs: a file on this machine is read as it is")
     expected = []
     if args.verify:
         for image in args.images:
@@ -350,12 +405,23 @@ def build_parser() -> argparse.ArgumentParser:
         "transfer",
         cmd_transfer,
         "read images once, copying them and/or checking them against their .sha512 (or "
-        ".md5) files, with the engine copytoram= and checksum= use at boot",
+        ".md5) files, with the engine copytoram= and checksum= use at boot; or download "
+        "URLs with the engine of archiso_http_srv=, checksum files beside them",
         EPILOG_TRANSFER,
     )
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--to", metavar="DIR", help="copy the images into this directory")
-    p.add_argument("--verify", action="store_true", help="check them against their checksums")
+    p.add_argument("images", nargs="+", metavar="IMAGE|URL")
+    p.add_argument("--to", metavar="DIR", help="copy the images (download the URLs) here")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="check them against their checksums (beside each file, or each URL)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="URLs: give up on a file not complete after this long",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
     p = add(

@@ -5,6 +5,19 @@ streamed to the tmpfs and hashed as it arrives; a broken transfer is resumed
 where it stopped (Range) after a back-off, for as long as the server comes back
 within GIVE_UP seconds. Checksum files beside the images (`.sha512`, or `.md5`)
 are fetched too and, when present, checked before anything is mounted.
+
+A file is whole or refused, whatever the server does:
+- a resumed transfer is taken only from a 206 whose Content-Range starts at the byte
+  asked for and names the size the first answer gave; a 200 instead (no Range support)
+  starts over, if the size is the same; a 416 means "complete" only at the end of the
+  file; a 206 to a request without Range, or more bytes than announced, is refused;
+- every file has a cap: its announced size, the room in RAM (`room`), and `limit`
+  (the aitab and checksum files are small); a transfer slower than MIN_RATE over
+  STALL_WINDOW seconds counts as broken, and a file may be restarted at most
+  MAX_RESTARTS times, so a server that drips a byte a second cannot hold the boot;
+- what retrying cannot mend fails at once: a refusal above, an untrusted certificate,
+  a URL that is not one, an HTTP 4xx (but 408 and 429), a redirect to another scheme
+  than http or https (http may go to https, never back).
 """
 
 from __future__ import annotations
@@ -13,12 +26,13 @@ import contextlib
 import hashlib
 import http.client
 import os
+import re
 import socket
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
@@ -31,9 +45,15 @@ from archiso_hook.transfer import Progress
 
 CHUNK = 1 << 20
 TIMEOUT = 20.0  # seconds without a byte before a connection counts as broken
-GIVE_UP = 120.0  # seconds of failed attempts in a row (no byte gained) before giving up
+GIVE_UP = 120.0  # seconds of failed attempts in a row (no chunk gained) before giving up
 BACKOFF = (1.0, 2.0, 4.0, 8.0, 15.0)
+MIN_RATE = 32 << 10  # bytes per second; slower over STALL_WINDOW counts as broken
+STALL_WINDOW = 60.0
+MAX_RESTARTS = 32  # resumes and restarts of one file
+SMALL_LIMIT = 1 << 20  # the aitab and checksum files
 USER_AGENT = "archiso-hook"
+#: HTTP errors that may heal by waiting: a timeout, too many requests, the server's own.
+_TRANSIENT_4XX = {408, 429}
 
 
 class FetchError(HookError):
@@ -49,31 +69,76 @@ class Fetched:
     resumed: int  # how many times the transfer was resumed
 
 
-class _NotFoundError(Exception):
-    pass
+class NotFoundError(Exception):
+    """The server has no such file (HTTP 404)."""
 
 
-def _open(url: str, offset: int) -> Any:
+class _BrokenError(Exception):
+    """The transfer broke off in a way that may heal: try again."""
+
+
+class _SafeRedirects(urllib.request.HTTPRedirectHandler):
+    """Redirects to the same scheme, or from http to https; anything else is refused."""
+
+    def redirect_request(  # noqa: PLR0917 (urllib's signature)
+        self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any, newurl: str
+    ) -> urllib.request.Request | None:
+        old, new = req.full_url.split(":", 1)[0].lower(), newurl.split(":", 1)[0].lower()
+        if new not in (old, "https"):
+            raise FetchError(
+                f"cannot fetch {req.full_url}: the server redirects to {newurl}, "
+                f"another scheme than {old}",
+                hint="give the server's final URL",
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_SafeRedirects)
+
+
+def _open(url: str, offset: int, size: int | None) -> Any:
+    """The server's answer for `url` from `offset` on; None if there is nothing left."""
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     if offset:
         request.add_header("Range", f"bytes={offset}-")
     try:
-        return urllib.request.urlopen(request, timeout=TIMEOUT)  # http or https: parse_http_server
+        return _OPENER.open(request, timeout=TIMEOUT)  # http or https: parse_http_server
     except urllib.error.HTTPError as e:
         if e.code == 404:
-            raise _NotFoundError() from None
-        if e.code == 416 and offset:  # nothing left past the offset: the file is complete
-            return None
+            raise NotFoundError() from None
+        if e.code == 416 and offset:
+            if offset == size:  # nothing past the end: the file is complete
+                return None
+            raise _refused(url, f"it answered 416 (nothing there) at byte {offset}", size) from None
+        if 400 <= e.code < 500 and e.code not in _TRANSIENT_4XX:
+            raise FetchError(f"cannot fetch {url}: HTTP {e.code} {e.reason}") from None
+        raise
+    except ValueError as e:  # not a URL urllib can open
+        raise FetchError(f"cannot fetch {url}: {e}") from None
+    except urllib.error.URLError as e:
+        if type(e.reason).__name__ == "SSLCertVerificationError":
+            raise FetchError(
+                f"cannot fetch {url}: the server's certificate is not trusted: "
+                f"{getattr(e.reason, 'verify_message', None) or e.reason}",
+                hint="the initramfs trusts the CA certificates of the system that built it",
+            ) from None
         raise
 
 
-def _total(response: Any, offset: int) -> int | None:
-    if response.status == 206:
-        content_range = response.headers.get("Content-Range", "")
-        total = content_range.rpartition("/")[2]
-        return int(total) if total.isdigit() else None
-    length = response.headers.get("Content-Length")
-    return int(length) if length and length.isdigit() else None
+def _refused(url: str, what: str, size: int | None) -> FetchError:
+    of = f" (a file of {size} bytes)" if size is not None else ""
+    return FetchError(
+        f"refusing {url}: {what}{of}; the server does not serve this file consistently",
+        hint="fix or replace the server; nothing was mounted from it",
+    )
+
+
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+def _length(response: Any) -> int | None:
+    value = response.headers.get("Content-Length")
+    return int(value) if value and value.isdigit() else None
 
 
 def fetch(
@@ -84,60 +149,85 @@ def fetch(
     algorithm: str | None = None,
     progress: Callable[[int, int | None], None] | None = None,
     room: Callable[[int], None] | None = None,
+    limit: int | None = None,
+    deadline: float | None = None,
 ) -> Fetched:
     """Download `url` to `path`, resuming after failures; hash it on the way.
 
-    `room(size)` is called with the file's full size before its first byte is
-    written, to refuse a download the tmpfs cannot hold (never ENOSPC half-way).
+    `room(size)` is called with the file's size as soon as it is known (before its first
+    byte is written; as it grows when the server announces none), to refuse a download
+    the tmpfs cannot hold (never ENOSPC half-way). `limit` caps the file's size, and
+    `deadline` the seconds the whole download may take.
     """
     hasher = hashlib.new(algorithm) if algorithm else None
     offset = 0
-    resumed = 0
+    resumed = restarts = attempt = 0
     failing_since: float | None = None
-    attempt = 0
+    started = time.monotonic()
     size: int | None = None
-    buffer = bytearray(CHUNK)
-    view = memoryview(buffer)
     with open(path, "wb") as out:
         while True:
+            gained = 0
             try:
-                response = _open(url, offset)
+                response = _open(url, offset, size)
                 if response is None:
                     break
                 with response:
-                    if offset and response.status != 206:  # no Range support: start over
+                    first = size is None and offset == 0
+                    size, restart = _check_answer(url, response, offset, size, limit)
+                    if restart:  # no Range support: the same file from its start
                         log.warning(f"{url}: the server cannot resume; starting over")
                         out.seek(0)
                         out.truncate()
                         offset = 0
                         hasher = hashlib.new(algorithm) if algorithm else None
-                    total = _total(response, offset)
-                    if size is None and total is not None:
-                        size = total
-                        if room:
-                            room(size)
-                    # One buffer for the whole file: no new bytes object per chunk.
-                    while n := response.readinto(buffer):
-                        chunk = view[:n]
+                    if first and size is not None and room:
+                        room(size)
+                    window_start, window_bytes = time.monotonic(), 0
+                    # read1: what has arrived, without waiting to fill CHUNK, so that a
+                    # trickle is seen as one (as fast as readinto into one buffer, here).
+                    while chunk := response.read1(CHUNK):
+                        n = len(chunk)
+                        cap = size if size is not None else limit
+                        if cap is not None and offset + n > cap:
+                            raise _refused(url, f"it sent more than {cap} bytes", size)
+                        if size is None and room:
+                            room(offset + n)
                         out.write(chunk)
                         if hasher:
                             hasher.update(chunk)
                         offset += n
-                        failing_since, attempt = None, 0
+                        gained += n
                         if progress:
                             progress(n, size)
+                        window_bytes += n
+                        now = time.monotonic()
+                        if now - window_start >= STALL_WINDOW:
+                            if window_bytes < MIN_RATE * (now - window_start):
+                                raise _BrokenError(
+                                    f"{human(window_bytes / (now - window_start))}/s, less "
+                                    f"than {human(MIN_RATE)}/s"
+                                )
+                            window_start, window_bytes = now, 0
+                        if deadline is not None and now - started > deadline:
+                            raise FetchError(
+                                f"cannot fetch {url}: not complete after {deadline:g} s "
+                                f"({human(offset)} fetched)"
+                            )
                 if size is None or offset >= size:
                     break
                 raise http.client.IncompleteRead(b"", size - offset)
-            except _NotFoundError:
+            except NotFoundError:
                 raise
             except urllib.error.HTTPError as e:
-                if e.code < 500:
-                    raise FetchError(f"cannot fetch {url}: HTTP {e.code} {e.reason}") from None
                 error = f"HTTP {e.code} {e.reason}"
-            except (OSError, http.client.HTTPException, ValueError) as e:
+            except _BrokenError as e:
+                error = str(e)
+            except (OSError, http.client.HTTPException) as e:
                 error = _describe(e)
             now = time.monotonic()
+            if gained >= CHUNK:  # a real step forward, not a trickle
+                failing_since, attempt = None, 0
             failing_since = failing_since or now
             if now - failing_since > GIVE_UP:
                 raise FetchError(
@@ -145,16 +235,60 @@ def fetch(
                     f"{human(offset)} fetched",
                     hint="is the server up, and reachable from this machine?",
                 )
+            restarts += 1
+            if restarts > MAX_RESTARTS:
+                raise FetchError(
+                    f"cannot fetch {url}: {error}; the transfer broke off {restarts} times, "
+                    f"{human(offset)} fetched",
+                    hint="check the network and the server",
+                )
             delay = BACKOFF[min(attempt, len(BACKOFF) - 1)]
             attempt += 1
             if offset:
                 resumed += 1
+            if deadline is not None and now + delay - started > deadline:
+                raise FetchError(
+                    f"cannot fetch {url}: {error}; not complete after {deadline:g} s "
+                    f"({human(offset)} fetched)"
+                )
             log.warning(
                 f"{url}: {error}; retrying in {delay:g} s"
                 + (f" from {human(offset)}" if offset else "")
             )
             time.sleep(delay)
     return Fetched(url, path, offset, hasher.hexdigest() if hasher else None, resumed)
+
+
+def _check_answer(
+    url: str, response: Any, offset: int, size: int | None, limit: int | None
+) -> tuple[int | None, bool]:
+    """The file's size, and whether the answer starts it over; a FetchError for an answer
+    that would make a wrong file."""
+    status = response.status
+    if status not in (200, 206):
+        raise _refused(url, f"it answered {status} to a download", size)
+    if status == 206:
+        if not offset:
+            raise _refused(url, "it answered 206 (a part) to a request for the whole file", size)
+        match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
+        if match is None or match.group(3) == "*":
+            raise _refused(url, "its 206 has no usable Content-Range", size)
+        start, total = int(match.group(1)), int(match.group(3))
+        if start != offset:
+            raise _refused(url, f"asked for bytes from {offset}, it sent them from {start}", size)
+        if size is not None and total != size:
+            raise _refused(url, f"it now says the file has {total} bytes", size)
+        announced: int | None = total
+    else:
+        announced = _length(response)
+        if size is not None and announced is not None and announced != size:
+            raise _refused(url, f"it now sends a file of {announced} bytes", size)
+    if limit is not None and announced is not None and announced > limit:
+        raise FetchError(
+            f"refusing {url}: it has {human(announced)}, more than the {human(limit)} "
+            "such a file may have"
+        )
+    return (size if size is not None else announced), (status == 200 and bool(offset))
 
 
 def _describe(error: BaseException) -> str:
@@ -173,8 +307,8 @@ def _describe(error: BaseException) -> str:
 def _maybe(url: str, path: str, log: Log) -> bool:
     """Fetch a small optional file; False if the server has none."""
     try:
-        fetch(url, path, log)
-    except _NotFoundError:
+        fetch(url, path, log, limit=SMALL_LIMIT)
+    except NotFoundError:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         return False
@@ -196,8 +330,8 @@ def fetch_medium(
     os.makedirs(f"{root}/{basedir}", exist_ok=True)
     aitab_path = f"{root}/{basedir}/aitab"
     try:
-        fetch(f"{base}/aitab", aitab_path, log)
-    except _NotFoundError:
+        fetch(f"{base}/aitab", aitab_path, log, limit=SMALL_LIMIT)
+    except NotFoundError:
         raise FetchError(
             f"{base}/aitab is not on the server (HTTP 404)",
             hint=f"check archiso_http_srv= and archisobasedir={basedir}",
@@ -251,44 +385,69 @@ def _fetch_image(
     directory = f"{root}/{basedir}/{entry.arch}"
     os.makedirs(directory, exist_ok=True)
     url = f"{base}/{entry.arch}/{entry.filename}"
-    path = f"{directory}/{entry.filename}"
-    expected = None
-    for algorithm, _ in checksums.ALGORITHMS:
-        sums = f"{path}.{algorithm}"
-        if _maybe(f"{url}.{algorithm}", sums, log):
-            with open(sums, encoding="utf-8", errors="surrogateescape") as f:
-                expected = checksums.parse(f.read(), f"{url}.{algorithm}", entry.filename)
-            break
-    if expected is None and require_checksums:
+    try:
+        return fetch_checked(
+            url,
+            f"{directory}/{entry.filename}",
+            log,
+            checksum="required" if require_checksums else "if-present",
+            room=room_for(entry.filename),
+        )
+    except NotFoundError:
         raise FetchError(
-            f"checksum=y, but the server has no {url}.sha512 (or .md5)",
-            hint="publish the checksum files beside the images, or boot without checksum=y",
+            f"{url} (aitab line {entry.line}) is not on the server (HTTP 404)",
+            hint="the server's copy of the medium is incomplete",
+        ) from None
+
+
+def fetch_checked(
+    url: str,
+    path: str,
+    log: Log,
+    *,
+    checksum: Literal["required", "if-present", "no"],
+    room: Callable[[int], None] | None = None,
+    deadline: float | None = None,
+    required_by: str = "checksum=y",
+) -> Fetched:
+    """`url` to `path`, with the checksum file the server has beside it (`.sha512`, else
+    `.md5`): `checksum` is "required" (by what `required_by` names), "if-present" or "no".
+    A digest that differs is a FetchError naming both; the file stays where it is, and
+    nothing is made of it."""
+    name = os.path.basename(path)
+    expected = None
+    if checksum != "no":
+        for algorithm, _ in checksums.ALGORITHMS:
+            sums = f"{path}.{algorithm}"
+            if _maybe(f"{url}.{algorithm}", sums, log):
+                with open(sums, encoding="utf-8", errors="surrogateescape") as f:
+                    expected = checksums.parse(f.read(), f"{url}.{algorithm}", name)
+                break
+    if expected is None and checksum == "required":
+        raise FetchError(
+            f"{required_by}, but the server has no {url}.sha512 (or .md5)",
+            hint=f"publish the checksum files beside the images, or leave out {required_by}",
         )
     meter: dict[str, Progress] = {}
 
     def progress(n: int, total: int | None) -> None:
         if "p" not in meter:
-            meter["p"] = Progress(f"downloading {entry.filename}", total or 0, log.progress)
+            meter["p"] = Progress(f"downloading {name}", total or 0, log.progress)
         meter["p"].add(n)
 
     start = time.monotonic()
-    try:
-        got = fetch(
-            url,
-            path,
-            log,
-            algorithm=expected.algorithm if expected else None,
-            progress=progress,
-            room=room_for(entry.filename),
-        )
-    except _NotFoundError:
-        raise FetchError(
-            f"{url} (aitab line {entry.line}) is not on the server (HTTP 404)",
-            hint="the server's copy of the medium is incomplete",
-        ) from None
+    got = fetch(
+        url,
+        path,
+        log,
+        algorithm=expected.algorithm if expected else None,
+        progress=progress,
+        room=room,
+        deadline=deadline,
+    )
     seconds = max(time.monotonic() - start, 1e-9)
     log.info(
-        f"fetched {entry.filename}: {human(got.size)} in {seconds:.1f} s "
+        f"fetched {name}: {human(got.size)} in {seconds:.1f} s "
         f"({human(got.size / seconds)}/s)"
         + (f", resumed {got.resumed} time(s)" if got.resumed else "")
     )
@@ -299,5 +458,5 @@ def _fetch_image(
                 f"but {expected.source} says {expected.digest}",
                 hint="fix the copy on the server; nothing was mounted from it",
             )
-        log.info(f"{entry.filename}: {expected.algorithm} checksum verified")
+        log.info(f"{name}: {expected.algorithm} checksum verified")
     return got

@@ -7,17 +7,23 @@ needs. (The QEMU tests do the same against nginx.)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import io
 import os
+import re
 import threading
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from archiso_hook import httpfetch
+from archiso_hook.cli import main as cli_main
 from archiso_hook.errors import HookError
 from archiso_hook.log import Log
 
@@ -183,3 +189,314 @@ def test_gives_up_when_the_server_stays_away(
         HookError, match=r"cannot fetch http://127.0.0.1:9/x: .*no progress for 0.5 s"
     ):
         httpfetch.fetch("http://127.0.0.1:9/x", str(tmp_path / "x"), log())
+
+
+# --------------------------------------------------------------------------- hostile servers
+
+
+class Liar(http.server.BaseHTTPRequestHandler):
+    """A server that answers `/f` (DATA) with `script`'s answers, one per request, in order
+    (the last one repeats): each is (status, headers, body, seconds between bytes)."""
+
+    script: list[tuple[int, dict[str, str], bytes, float]]
+    requests: list[str]
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        cls = type(self)
+        cls.requests.append(self.headers.get("Range", ""))
+        status, headers, body, drip = cls.script[min(len(cls.requests), len(cls.script)) - 1]
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.close_connection = True
+        with contextlib.suppress(OSError):  # the client may have hung up: it may refuse
+            if not drip:
+                self.wfile.write(body)
+                return
+            for i in range(len(body)):
+                self.wfile.write(body[i : i + 1])
+                self.wfile.flush()
+                time.sleep(drip)
+
+
+DATA = bytes(range(256)) * 8192  # 2 MiB
+
+
+def whole(data: bytes = DATA) -> tuple[int, dict[str, str], bytes, float]:
+    return 200, {"Content-Length": str(len(data))}, data, 0.0
+
+
+def cut(n: int, data: bytes = DATA) -> tuple[int, dict[str, str], bytes, float]:
+    """The whole file announced, `n` bytes sent, then the connection closes."""
+    return 200, {"Content-Length": str(len(data))}, data[:n], 0.0
+
+
+def part(
+    start: int, body: bytes, total: int = len(DATA)
+) -> tuple[int, dict[str, str], bytes, float]:
+    end = start + len(body) - 1
+    headers = {"Content-Range": f"bytes {start}-{end}/{total}", "Content-Length": str(len(body))}
+    return 206, headers, body, 0.0
+
+
+@pytest.fixture
+def liar() -> Iterator[tuple[str, type[Liar]]]:
+    handler = type("L", (Liar,), {"script": [], "requests": []})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/f", handler
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def _fetch(url: str, tmp_path: Path, **kw: Any) -> httpfetch.Fetched:
+    return httpfetch.fetch(url, str(tmp_path / "f"), log(), **kw)
+
+
+@pytest.mark.parametrize(
+    ("script", "message"),
+    [
+        # a resume answered from byte 0: the start of the file again, appended
+        ([cut(1000), part(0, DATA)], "asked for bytes from 1000, it sent them from 0"),
+        # an early 416: the file is not complete at byte 1000
+        ([cut(1000), (416, {}, b"", 0.0)], r"it answered 416 \(nothing there\) at byte 1000"),
+        # a 206 never asked for
+        ([part(0, DATA)], r"it answered 206 \(a part\) to a request for the whole file"),
+        # the file changed size between two requests
+        ([cut(1000), part(1000, DATA[1000:], total=len(DATA) + 1)], "it now says the file has"),
+        ([cut(1000), whole(DATA + b"x")], "it now sends a file of 2097153 bytes"),
+        (
+            [cut(1000), (206, {"Content-Length": "5"}, b"12345", 0.0)],
+            "its 206 has no usable Content-Range",
+        ),
+        # more than announced: a 206 without Content-Length, longer than its range
+        (
+            [
+                cut(1000),
+                (
+                    206,
+                    {"Content-Range": f"bytes 1000-{len(DATA) - 1}/{len(DATA)}"},
+                    DATA[1000:] + b"tail",
+                    0.0,
+                ),
+            ],
+            f"it sent more than {len(DATA)} bytes",
+        ),
+    ],
+)
+def test_an_answer_that_would_make_a_wrong_file_is_refused(
+    liar: tuple[str, type[Liar]], tmp_path: Path, script: list[Any], message: str
+) -> None:
+    url, handler = liar
+    handler.script = script
+    with pytest.raises(HookError, match=f"refusing {url}: {message}") as error:
+        _fetch(url, tmp_path)
+    assert "the server does not serve this file consistently" in str(error.value)
+    assert len(handler.requests) == len(script)  # refused at once, not retried
+
+
+def test_a_416_at_the_very_end_is_a_complete_file(
+    liar: tuple[str, type[Liar]], tmp_path: Path
+) -> None:
+    url, handler = liar
+    handler.script = [cut(len(DATA) - 1) , (416, {}, b"", 0.0)]  # fmt: skip
+    with pytest.raises(HookError, match=r"416 \(nothing there\) at byte 2097151"):
+        _fetch(url, tmp_path)  # one byte short: not complete
+    handler.requests.clear()
+    handler.script = [whole(), (416, {}, b"", 0.0)]
+    assert _fetch(url, tmp_path).size == len(DATA)
+
+
+def test_a_resume_from_the_right_byte_is_taken(
+    liar: tuple[str, type[Liar]], tmp_path: Path
+) -> None:
+    url, handler = liar
+    handler.script = [cut(1000), part(1000, DATA[1000:])]
+    got = _fetch(url, tmp_path, algorithm="sha512")
+    assert (tmp_path / "f").read_bytes() == DATA and got.resumed == 1
+    assert handler.requests == ["", "bytes=1000-"]
+
+
+def test_small_files_are_capped(liar: tuple[str, type[Liar]], tmp_path: Path) -> None:
+    url, handler = liar
+    handler.script = [whole()]  # announced: refused before a byte is written
+    with pytest.raises(HookError, match=r"it has 2\.0 MiB, more than the 1\.0 MiB such a file"):
+        _fetch(url, tmp_path, limit=httpfetch.SMALL_LIMIT)
+    handler.script = [(200, {}, DATA, 0.0)]  # not announced: cut at the cap
+    with pytest.raises(HookError, match=r"it sent more than 1048576 bytes"):
+        _fetch(url, tmp_path, limit=httpfetch.SMALL_LIMIT)
+
+
+def test_an_unannounced_size_is_checked_against_the_room_as_it_grows(
+    liar: tuple[str, type[Liar]], tmp_path: Path
+) -> None:
+    url, handler = liar
+    handler.script = [(200, {}, DATA, 0.0)]
+    seen: list[int] = []
+
+    def room(size: int) -> None:
+        seen.append(size)
+        if size > 1 << 20:
+            raise httpfetch.FetchError("the images do not fit in RAM")
+
+    with pytest.raises(HookError, match="the images do not fit in RAM"):
+        _fetch(url, tmp_path, room=room)
+    assert seen and max(seen) > 1 << 20 and (tmp_path / "f").stat().st_size <= 1 << 20
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 410, 451])
+def test_a_client_error_fails_at_once(
+    liar: tuple[str, type[Liar]], tmp_path: Path, status: int
+) -> None:
+    url, handler = liar
+    handler.script = [(status, {"Content-Length": "0"}, b"", 0.0)]
+    with pytest.raises(HookError, match=f"cannot fetch {url}: HTTP {status}"):
+        _fetch(url, tmp_path)
+    assert len(handler.requests) == 1
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 503])
+def test_errors_that_may_heal_are_retried(
+    liar: tuple[str, type[Liar]], tmp_path: Path, status: int
+) -> None:
+    url, handler = liar
+    handler.script = [(status, {"Content-Length": "0"}, b"", 0.0), whole()]
+    assert _fetch(url, tmp_path).size == len(DATA)
+    assert len(handler.requests) == 2
+
+
+def test_a_dripping_server_is_broken_off_and_given_up_on(
+    liar: tuple[str, type[Liar]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One byte every 50 ms, where at least MIN_RATE is needed over each STALL_WINDOW:
+    each connection counts as broken, and MAX_RESTARTS bounds the whole download."""
+    monkeypatch.setattr(httpfetch, "STALL_WINDOW", 0.3)
+    monkeypatch.setattr(httpfetch, "MAX_RESTARTS", 2)
+    url, handler = liar
+    handler.script = [(200, {"Content-Length": str(len(DATA))}, DATA[:100], 0.05)]
+    with pytest.raises(
+        HookError, match=r"/s, less than 32\.0 KiB/s; the transfer broke off 3 times"
+    ):
+        _fetch(url, tmp_path)
+    assert len(handler.requests) == 3
+
+
+def test_restarts_are_capped(
+    liar: tuple[str, type[Liar]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(httpfetch, "MAX_RESTARTS", 4)
+    url, handler = liar
+    handler.script = [cut(1000), *[part(1000 + i, DATA[1000 + i : 1001 + i]) for i in range(10)]]
+    with pytest.raises(HookError, match="the connection closed early; the transfer broke off 5"):
+        _fetch(url, tmp_path)
+    assert len(handler.requests) == 5
+
+
+def test_a_deadline_ends_a_slow_download(liar: tuple[str, type[Liar]], tmp_path: Path) -> None:
+    url, handler = liar
+    handler.script = [(200, {"Content-Length": str(len(DATA))}, DATA[:50], 0.02)]
+    with pytest.raises(HookError, match=r"not complete after 0\.2 s"):
+        _fetch(url, tmp_path, deadline=0.2)
+
+
+def test_redirects_keep_the_scheme_or_go_to_https(
+    liar: tuple[str, type[Liar]], tmp_path: Path
+) -> None:
+    url, handler = liar
+    handler.script = [(302, {"Location": "ftp://127.0.0.1/f", "Content-Length": "0"}, b"", 0.0)]
+    with pytest.raises(
+        HookError, match=r"redirects to ftp://127\.0\.0\.1/f, another scheme than http"
+    ):
+        _fetch(url, tmp_path)
+    handler.requests.clear()
+    handler.script = [(302, {"Location": url + "?again", "Content-Length": "0"}, b"", 0.0), whole()]
+    assert _fetch(url, tmp_path).size == len(DATA)
+    redirects = httpfetch._SafeRedirects()
+    request = urllib.request.Request("https://example.invalid/f")
+    with pytest.raises(HookError, match="another scheme than https"):
+        redirects.redirect_request(request, None, 302, "Found", {}, "http://example.invalid/f")
+
+
+def test_a_url_that_is_not_one_fails_at_once(tmp_path: Path) -> None:
+    with pytest.raises(HookError, match="cannot fetch gopher://x/f: unknown url type"):
+        _fetch("gopher://x/f", tmp_path)
+
+
+# --------------------------------------------------------------------------- transfer URL...
+
+
+def _transfer(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = cli_main(["transfer", "--quiet", *argv])
+    return status, out.getvalue(), err.getvalue()
+
+
+def test_transfer_downloads_urls_and_checks_them(
+    server: tuple[str, type[Handler]], tmp_path: Path
+) -> None:
+    url, handler = server
+    data = medium(handler)
+    image = f"{url}arch/x86_64/root.fs.sfs"
+    status, out, err = _transfer("--to", str(tmp_path / "d"), "--verify", image)
+    assert (status, err) == (0, "")
+    assert out.startswith(f"fetched: 1 of 1 file(s), {len(data)} bytes in ")
+    assert out.rstrip().endswith("; checksums match")
+    assert (tmp_path / "d/root.fs.sfs").read_bytes() == data
+    assert (tmp_path / "d/root.fs.sfs.sha512").exists()
+
+
+def test_transfer_says_each_failure_in_a_line_and_exits_1(
+    server: tuple[str, type[Handler]], tmp_path: Path
+) -> None:
+    url, handler = server
+    medium(handler)
+    (handler.root / "arch/x86_64/root.fs.sfs").write_bytes(b"not the image")
+    (handler.root / "arch/aitab.sha512").write_text("0" * 128 + "  aitab\n")
+    urls = [f"{url}arch/x86_64/root.fs.sfs", f"{url}arch/missing.sfs", f"{url}arch/aitab"]
+    status, out, err = _transfer("--to", str(tmp_path / "d"), "--verify", *urls)
+    assert status == 1
+    lines = err.splitlines()
+    assert len(lines) == 3, err
+    assert re.match(rf"archiso-hook: error: {urls[0]} is corrupt: its sha512 is ", lines[0])
+    assert lines[1] == (
+        f"archiso-hook: error: --verify, but the server has no {urls[1]}.sha512 (or .md5) "
+        "(publish the checksum files beside the images, or leave out --verify)"
+    )
+    assert lines[2].startswith(f"archiso-hook: error: {urls[2]} is corrupt")
+    assert out.startswith("fetched: 0 of 3 file(s)")
+    status, _out, err = _transfer("--to", str(tmp_path / "e"), urls[1])
+    assert (status, err) == (1, f"archiso-hook: error: {urls[1]} is not on the server (HTTP 404)\n")
+
+
+def test_transfer_refuses_a_lying_server_within_its_timeout(
+    liar: tuple[str, type[Liar]], tmp_path: Path
+) -> None:
+    url, handler = liar
+    handler.script = [cut(1000), part(0, DATA)]
+    status, _out, err = _transfer("--to", str(tmp_path), url)
+    assert status == 1 and "asked for bytes from 1000, it sent them from 0" in err
+    handler.requests.clear()
+    handler.script = [(200, {"Content-Length": str(len(DATA))}, DATA[:50], 0.02)]
+    status, _out, err = _transfer("--to", str(tmp_path), "--timeout", "0.2", url)
+    assert status == 1 and "not complete after 0.2 s" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["http://x/a"], "URLs need --to DIR"),
+        (["--to", "d", "http://x/a", "/etc/hostname"], "give either files on this machine or URLs"),
+        (["--to", "d", "--timeout", "0", "http://x/a"], "--timeout 0 is not valid"),
+        (["--timeout", "5", "/etc/hostname"], "--timeout is for URLs"),
+    ],
+)
+def test_transfer_usage_errors(tmp_path: Path, argv: list[str], message: str) -> None:
+    status, _out, err = _transfer(*argv)
+    assert status == 2 and message in err and err.count("\n") == 1
