@@ -60,13 +60,13 @@ def _address(field: str, value: str, what: str) -> ipaddress.IPv4Address | None:
     if value in {"", "0.0.0.0"}:
         return None
     if not re.fullmatch(r"[0-9]{1,3}(\.[0-9]{1,3}){3}", value):
-        raise InputError(f"ip=: {what} {value!r} is not an IPv4 address (field {field})")
+        raise InputError(f"{what} {value!r} is not an IPv4 address (field {field})")
     try:
         import ipaddress  # noqa: PLC0415
 
         return ipaddress.IPv4Address(value)
     except ValueError:
-        raise InputError(f"ip=: {what} {value!r} is not an IPv4 address (field {field})") from None
+        raise InputError(f"{what} {value!r} is not an IPv4 address (field {field})") from None
 
 
 def _prefixlen(value: str, client: ipaddress.IPv4Address | None) -> int | None:
@@ -82,11 +82,20 @@ def _prefixlen(value: str, client: ipaddress.IPv4Address | None) -> int | None:
 
         return ipaddress.IPv4Network(f"0.0.0.0/{mask}").prefixlen
     except ValueError:
-        raise InputError(f"ip=: netmask {value!r} is not a contiguous mask (field 4)") from None
+        raise InputError(f"netmask {value!r} is not a contiguous mask (field 4)") from None
 
 
 def parse_ip(value: str) -> IpConfig:
-    """ip= as the kernel reads it. Errors name the field."""
+    """ip= as the kernel reads it. Errors name the value and the field."""
+    try:
+        return _parse_ip(value)
+    except InputError as e:
+        if e.message.startswith("ip="):
+            raise
+        raise InputError(f"ip={value}: {e.message}", e.hint) from None
+
+
+def _parse_ip(value: str) -> IpConfig:
     if not value:
         raise InputError("ip= is empty: expected dhcp, or <client>:<server>:<gw>:<netmask>:...")
     if value.lower() in _DYNAMIC:
@@ -106,10 +115,10 @@ def parse_ip(value: str) -> IpConfig:
     prefixlen = _prefixlen(fields[3], client)
     hostname = fields[4] or None
     if hostname is not None and not _HOSTNAME_RE.fullmatch(hostname):
-        raise InputError(f"ip=: hostname {hostname!r} is not a valid host name (field 5)")
+        raise InputError(f"hostname {hostname!r} is not a valid host name (field 5)")
     device = fields[5] or None
     if device is not None and (not _IFNAME_RE.fullmatch(device) or device in {".", ".."}):
-        raise InputError(f"ip=: device {device!r} is not a network interface name (field 6)")
+        raise InputError(f"device {device!r} is not a network interface name (field 6)")
     mode = fields[6].lower()
     if mode in _DYNAMIC:
         autoconf = Autoconf.DHCP
@@ -119,7 +128,7 @@ def parse_ip(value: str) -> IpConfig:
         autoconf = Autoconf.STATIC if client else Autoconf.DHCP
     else:
         raise InputError(
-            f"ip=: autoconf {fields[6]!r} is not valid (field 7): expected off, none, on, "
+            f"autoconf {fields[6]!r} is not valid (field 7): expected off, none, on, "
             "any, dhcp, bootp, rarp or both"
         )
     dns = tuple(
@@ -127,7 +136,7 @@ def parse_ip(value: str) -> IpConfig:
     )
     _address("10", fields[9], "NTP server")  # validated, not used
     if autoconf is Autoconf.STATIC and prefixlen is None:
-        raise InputError("ip=: a static address needs a netmask (field 4)")
+        raise InputError("a static address needs a netmask (field 4)")
     return IpConfig(autoconf, client, server, gateway, prefixlen, hostname, device, dns)
 
 
