@@ -5,14 +5,16 @@ their ports forwarded (restrict=on): no test sends traffic anywhere else.
 Boots are the expensive part of the suite, so each test covers what one boot can:
 DHCP with an HTTP server that goes away mid-download; a static ip= on the second of
 two NICs picked by BOOTIF, with ${pxeserver} from ip=; NBD with and without copytoram;
-NFS; a wrong server; four guests at once.
+NFS; a wrong server; an HTTP server that answers a resume from byte 0; four guests at once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.server
 import re
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -21,7 +23,7 @@ import pytest
 from tests.vm.conftest import Lab, leak_report, status_reports
 from vm.lab import pxe_initramfs
 from vm.media import Media
-from vm.qemu import GUEST_ADDR, SERVER_ADDR, Guest, Nic, lab_mac
+from vm.qemu import GUEST_ADDR, SERVER_ADDR, Forward, Guest, Nic, lab_mac
 from vm.servers import NbdServer, NfsServer, Nginx
 
 pytestmark = pytest.mark.vm
@@ -188,6 +190,61 @@ def test_a_wrong_server_says_so_and_leaves_nothing(lab: Lab, pxe: Path, media: M
     assert match.groups() == ("down", "free")  # undone: the interface is as it was
     hook = hook_lines(guest.output)
     assert "undone: take eth0 down" in hook
+
+
+class _WrongResume(http.server.BaseHTTPRequestHandler):
+    """Serves a medium's files, but cuts the first answer for an image after 1 MiB, and
+    answers the resume with the file from byte 0 (as a broken cache might)."""
+
+    root: Path
+    cut = 1 << 20
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        path = self.root / self.path.lstrip("/")
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        ranged = "Range" in self.headers
+        self.send_response(206 if ranged else 200)
+        if ranged:
+            self.send_header("Content-Range", f"bytes 0-{len(data) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.wfile.write(data if ranged or path.suffix != ".sfs" else data[: self.cut])
+
+
+def test_a_server_that_resumes_wrongly_is_refused_and_nothing_is_left(
+    lab: Lab, pxe: Path, media: Media
+) -> None:
+    handler = type("H", (_WrongResume,), {"root": media.tree})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, args=(0.1,), daemon=True).start()
+    try:
+        # no checksum=y and no checksum file would have caught it: the transfer itself must
+        append = f"ip=dhcp archiso_http_srv=http://{SERVER_ADDR}/"
+        nics = [Nic(lab_mac(1), forwards=[Forward(httpd.server_address[1], 80)])]
+        with lab.boot("net-wrong-resume", append, [], initrd=pxe, nics=nics) as guest:
+            guest.expect(
+                rf"error: refusing http://{SERVER_ADDR}/arch/x86_64/root.fs.sfs: asked for "
+                r"bytes from 1048576, it sent them from 0 \(a file of \d+ bytes\); the server "
+                r"does not serve this file consistently",
+                timeout=300,
+            )
+            guest.expect(SHELL_PROMPT, timeout=60)
+            assert leak_report(guest) == []
+            guest.send("poweroff -f")
+            guest.wait(60)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    hook = hook_lines(guest.output)
+    assert not any(line.startswith("mounted /dev/loop") for line in hook), hook
 
 
 def test_four_guests_boot_at_once_from_one_server(lab: Lab, pxe: Path, media: Media) -> None:
