@@ -18,11 +18,12 @@ APT_PACKAGES := python3-venv python3-dev libpython3.11 binutils \
 	qemu-system-x86 xorriso squashfs-tools busybox-static cpio zstd lz4 bzip2 kmod \
 	e2fsprogs dosfstools btrfs-progs udev util-linux shellcheck file fdisk mtools strace \
 	isolinux syslinux-common grub-common grub-efi-amd64-bin grub-efi-ia32-bin ovmf ovmf-ia32 \
+	openssl \
 	debootstrap gcc-multilib dmsetup \
 	nginx nbd-server nfs-ganesha nfs-ganesha-vfs libnfs-utils curl \
 	makepkg pacman-package-manager libarchive-tools fakeroot
 # (isolinux to ovmf-ia32: the boot loaders of a bootable ISO, and the UEFI firmware that
-# boots it in QEMU; the last line: tests/pkg builds the Arch package with makepkg; bsdtar
+# boots it in QEMU; openssl: the lab's own CA for https servers; the last line: tests/pkg builds the Arch package with makepkg; bsdtar
 # lists it)
 
 PREFIX      ?= /usr

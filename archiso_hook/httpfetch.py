@@ -23,6 +23,7 @@ A file is whole or refused, whatever the server does:
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import http.client
 import os
@@ -93,7 +94,26 @@ class _SafeRedirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-_OPENER = urllib.request.build_opener(_SafeRedirects)
+#: Where the archiso_pxe_http install hook puts the CA certificates the boot trusts.
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+
+
+@functools.cache
+def _opener() -> urllib.request.OpenerDirector:
+    """urllib with our redirects, and for https OpenSSL trusting CA_BUNDLE as well as its
+    own default places: the frozen OpenSSL looks where it was built to (Debian's
+    /usr/lib/ssl), which the initramfs does not have."""
+    handlers: list[urllib.request.BaseHandler] = [_SafeRedirects()]
+    try:
+        import ssl  # noqa: PLC0415
+    except ImportError:  # no OpenSSL in this image: http only
+        pass
+    else:
+        context = ssl.create_default_context()
+        if os.path.isfile(CA_BUNDLE):
+            context.load_verify_locations(cafile=CA_BUNDLE)
+        handlers.append(urllib.request.HTTPSHandler(context=context))
+    return urllib.request.build_opener(*handlers)
 
 
 def _open(url: str, offset: int, size: int | None) -> Any:
@@ -102,7 +122,7 @@ def _open(url: str, offset: int, size: int | None) -> Any:
     if offset:
         request.add_header("Range", f"bytes={offset}-")
     try:
-        return _OPENER.open(request, timeout=TIMEOUT)  # http or https: parse_http_server
+        return _opener().open(request, timeout=TIMEOUT)  # http or https: parse_http_server
     except urllib.error.HTTPError as e:
         if e.code == 404:
             raise NotFoundError() from None
@@ -114,13 +134,19 @@ def _open(url: str, offset: int, size: int | None) -> Any:
             raise FetchError(f"cannot fetch {url}: HTTP {e.code} {e.reason}") from None
         raise
     except ValueError as e:  # not a URL urllib can open
+        if url.lower().startswith("https:"):
+            raise FetchError(
+                f"cannot fetch {url}: this archiso-hook has no TLS (OpenSSL)",
+                hint="add archiso_pxe_common to HOOKS, or ARCHISO_WITH_TLS=1 to mkinitcpio.conf",
+            ) from None
         raise FetchError(f"cannot fetch {url}: {e}") from None
     except urllib.error.URLError as e:
         if type(e.reason).__name__ == "SSLCertVerificationError":
             raise FetchError(
                 f"cannot fetch {url}: the server's certificate is not trusted: "
                 f"{getattr(e.reason, 'verify_message', None) or e.reason}",
-                hint="the initramfs trusts the CA certificates of the system that built it",
+                hint="the initramfs trusts the CA certificates of the system that built it, "
+                "or those of ARCHISO_CA_BUNDLE= in mkinitcpio.conf",
             ) from None
         raise
 

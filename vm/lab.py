@@ -3,6 +3,7 @@ hook, built from the staged install (`make stage`) as mkinitcpio would on a syst
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from vm import lab_dir
@@ -28,9 +29,15 @@ def archiso_initramfs(kernel: Kernel, out: Path | None = None) -> Path:
     return _staged_initramfs(kernel, HOOKS, out or lab_dir() / "initramfs-archiso.img")
 
 
-def pxe_initramfs(kernel: Kernel, out: Path | None = None) -> Path:
-    """HOOKS=(base udev archiso archiso_pxe_*): network drivers, nbd and NFS modules too."""
-    return _staged_initramfs(kernel, PXE_HOOKS, out or lab_dir() / "initramfs-archiso-pxe.img")
+def pxe_initramfs(
+    kernel: Kernel, out: Path | None = None, *, ca_bundle: Path | None = None
+) -> Path:
+    """HOOKS=(base udev archiso archiso_pxe_*): network drivers, nbd and NFS modules too.
+    `ca_bundle`: the CA certificates https servers are checked against (mkinitcpio.conf's
+    ARCHISO_CA_BUNDLE), instead of the system's."""
+    env = {"ARCHISO_CA_BUNDLE": str(ca_bundle)} if ca_bundle else {}
+    out = out or lab_dir() / "initramfs-archiso-pxe.img"
+    return _staged_initramfs(kernel, PXE_HOOKS, out, env=env)
 
 
 def archiso_initramfs_i686(kernel: Kernel, out: Path | None = None) -> Path:
@@ -42,7 +49,11 @@ def archiso_initramfs_i686(kernel: Kernel, out: Path | None = None) -> Path:
 
 
 def _staged_initramfs(
-    kernel: Kernel, hooks: tuple[str, ...], out: Path, chroot: Path | None = None
+    kernel: Kernel,
+    hooks: tuple[str, ...],
+    out: Path,
+    chroot: Path | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Path:
     staged_hook()
     return build_initramfs(
@@ -50,6 +61,6 @@ def _staged_initramfs(
         list(hooks),
         out,
         hook_dirs=[STAGE / "usr/lib/initcpio"],
-        env={"ARCHISO_HOOK_SYSROOT": str(STAGE)},
+        env={"ARCHISO_HOOK_SYSROOT": str(STAGE), **(env or {})},
         chroot=chroot,
     )

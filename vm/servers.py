@@ -376,6 +376,7 @@ class Nginx(Server):
         port: int | None = None,
         workdir: Path | None = None,
         timeout: float = 30.0,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         super().__init__(port=port, workdir=workdir, timeout=timeout)
         self.root_dir = Path(root_dir).resolve()
@@ -383,6 +384,10 @@ class Nginx(Server):
             raise ServerError(f"nginx: no directory {self.root_dir}")
         #: may be changed between `stop()` and `start()`
         self.rate_limit = rate_limit
+        #: https with this certificate and key (vm/tlsca.py makes them)
+        self.tls = tls
+        if tls is not None:
+            self.default_guest_port = 443
 
     @property
     def access_log(self) -> Path:
@@ -394,8 +399,8 @@ class Nginx(Server):
 
     @property
     def url(self) -> str:
-        """The root URL from the host: http://127.0.0.1:<port>/"""
-        return f"http://{HOST}:{self.port}/"
+        """The root URL from the host: http(s)://127.0.0.1:<port>/"""
+        return f"{'https' if self.tls else 'http'}://{HOST}:{self.port}/"
 
     def requests(self) -> list[AccessEntry]:
         """The access log so far, oldest first."""
@@ -436,6 +441,10 @@ class Nginx(Server):
         temp = self.workdir / "temp"
         temp.mkdir(exist_ok=True)
         rate = f"    limit_rate {self.rate_limit};\n" if self.rate_limit is not None else ""
+        listen = f"{HOST}:{self.port}"
+        if self.tls is not None:
+            cert, key = self.tls
+            listen += f" ssl;\n        ssl_certificate {cert};\n        ssl_certificate_key {key}"
         conf = f"""\
 # Written by vm/servers.py: nginx for a lab test, 127.0.0.1 only.
 daemon off;
@@ -461,7 +470,7 @@ http {{
     uwsgi_temp_path {temp}/uwsgi;
     scgi_temp_path {temp}/scgi;
     server {{
-        listen {HOST}:{self.port};
+        listen {listen};
         root {self.root_dir};
         autoindex off;
 {rate}    }}

@@ -13,10 +13,11 @@ import http.server
 import io
 import os
 import re
+import ssl
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from archiso_hook import httpfetch
 from archiso_hook.cli import main as cli_main
 from archiso_hook.errors import HookError
 from archiso_hook.log import Log
+from vm.tlsca import CertificateAuthority
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -500,3 +502,67 @@ def test_transfer_refuses_a_lying_server_within_its_timeout(
 def test_transfer_usage_errors(tmp_path: Path, argv: list[str], message: str) -> None:
     status, _out, err = _transfer(*argv)
     assert status == 2 and message in err and err.count("\n") == 1
+
+
+# --------------------------------------------------------------------------- https
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[str, CertificateAuthority, bytes]]:
+    """An https server on 127.0.0.1 whose certificate the lab's own CA signed."""
+    ca = CertificateAuthority.create(tmp_path / "ca", "archiso-hook test CA")
+    cert, key = ca.issue(tmp_path / "server", ips=["127.0.0.1"])
+    root = tmp_path / "srv"
+    root.mkdir()
+    data = os.urandom(100_000)
+    (root / "f").write_bytes(data)
+    handler = type("H", (Handler,), {"root": root, "requests": []})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        yield f"https://127.0.0.1:{httpd.server_address[1]}/f", ca, data
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture
+def trusting(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Path], None]]:
+    """Make the fetcher trust this bundle (as the initramfs's CA_BUNDLE)."""
+
+    def trust(bundle: Path) -> None:
+        monkeypatch.setattr(httpfetch, "CA_BUNDLE", str(bundle))
+        httpfetch._opener.cache_clear()
+
+    yield trust
+    httpfetch._opener.cache_clear()
+
+
+def test_https_with_the_ca_in_the_bundle(
+    tls_server: tuple[str, CertificateAuthority, bytes],
+    trusting: Callable[[Path], None],
+    tmp_path: Path,
+) -> None:
+    url, ca, data = tls_server
+    trusting(ca.cert)
+    assert _fetch(url, tmp_path).size == len(data)
+    assert (tmp_path / "f").read_bytes() == data
+
+
+def test_https_with_another_ca_fails_at_once(
+    tls_server: tuple[str, CertificateAuthority, bytes],
+    trusting: Callable[[Path], None],
+    tmp_path: Path,
+) -> None:
+    url, _ca, _data = tls_server
+    other = CertificateAuthority.create(tmp_path / "other", "another CA")
+    trusting(other.cert)
+    with pytest.raises(HookError) as error:
+        _fetch(url, tmp_path)
+    assert str(error.value).startswith(
+        f"cannot fetch {url}: the server's certificate is not trusted: "
+        "unable to get local issuer certificate"
+    )

@@ -5,7 +5,8 @@ their ports forwarded (restrict=on): no test sends traffic anywhere else.
 Boots are the expensive part of the suite, so each test covers what one boot can:
 DHCP with an HTTP server that goes away mid-download; a static ip= on the second of
 two NICs picked by BOOTIF, with ${pxeserver} from ip=; NBD with and without copytoram;
-NFS; a wrong server; an HTTP server that answers a resume from byte 0; four guests at once.
+NFS; a wrong server; an HTTP server that answers a resume from byte 0; https with the
+initramfs's own CA, and with another; four guests at once.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from pathlib import Path
 import pytest
 
 from tests.vm.conftest import Lab, leak_report, status_reports
+from vm import lab_dir
 from vm.lab import pxe_initramfs
 from vm.media import Media
 from vm.qemu import GUEST_ADDR, SERVER_ADDR, Forward, Guest, Nic, lab_mac
 from vm.servers import NbdServer, NfsServer, Nginx
+from vm.tlsca import CertificateAuthority
 
 pytestmark = pytest.mark.vm
 
@@ -245,6 +248,39 @@ def test_a_server_that_resumes_wrongly_is_refused_and_nothing_is_left(
         httpd.server_close()
     hook = hook_lines(guest.output)
     assert not any(line.startswith("mounted /dev/loop") for line in hook), hook
+
+
+def test_https_checked_against_the_ca_the_initramfs_carries(
+    lab: Lab, media: Media, tmp_path: Path
+) -> None:
+    """nginx with a certificate of a CA the test makes, which the initramfs trusts
+    (ARCHISO_CA_BUNDLE): the boot downloads over https. The same server with another
+    CA's certificate: refused at once, not retried, nothing left."""
+    ca = CertificateAuthority.create(tmp_path / "ca", "archiso-hook lab CA")
+    initrd = pxe_initramfs(lab.kernel, lab_dir() / "initramfs-pxe-lab-ca.img", ca_bundle=ca.cert)
+    append = f"ip=dhcp archiso_http_srv=https://{SERVER_ADDR}/ checksum=y"
+    tls = ca.issue(tmp_path / "server", ips=[SERVER_ADDR, "127.0.0.1"])
+    with Nginx(media.tree, tls=tls) as nginx:
+        nics = [Nic(lab_mac(1), forwards=[nginx.forward()])]
+        with lab.boot("net-https", f"{append} {CHECKS}", [], initrd=initrd, nics=nics) as guest:
+            hook = boot_ok(guest)
+        assert {r.path for r in nginx.requests()} >= {"/arch/aitab", "/arch/x86_64/root.fs.sfs"}
+    assert "root.fs.sfs: sha512 checksum verified" in hook
+
+    other = CertificateAuthority.create(tmp_path / "other", "another CA")
+    with Nginx(media.tree, tls=other.issue(tmp_path / "other-server", ips=[SERVER_ADDR])) as nginx:
+        nics = [Nic(lab_mac(1), forwards=[nginx.forward()])]
+        with lab.boot("net-https-other-ca", append, [], initrd=initrd, nics=nics) as guest:
+            guest.expect(
+                rf"error: cannot fetch https://{SERVER_ADDR}/arch/aitab: the server's "
+                r"certificate is not trusted: unable to get local issuer certificate",
+                timeout=300,
+            )
+            guest.expect(SHELL_PROMPT, timeout=60)
+            assert leak_report(guest) == []
+            guest.send("poweroff -f")
+            guest.wait(60)
+    assert "retrying" not in guest.output
 
 
 def test_four_guests_boot_at_once_from_one_server(lab: Lab, pxe: Path, media: Media) -> None:
