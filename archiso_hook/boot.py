@@ -766,9 +766,9 @@ class Boot:
         fs = os.statvfs(step.space)
         fstype = syscalls.mountpoints().get(step.space, ("", ""))[1]
         kept = {
-            ref: cowfile.Usage.of(path)
+            ref: self._kept_cow_file(path, step.space)
             for ref, path in zip(step.origins, step.files, strict=True)
-            if step.reuse and os.path.exists(path)
+            if step.reuse and os.path.lexists(path)
         }
         room = cowfile.room_for_new_files(fs.f_bavail * fs.f_frsize, list(kept.values()))
         if kept and room < 0:
@@ -797,11 +797,16 @@ class Boot:
                 f"(origin {human(origin)}, {covered:.0f}% of it can change)"
             )
 
+    @staticmethod
+    def _kept_cow_file(path: str, space: str) -> cowfile.Usage:
+        cowfile.check_kept(path, space)
+        return cowfile.Usage.of(path)
+
     def _create_cow_file(self, step: CreateCowFile) -> None:
-        exists = os.path.exists(step.path)
+        exists = os.path.lexists(step.path)  # a symlink is there too, whatever it names
         if exists and step.reuse:
+            usage = self._kept_cow_file(step.path, COWSPACE)
             cowfile.check_reusable(step.path, cowfile.read_header(step.path))
-            usage = cowfile.Usage.of(step.path)
             self.log.info(
                 f"reusing the persistent COW file {step.path} "
                 f"({human(usage.allocated)} used of {human(usage.apparent)})"

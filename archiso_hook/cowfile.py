@@ -8,6 +8,7 @@ all-zero start is a store the kernel will initialise.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 
 import attrs
@@ -58,6 +59,27 @@ def check_reusable(path: str, header: CowHeader) -> None:
             "failed, in an earlier boot",
             hint=RESET_HINT,
         )
+
+
+def check_kept(path: str, space: str) -> None:
+    """A kept COW file must be a regular file on the cowspace's own filesystem: a symlink
+    or a device node there would aim the snapshot's writes at whatever it names (another
+    disk's blocks), and a file elsewhere is not what cow_label= or cow_device= chose."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        what = f"a symbolic link to {os.readlink(path)}"
+    elif stat.S_ISBLK(st.st_mode) or stat.S_ISCHR(st.st_mode):
+        what = "a device node"
+    elif not stat.S_ISREG(st.st_mode):
+        what = "not a regular file"
+    elif st.st_dev != os.stat(space).st_dev:
+        what = f"not on the filesystem of {space}"
+    else:
+        return
+    raise HookError(
+        f"the persistent COW file {path} is {what}: refusing to write through it",
+        hint="remove it from the COW device, or boot once with cow_reset=y",
+    )
 
 
 @attrs.frozen

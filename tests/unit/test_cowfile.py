@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import os
+import shutil
+import stat
 import struct
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +13,7 @@ from archiso_hook.cowfile import (
     SNAP_MAGIC,
     CowHeader,
     Usage,
+    check_kept,
     check_reusable,
     read_header,
     room_for_new_files,
@@ -52,3 +57,31 @@ def test_room_for_new_files_leaves_what_kept_files_can_still_grow_into() -> None
     assert room_for_new_files(1000, kept) == 930
     assert room_for_new_files(50, kept) == -20
     assert room_for_new_files(1000, []) == 1000
+
+
+def test_a_kept_cow_file_is_a_regular_file_on_the_cowspace(tmp_path: Path) -> None:
+    space = tmp_path / "cowspace"
+    space.mkdir()
+    ok = write(space / "root.cow", SNAP_MAGIC, 1)
+    check_kept(ok, str(space))
+    cases = {
+        "link.cow": "a symbolic link to /dev/vda",
+        "dev.cow": "a device node",
+        "dir.cow": "not a regular file",
+    }
+    (space / "link.cow").symlink_to("/dev/vda")
+    os.mknod(space / "dev.cow", 0o600 | stat.S_IFBLK, os.makedev(254, 0))
+    (space / "dir.cow").mkdir()
+    elsewhere = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        cases[write(elsewhere / "root.cow", SNAP_MAGIC, 1)] = f"not on the filesystem of {space}"
+        for name, what in cases.items():
+            path = str(space / name)
+            with pytest.raises(HookError) as error:
+                check_kept(path, str(space))
+            assert str(error.value) == (
+                f"the persistent COW file {path} is {what}: refusing to write through it "
+                "(remove it from the COW device, or boot once with cow_reset=y)"
+            )
+    finally:
+        shutil.rmtree(elsewhere)

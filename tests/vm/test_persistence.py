@@ -102,6 +102,36 @@ def test_an_invalidated_store_is_refused_plainly_and_kept(lab: Lab, tmp_path: Pa
     assert kept == header
 
 
+def test_a_cow_file_that_is_a_symlink_is_refused(lab: Lab, tmp_path: Path) -> None:
+    """root.cow on the COW device is a link to another disk, blank as a new store is:
+    the snapshot would write over that disk. The boot refuses it, leaves nothing, and the
+    other disk is as it was."""
+    media = lab.media("sample")
+    tree = tmp_path / "tree"
+    (tree / COWDIR).mkdir(parents=True)
+    (tree / COWDIR / "root.cow").symlink_to("/dev/vdb")
+    disk = disk_with(tmp_path, "linked", "ext4", size_mib=64, label="KEEP", tree=tree)
+    victim = tmp_path / "victim.img"
+    victim.write_bytes(bytes(16 << 20))
+    drives = [
+        Drive(media.iso, kind="ide-cdrom"),
+        Drive(disk.path, kind="virtio"),
+        Drive(victim, kind="virtio"),
+    ]
+    with lab.boot("persist-symlink", f"archisolabel={SAMPLE_LABEL} cow_label=KEEP", drives) as g:
+        g.expect(
+            f"the persistent COW file {COWFILE} is a symbolic link to /dev/vdb: refusing to "
+            "write through it",
+            timeout=200,
+        )
+        g.expect("hint: remove it from the COW device, or boot once with cow_reset=y")
+        g.expect(SHELL_PROMPT)
+        assert leak_report(g) == []
+        g.send("poweroff -f")
+        g.wait(60)
+    assert victim.read_bytes() == bytes(16 << 20)
+
+
 def test_iso_file_on_an_ext4_partition(lab: Lab, tmp_path: Path) -> None:
     media = lab.media("sample")
     tree = tmp_path / "store"
