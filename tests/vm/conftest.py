@@ -105,6 +105,27 @@ def status_reports(output: str) -> list[dict[str, Any]]:
     return [json.loads(block) for block in blocks]
 
 
+#: mkinitcpio's emergency shell, where a boot that failed leaves the user.
+SHELL_PROMPT = r"\[rootfs [^\]]*\]# "
+
+
+def fails_cleanly(guest: Guest, *messages: str, timeout: float = 200) -> None:
+    """The messages in order (patterns of the console's lines), then mkinitcpio's error and
+    its emergency shell, where LEAK_CHECK finds nothing left behind; and no traceback."""
+    for message in messages:
+        guest.expect(message, timeout=timeout)
+    guest.expect(r"ERROR: the live root could not be mounted", timeout=60)
+    guest.expect(SHELL_PROMPT, timeout=60)
+    assert leak_report(guest) == []
+    assert "Traceback" not in guest.output
+
+
+def power_off(guest: Guest) -> None:
+    """From the emergency shell."""
+    guest.send("poweroff -f")
+    guest.wait(60)
+
+
 def leak_report(guest: Guest) -> list[str]:
     """Run LEAK_CHECK in the emergency shell; the lines it printed (none: nothing leaked)."""
     guest.send(LEAK_CHECK)

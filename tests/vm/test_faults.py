@@ -14,30 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.vm.conftest import Lab, leak_report, status_reports
+from tests.vm.conftest import Lab, fails_cleanly, power_off, status_reports
 from vm.media import SAMPLE_LABEL, build_media
-from vm.qemu import Drive, Guest
+from vm.qemu import Drive
 
 pytestmark = pytest.mark.vm
 
-SHELL_PROMPT = r"\[rootfs [^\]]*\]# "
 BASE = f"archisobasedir=arch archisolabel={SAMPLE_LABEL}"
 ROOT_SFS = "/run/archiso/bootmnt/arch/x86_64/root.fs.sfs"
-
-
-def fails_cleanly(guest: Guest, *messages: str) -> None:
-    """The messages in order, then the emergency shell, then nothing left behind."""
-    for message in messages:
-        guest.expect(message, timeout=200)
-    guest.expect(r"ERROR: the live root could not be mounted", timeout=60)
-    guest.expect(SHELL_PROMPT, timeout=60)
-    assert leak_report(guest) == []
-    assert "Traceback" not in guest.output
-
-
-def power_off(guest: Guest) -> None:
-    guest.send("poweroff -f")
-    guest.wait(60)
 
 
 def scenario(

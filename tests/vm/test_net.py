@@ -21,7 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.vm.conftest import Lab, leak_report, status_reports
+from tests.vm.conftest import (
+    SHELL_PROMPT,
+    Lab,
+    fails_cleanly,
+    leak_report,
+    power_off,
+    status_reports,
+)
 from vm import lab_dir
 from vm.lab import pxe_initramfs
 from vm.media import Media
@@ -33,7 +40,6 @@ pytestmark = pytest.mark.vm
 
 CHECKS = "lab.check=files,status"
 DONE = r"LAB: (PASS|FAIL)|Falling back to interactive prompt"
-SHELL_PROMPT = r"\[rootfs [^\]]*\]# "
 
 
 @pytest.fixture(scope="module")
@@ -233,16 +239,14 @@ def test_a_server_that_resumes_wrongly_is_refused_and_nothing_is_left(
         append = f"ip=dhcp archiso_http_srv=http://{SERVER_ADDR}/"
         nics = [Nic(lab_mac(1), forwards=[Forward(httpd.server_address[1], 80)])]
         with lab.boot("net-wrong-resume", append, [], initrd=pxe, nics=nics) as guest:
-            guest.expect(
+            fails_cleanly(
+                guest,
                 rf"error: refusing http://{SERVER_ADDR}/arch/x86_64/root.fs.sfs: asked for "
                 r"bytes from 1048576, it sent them from 0 \(a file of \d+ bytes\); the server "
                 r"does not serve this file consistently",
                 timeout=300,
             )
-            guest.expect(SHELL_PROMPT, timeout=60)
-            assert leak_report(guest) == []
-            guest.send("poweroff -f")
-            guest.wait(60)
+            power_off(guest)
     finally:
         httpd.shutdown()
         httpd.server_close()
@@ -271,15 +275,13 @@ def test_https_checked_against_the_ca_the_initramfs_carries(
     with Nginx(media.tree, tls=other.issue(tmp_path / "other-server", ips=[SERVER_ADDR])) as nginx:
         nics = [Nic(lab_mac(1), forwards=[nginx.forward()])]
         with lab.boot("net-https-other-ca", append, [], initrd=initrd, nics=nics) as guest:
-            guest.expect(
+            fails_cleanly(
+                guest,
                 rf"error: cannot fetch https://{SERVER_ADDR}/arch/aitab: the server's "
                 r"certificate is not trusted: unable to get local issuer certificate",
                 timeout=300,
             )
-            guest.expect(SHELL_PROMPT, timeout=60)
-            assert leak_report(guest) == []
-            guest.send("poweroff -f")
-            guest.wait(60)
+            power_off(guest)
     assert "retrying" not in guest.output
 
 

@@ -13,14 +13,13 @@ from pathlib import Path
 import pytest
 
 from archiso_hook.cowfile import SNAP_MAGIC
-from tests.vm.conftest import Lab, leak_report, status_reports
+from tests.vm.conftest import Lab, fails_cleanly, power_off, status_reports
 from vm.disks import DiskLayout, Partition, make_disk, make_ext4, make_vfat, read_file_from_ext4
 from vm.media import SAMPLE_LABEL
 from vm.qemu import Drive
 
 pytestmark = pytest.mark.vm
 
-SHELL_PROMPT = r"\[rootfs [^\]]*\]# "
 COWDIR = f"persistent_{SAMPLE_LABEL}/x86_64"
 COWFILE = f"/run/archiso/cowspace/{COWDIR}/root.cow"
 
@@ -87,16 +86,13 @@ def test_an_invalidated_store_is_refused_plainly_and_kept(lab: Lab, tmp_path: Pa
     with lab.boot(
         "persist-invalid", f"archisolabel={SAMPLE_LABEL} cow_label=KEEP", drives
     ) as guest:
-        guest.expect(
+        fails_cleanly(
+            guest,
             f"the persistent COW file {COWFILE} is marked invalid: it overflowed, or "
             "a write to it failed, in an earlier boot",
-            timeout=200,
+            "hint: boot once with cow_reset=y to start over",
         )
-        guest.expect("hint: boot once with cow_reset=y to start over")
-        guest.expect(SHELL_PROMPT)
-        assert leak_report(guest) == []
-        guest.send("poweroff -f")
-        guest.wait(60)
+        power_off(guest)
     # The user's file was not touched: only what this boot created is ever removed.
     kept = read_file_from_ext4(disk.path, f"/{COWDIR}/root.cow", offset=disk.partition(1).start)
     assert kept == header
@@ -119,16 +115,13 @@ def test_a_cow_file_that_is_a_symlink_is_refused(lab: Lab, tmp_path: Path) -> No
         Drive(victim, kind="virtio"),
     ]
     with lab.boot("persist-symlink", f"archisolabel={SAMPLE_LABEL} cow_label=KEEP", drives) as g:
-        g.expect(
+        fails_cleanly(
+            g,
             f"the persistent COW file {COWFILE} is a symbolic link to /dev/vdb: refusing to "
             "write through it",
-            timeout=200,
+            "hint: remove it from the COW device, or boot once with cow_reset=y",
         )
-        g.expect("hint: remove it from the COW device, or boot once with cow_reset=y")
-        g.expect(SHELL_PROMPT)
-        assert leak_report(g) == []
-        g.send("poweroff -f")
-        g.wait(60)
+        power_off(g)
     assert victim.read_bytes() == bytes(16 << 20)
 
 
