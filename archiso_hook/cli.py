@@ -181,7 +181,7 @@ def _transfer_urls(args: argparse.Namespace, log: Log) -> int:
     from archiso_hook import httpfetch  # noqa: PLC0415
     from archiso_hook.sizes import human  # noqa: PLC0415
 
-    if len([i for i in args.images if "://" in i]) != len(args.images):
+    if not all("://" in image for image in args.images):
         raise InputError("give either files on this machine or URLs, not both")
     if args.to is None:
         raise InputError("URLs need --to DIR: the directory to download them into")
@@ -261,8 +261,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     from archiso_hook.sizes import human  # noqa: PLC0415
 
     log = Log(quiet=args.quiet)
-    urls = [image for image in args.images if "://" in image]
-    if urls:
+    if any("://" in image for image in args.images):
         return _transfer_urls(args, log)
     if args.timeout is not None:
         raise InputError("--timeout is for URLs: a file on this machine is read as it is")

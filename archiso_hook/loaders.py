@@ -455,7 +455,6 @@ def _parents(name: str) -> list[str]:
 class BootSetup:
     """The boot loaders written into a medium's tree, and what xorriso needs of them."""
 
-    menu: Menu
     esp: Path  # the EFI system partition's image (outside the tree)
     mbr: Path  # isolinux's isohdpfx.bin
 
@@ -508,4 +507,4 @@ def write_loaders(
         files[f"EFI/BOOT/{name}"] = make_grub_image(arch, module_dir, embedded, scratch / name, log)
     esp = make_esp(files, scratch / "efiboot.img", epoch, log)
     log(f"EFI system partition: {', '.join(sorted(files))}")
-    return BootSetup(menu, esp, syslinux.mbr)
+    return BootSetup(esp, syslinux.mbr)
