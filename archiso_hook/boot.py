@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from archiso_hook import cowfile, dm, fsprobe, loop, medium, syscalls
+from archiso_hook import cowfile, dm, fsprobe, lookonly, loop, medium, syscalls
 from archiso_hook.aitab import parse_aitab
 from archiso_hook.cmdline import CopyMode, CowMode, Options
 from archiso_hook.errors import HookError, InputError, KernelError, printable
@@ -420,13 +420,35 @@ class Boot:
         os.makedirs(target, mode=0o755, exist_ok=True)
         options = parse_mount_options(step.options, what=f"options of {step.target}")
         flags = options.flags | (syscalls.MS_RDONLY if step.read_only else 0)
-        syscalls.mount(source, target, fstype, flags, options.data)
         how = "read-only" if step.read_only else "read-write"
+        if step.look_only:
+            self._mount_look_only(source, target, fstype, flags, options.data)
+            how += ", without journal replay"
+        else:
+            syscalls.mount(source, target, fstype, flags, options.data)
         self.log.info(f"mounted {source} ({fstype}) {how} at {target}")
         live_path = None
         if step.live_path is not None:
             live_path = "/" + os.path.relpath(target, self.newroot).removeprefix(".")
         self._record_mount(target, source, fstype, step.read_only, live_path)
+
+    def _mount_look_only(
+        self, source: str, target: str, fstype: str, flags: int, data: str | None
+    ) -> None:
+        """Mount another system's filesystem writing nothing to it (see lookonly): it may
+        belong to a hibernated system, whose resume would find its disk changed."""
+        try:
+            unclean = fsprobe.journal_needs_recovery(fsprobe.read_head(source), fstype)
+        except OSError:
+            unclean = False
+        if unclean:
+            self.log.warning(
+                f"{source} ({fstype}) was not cleanly unmounted (a hibernated or crashed "
+                "system): it is mounted without replaying its journal, so changes still "
+                "in the journal are not seen, and nothing is written to it"
+            )
+        with lookonly.read_only_device(source):
+            syscalls.mount(source, target, fstype, flags, lookonly.look_only_data(fstype, data))
 
     def _record_mount(
         self, target: str, source: str, fstype: str, read_only: bool, live_path: str | None

@@ -72,3 +72,12 @@ def declared_size(head: bytes, fstype: str) -> int | None:
         blocks = int.from_bytes(head[0x8050:0x8054], "little")  # volume space size
         return blocks * int.from_bytes(head[0x8080:0x8082], "little")  # logical block size
     return None
+
+
+def journal_needs_recovery(head: bytes, fstype: str) -> bool:
+    """Whether the superblock says its journal holds changes not yet written in place (a
+    system hibernated or stopped without unmounting it). Known for ext2/3/4 only
+    (INCOMPAT_RECOVER); False for every other type."""
+    if fstype == "ext4" and len(head) >= 0x464:
+        return bool(int.from_bytes(head[0x460:0x464], "little") & 0x4)
+    return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -11,7 +12,7 @@ from types import ModuleType
 
 from archiso_hook.cmdline import device_path
 from archiso_hook.errors import HookError
-from archiso_hook.fsprobe import probe
+from archiso_hook.fsprobe import journal_needs_recovery, probe, read_head
 from archiso_hook.log import Log
 from archiso_hook.sizes import human
 
@@ -215,20 +216,39 @@ SEARCH_MNT = "/run/archiso/search"
 
 
 def _holds_file(device: str, fstype: str, filename: str, log: Log) -> bool:
-    """Mount read-only for a moment and look; a device that cannot be mounted does not."""
-    from archiso_hook import kmod, syscalls  # noqa: PLC0415
+    """Mount for a moment and look, writing nothing to the device: read-only, without
+    replaying a journal, the device itself read-only meanwhile (see lookonly). A device
+    that cannot be mounted so, or made read-only, does not hold the file."""
+    from archiso_hook import kmod, lookonly, syscalls  # noqa: PLC0415
 
     os.makedirs(SEARCH_MNT, mode=0o700, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        try:
+            kmod.ensure_modules(f"fs-{fstype}")
+            stack.enter_context(lookonly.read_only_device(device))
+            if _unclean(device, fstype):
+                log.info(
+                    f"{device} ({fstype}) was not cleanly unmounted: looking into it "
+                    "without replaying its journal"
+                )
+            data = lookonly.look_only_data(fstype, None)
+            syscalls.mount(device, SEARCH_MNT, fstype, syscalls.MS_RDONLY, data)
+        except HookError as e:
+            log.debug(f"not looking in {device}: {e}")
+            return False
+        try:
+            return os.path.isfile(os.path.join(SEARCH_MNT, filename))
+        finally:
+            syscalls.umount(SEARCH_MNT)
+    raise AssertionError("unreachable")  # pragma: no cover  (for mypy: the block returns)
+
+
+def _unclean(device: str, fstype: str) -> bool:
+    """The filesystem's journal holds changes not written in place (see fsprobe)."""
     try:
-        kmod.ensure_modules(f"fs-{fstype}")
-        syscalls.mount(device, SEARCH_MNT, fstype, syscalls.MS_RDONLY)
-    except HookError as e:
-        log.debug(f"not looking in {device}: {e}")
+        return journal_needs_recovery(read_head(device), fstype)
+    except OSError:
         return False
-    try:
-        return os.path.isfile(os.path.join(SEARCH_MNT, filename))
-    finally:
-        syscalls.umount(SEARCH_MNT)
 
 
 def describe_block_devices(pyudev: ModuleType, context: object) -> str:

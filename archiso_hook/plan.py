@@ -123,9 +123,14 @@ class Mount:
     read_only: bool
     options: str | None = None
     live_path: str | None = None  # where the live system sees it after switch_root
+    # Another system's disk, mounted only to read from: no journal replayed, the device
+    # read-only during the mount (archiso_hook.lookonly).
+    look_only: bool = False
 
     def describe(self) -> str:
         how = "read-only" if self.read_only else "read-write"
+        if self.look_only:
+            how += ", without journal replay"
         fstype = self.fstype or "(probed)"
         opts = f" -o {self.options}" if self.options else ""
         return f"mount {fstype} {self.source} {how}{opts} at {self.target}"
@@ -380,7 +385,14 @@ def medium_steps(options: Options) -> tuple[Step, ...]:
                 what="the device holding the ISO file",
                 hint="check img_label=/img_dev= against the disk; rootdelay= sets how long to wait",
             ),
-            Mount("@isodev", IMG_DEV_MNT, None, read_only=True, options=options.img_flags),
+            Mount(
+                "@isodev",
+                IMG_DEV_MNT,
+                None,
+                read_only=True,
+                options=options.img_flags,
+                look_only=True,
+            ),
             AttachLoop("medium", iso, read_only=True),
             mount_medium,
         )

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from archiso_hook import bootfiles, dm, kmod, loop
+from archiso_hook import bootfiles, dm, kmod, lookonly, loop
 from archiso_hook.ioctl import GENERIC, POWERPC_MIPS_SPARC, layout_for
 
 C_PROGRAM = r"""
@@ -67,6 +67,8 @@ int main(void) {
     P("LOOP_SET_STATUS64", LOOP_SET_STATUS64);
     P("LO_FLAGS_AUTOCLEAR", LO_FLAGS_AUTOCLEAR);
     P("BLKGETSIZE64", BLKGETSIZE64);
+    P("BLKROSET", BLKROSET);
+    P("BLKROGET", BLKROGET);
 #define HDR(field) \
     P("off_hdr_" #field, offsetof(struct boot_params, hdr) + offsetof(struct setup_header, field))
     HDR(setup_sects); HDR(boot_flag); HDR(header); HDR(version); HDR(kernel_version);
@@ -174,6 +176,14 @@ def test_loop_layout_and_numbers_match_the_headers(kernel_headers: dict[str, int
     blkgetsize64 = {"x86_64": 0x80081272, "i686": 0x80041272}[_arch(h)]
     assert layout_for(_arch(h)).ior(0x12, 114, h["sizeof_pointer"]) == h["BLKGETSIZE64"]
     assert h["BLKGETSIZE64"] == blkgetsize64
+
+
+def test_block_read_only_ioctls_match_the_headers(kernel_headers: dict[str, int]) -> None:
+    """BLKROGET/BLKROSET, which make a disk read-only while the hook looks into it."""
+    h = kernel_headers
+    layout = layout_for(_arch(h))
+    assert lookonly.blkroset(layout) == h["BLKROSET"] == 0x125D
+    assert lookonly.blkroget(layout) == h["BLKROGET"] == 0x125E
 
 
 def test_bzimage_setup_header_matches_the_headers(kernel_headers: dict[str, int]) -> None:

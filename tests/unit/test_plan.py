@@ -162,8 +162,9 @@ def test_an_iso_file_on_a_disk_is_the_medium() -> None:
     assert isinstance(find, FindMedium) and find.device == "/dev/disk/by-label/DATA"
     assert find.what == "the device holding the ISO file"
     assert mount_disk == Mount(
-        "@isodev", "/run/archiso/img_dev", None, read_only=True, options="noatime"
+        "@isodev", "/run/archiso/img_dev", None, read_only=True, options="noatime", look_only=True
     )
+    assert "read-only, without journal replay -o noatime" in mount_disk.describe()
     assert attach == AttachLoop("medium", "/run/archiso/img_dev/iso/live.iso", read_only=True)
     assert mount_medium == Mount("@medium", "/run/archiso/bootmnt", None, read_only=True)
 
