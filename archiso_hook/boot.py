@@ -56,7 +56,7 @@ from archiso_hook.plan import (
 )
 from archiso_hook.rootpath import resolve_in_root
 from archiso_hook.sizes import human
-from archiso_hook.state import State
+from archiso_hook.state import State, StateBusyError, locked
 
 if TYPE_CHECKING:
     from archiso_hook import checksums
@@ -198,6 +198,9 @@ def _meminfo(path: str = "/proc/meminfo") -> Memory:
 # is loaded between the medium's event and its mount. (Not more: a medium arriving
 # during a load waits for it.)
 PRELOAD = ("fs-iso9660",)
+# An NBD root: seconds a request may take, and that reads wait for a lost connection to
+# be replaced (NBD_ATTR_TIMEOUT, NBD_ATTR_DEAD_CONN_TIMEOUT; `watch` reconnects).
+NBD_TIMEOUT = 60
 
 
 def _filesystems() -> set[str]:
@@ -216,6 +219,7 @@ class Boot:
         self.log = log
         self.state_file = state_file
         self.state = State(newroot=newroot)
+        self._saved = False  # whether this run wrote the state file yet
         self.undo = UndoStack(log)
         self.refs: dict[str, Any] = {}  # ref -> LoopDevice or device path
         self.cow_bytes: dict[str, int] = {}  # origin ref -> COW file size
@@ -242,7 +246,16 @@ class Boot:
         self.lease: Any = None  # net.Lease once the network is up
 
     def run(self) -> BootPlan:
-        """Mount the live root, or report why not, undo everything and raise BootFailedError."""
+        """Mount the live root, or report why not, undo everything and raise BootFailedError.
+
+        As the state file's one writer: another `mount` running is refused, not joined."""
+        try:
+            with locked(self.state_file, command="mount", wait=5.0):
+                return self._run_as_writer()
+        except StateBusyError as exc:
+            raise BootFailedError(report_failure(self.log, exc, debug=self.options.debug)) from exc
+
+    def _run_as_writer(self) -> BootPlan:
         start = time.monotonic()
         startup = seconds_since_exec()
         try:
@@ -312,7 +325,9 @@ class Boot:
     def _run(self) -> BootPlan:
         if not os.path.isdir(self.newroot):
             raise InputError(f"new root {self.newroot} is not a directory")
+        self._release_earlier()
         self.state.save(self.state_file)  # resources are appended to it as they appear
+        self._saved = True
         if syscalls.is_mountpoint(BOOTMNT):  # another hook (loop_mnt, pxe) mounted it
             self.log.info(f"using the medium already mounted at {BOOTMNT}")
         else:
@@ -341,6 +356,36 @@ class Boot:
             self.log.debug(step.describe())
         self._handlers[type(step)](step)
 
+    def _release_earlier(self) -> None:
+        """An earlier attempt's records (killed half-way, or a rollback that failed): what
+        is still set up is released first; what cannot be stays recorded as leftovers."""
+        try:
+            earlier, problems = State.read(self.state_file)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as e:
+            self.log.warning(f"{e}: set aside as {self.state_file}.bad")
+            with contextlib.suppress(OSError):
+                os.replace(self.state_file, f"{self.state_file}.bad")
+            return
+        for problem in problems:
+            self.log.warning(problem)
+        if earlier.complete:
+            raise HookError(
+                f"{self.state_file} records a live root already set up at {earlier.newroot}",
+                hint="`archiso-hook status` shows what it holds; unmount it first, or boot "
+                "with what is there",
+            )
+        records = earlier.every_record()
+        if not records:
+            return
+        from archiso_hook import release  # noqa: PLC0415  (only after a failed attempt)
+
+        self.log.warning(
+            f"an earlier attempt left {len(records)} thing(s) set up: releasing them first"
+        )
+        self.state.leftovers = release.release(records, self.log)
+
     def _rollback(self) -> None:
         if self.undo:
             self.log.warning("undoing what was set up")
@@ -348,8 +393,11 @@ class Boot:
         for ref in self.refs.values():
             if isinstance(ref, loop.LoopDevice):
                 ref.close()
-        if failed:
-            self.state.save(self.state_file)  # what is left, for `archiso-hook status`
+        if not self._saved:
+            return  # the file is an earlier boot's, or another command's: not ours to change
+        if failed or self.state.leftovers:
+            # What is left, for `archiso-hook status`, the next attempt and the shutdown.
+            self.state.save(self.state_file)
         else:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.state_file)

@@ -14,6 +14,7 @@ import os
 import stat
 import time
 
+from archiso_hook import pidfile
 from archiso_hook.log import Log
 from archiso_hook.sizes import human
 from archiso_hook.watch import ARGV0, PID_FILE, READY_FILE, run_foreground
@@ -85,8 +86,7 @@ def start_watchdog(binary: str, root: str = SHUTDOWN_ROOT) -> int:
             os.execve(binary, [ARGV0, "watch", "--foreground"], env)
         finally:
             os._exit(127)
-    with open(PID_FILE, "w", encoding="ascii") as f:
-        f.write(f"{pid}\n")
+    pidfile.write(PID_FILE, pid)
     return pid
 
 
@@ -115,8 +115,7 @@ def fork_watchdog(log: Log) -> int:
             code = run_foreground(log, WATCH_INTERVAL)
         finally:
             os._exit(code)
-    with open(PID_FILE, "w", encoding="ascii") as f:
-        f.write(f"{pid}\n")
+    pidfile.write(PID_FILE, pid)
     return pid
 
 

@@ -21,10 +21,10 @@ import os
 import signal
 import time
 
-from archiso_hook import dm, loop, syscalls
+from archiso_hook import dm, pidfile, release, syscalls
 from archiso_hook.errors import HookError, KernelError
 from archiso_hook.log import Log
-from archiso_hook.state import State
+from archiso_hook.state import State, locked
 
 OLDROOT = "/oldroot"
 REBOOT = {"poweroff": 0x4321FEDC, "reboot": 0x01234567, "halt": 0xCDEF0123,
@@ -46,13 +46,20 @@ def mount_api_filesystems() -> None:
 
 
 def stop_watchdog(log: Log, root: str = OLDROOT) -> None:
-    """The watchdog holds files open on /run: it must go before /run can be unmounted."""
+    """The watchdog holds files open on /run: it must go before /run can be unmounted.
+    Its pid file is a claim too: only the process it names, started when it says (not
+    another given the same pid since), gets a signal."""
     for pid_file in (f"{root}/run/archiso/watch.pid", "/run/archiso/watch.pid"):
         try:
-            with open(pid_file, encoding="ascii") as f:
-                pid = int(f.read().strip())
-        except (OSError, ValueError):
+            pid, start = pidfile.read(pid_file)
+        except FileNotFoundError:
             continue
+        except (OSError, ValueError) as e:
+            log.warning(f"{e}: no signal sent")
+            return
+        if not pidfile.names_running(pid, start):
+            log.info(f"the watchdog (pid {pid}) is not running: nothing to stop")
+            return
         for sig in (signal.SIGTERM, signal.SIGKILL):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
@@ -76,14 +83,25 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def find_state(root: str = OLDROOT) -> State | None:
-    for path in (
-        f"{root}/run/archiso/state.json",
-        f"{OLDRUN}/archiso/state.json",
-        "/run/archiso/state.json",
-    ):
-        with contextlib.suppress(OSError, ValueError, TypeError):
-            return State.load(path)
+def state_paths(root: str = OLDROOT) -> tuple[str, ...]:
+    """Where the boot's state file may be: the live system's /run, moved aside or not."""
+    return (f"{root}/run/archiso/state.json", f"{OLDRUN}/archiso/state.json",
+            "/run/archiso/state.json")  # fmt: skip
+
+
+def find_state(log: Log, paths: tuple[str, ...] | None = None) -> State | None:
+    """The boot's state, with every record it cannot trust skipped (and said)."""
+    for path in paths or state_paths():
+        try:
+            state, problems = State.read(path)
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError) as e:
+            log.warning(f"cannot use the state file: {e}")
+            continue
+        for problem in problems:
+            log.warning(problem)
+        return state
     return None
 
 
@@ -124,8 +142,12 @@ def teardown(
     also: tuple[str, ...] = (OLDRUN,),
 ) -> list[str]:
     """Undo what is there to undo; what is still busy at the end, for the log."""
-    ours_dm = [r for r in (state.resources if state else []) if r["kind"] == "dm"]
-    ours_loops = [r for r in (state.resources if state else []) if r["kind"] == "loop"]
+    records = state.every_record() if state else []
+    ours_dm = [r for r in records if r["kind"] == "dm"]
+    ours_loops = [r for r in records if r["kind"] == "loop"]
+    # Where the live system's /run is now, for the loops' backing files recorded there.
+    moved = (("/run/", f"{root}/run/"), *(("/run/", f"{other}/") for other in also))
+    warned: set[str] = set()
     mapper: dm.DeviceMapper | None = None
     with contextlib.suppress(HookError):
         mapper = dm.DeviceMapper()
@@ -136,7 +158,7 @@ def teardown(
                 progress |= _unmount_round(other, log)
             if mapper is not None:
                 progress |= _remove_round(mapper, ours_dm, log)
-            progress |= _detach_round(ours_loops, log)
+            progress |= _detach_round(ours_loops, log, moved, warned)
             if not progress:
                 break
         left = [
@@ -144,12 +166,16 @@ def teardown(
         ]
         if mapper is not None:
             names = {name for name, _, _ in mapper.list_devices()}
-            left += [f"/dev/mapper/{r['name']}" for r in ours_dm if r["name"] in names]
+            left += [
+                f"/dev/mapper/{r['name']}"
+                for r in ours_dm
+                if r["name"] in names and release.dm_owned(mapper, r["name"])
+            ]
     finally:
         if mapper is not None:
             mapper.close()
-    left += [r["device"] for r in ours_loops if _bound(r["device"])]
-    left += _detach_nbd([r for r in (state.resources if state else []) if r["kind"] == "nbd"], log)
+    left += [r["device"] for r in ours_loops if _ours(r, moved)]
+    left += _detach_nbd([r for r in records if r["kind"] == "nbd"], log)
     return left
 
 
@@ -195,6 +221,10 @@ def _remove_round(mapper: dm.DeviceMapper, ours: list[dict[str, str]], log: Log)
         name = resource["name"]
         if name not in present or _holders(name, resource["devno"]):
             continue  # gone, or something stacked on it goes first
+        if not release.dm_owned(mapper, name):
+            log.warning(f"/dev/mapper/{name} is not the one the hook made: left alone")
+            present.discard(name)
+            continue
         try:
             mapper.remove(name)
         except KernelError:
@@ -205,54 +235,85 @@ def _remove_round(mapper: dm.DeviceMapper, ours: list[dict[str, str]], log: Log)
     return progress
 
 
-def _bound(device: str) -> bool:
-    return os.path.exists(f"/sys/block/{os.path.basename(device)}/loop/backing_file")
+def _ours(resource: dict[str, str], moved: tuple[tuple[str, str], ...]) -> bool:
+    """Bound, and to the file the record names (seen from the shutdown root)."""
+    bound = release.loop_backing(resource["device"])
+    return bound is not None and release.same_backing(resource["backing"], bound, moved)
 
 
-def _detach_round(ours: list[dict[str, str]], log: Log) -> bool:
+def _detach_round(
+    ours: list[dict[str, str]],
+    log: Log,
+    moved: tuple[tuple[str, str], ...] = (),
+    warned: set[str] | None = None,
+) -> bool:
+    warned = set() if warned is None else warned
     progress = False
     for resource in reversed(ours):
         device = resource["device"]
-        if not _bound(device):
+        bound = release.loop_backing(device)
+        if bound is None:
             continue
-        try:
-            fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
+        if not release.same_backing(resource["backing"], bound, moved):
+            if device not in warned:
+                log.warning(f"{device} is bound to {bound}, not to {resource['backing']}: "
+                            "left alone")  # fmt: skip
+                warned.add(device)
             continue
-        try:
-            loop.LoopDevice(int(device.removeprefix("/dev/loop")), fd, "", True).detach()
-        except HookError:
-            os.close(fd)
-            continue
-        if not _bound(device):
+        if release.detach_loop(device):
             log.info(f"detached {device}")
             progress = True
     return progress
 
 
-def power(verb: str) -> None:
-    """The end: reboot(2) as the verb asks (poweroff when it is unknown)."""
+def power(verb: str, log: Log) -> None:
+    """The end: reboot(2) as the verb asks (poweroff when it is unknown). Never returns:
+    PID 1 exiting would panic the kernel, so a refused call tries poweroff, then halt."""
     libc = ctypes.CDLL(None, use_errno=True)
-    os.sync()
-    libc.reboot(ctypes.c_int(REBOOT.get(verb, REBOOT["poweroff"])))
-    raise HookError(f"reboot({verb}) failed: {os.strerror(ctypes.get_errno())}")
+    with contextlib.suppress(OSError):
+        os.sync()
+    for how in dict.fromkeys((verb if verb in REBOOT else "poweroff", "poweroff", "halt")):
+        libc.reboot(ctypes.c_int(REBOOT[how]))
+        log.error(f"reboot({how}) failed: {os.strerror(ctypes.get_errno())}")
+    while True:  # nothing more can be done: stop here rather than panic
+        time.sleep(3600)
 
 
 def run(verb: str, log: Log) -> int:
+    """Take the storage apart, as far as it goes; as PID 1, then end the machine's life
+    as asked whatever happened on the way (a corrupt state, a failing ioctl)."""
+    left: list[str] = ["?"]
+    try:
+        left = take_apart(verb, log)
+    except BaseException as e:  # noqa: BLE001  (nothing may stop the power-off)
+        log.error(f"shutdown: {type(e).__name__}: {e}; going on with the {verb}")
+    if os.getpid() == 1:  # we are the last process: end the machine's life as asked
+        power(verb, log)
+    return 1 if left else 0
+
+
+def take_apart(verb: str, log: Log) -> list[str]:
     start = time.monotonic()
     log.info(f"shutdown ({verb}): taking the live system's storage apart")
     try:
         mount_api_filesystems()
-    except HookError as e:
+    except (OSError, HookError) as e:
         log.warning(f"{e}")
     stop_watchdog(log)
-    state = find_state()
+    state = None
+    try:
+        if not os.path.isdir(f"{OLDROOT}/run/archiso"):
+            raise FileNotFoundError  # no state there: no lock to take either
+        with locked(f"{OLDROOT}/run/archiso/state.json", command="shutdown", wait=2.0):
+            state = find_state(log)
+    except (OSError, HookError) as e:  # no lock to be had: read it all the same
+        if not isinstance(e, FileNotFoundError):
+            log.warning(f"{e}")
+        state = find_state(log)
     move_run_aside(log)
     left = teardown(state, log)
     if left:
         log.warning("still busy, left as they are: " + ", ".join(left))
     else:
         log.info(f"nothing left busy ({time.monotonic() - start:.2f} s)")
-    if os.getpid() == 1:  # we are the last process: end the machine's life as asked
-        power(verb)
-    return 1 if left else 0
+    return left

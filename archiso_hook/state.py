@@ -8,19 +8,126 @@ change to the resources since: {"add": {...}} or {"remove": [kind, key, value]}.
 hook records every loop device and mount the moment it exists, so that a hook killed
 half-way leaves an accurate list; appending a line keeps that O(1) per resource, where
 rewriting the whole file each time made a boot quadratic in its aitab entries.
+
+Whoever reads it trusts nothing in it: the shutdown runs as PID 1 and must power off
+whatever a killed hook or a full disk left there. `State.read` checks every record
+field by field against RECORDS and skips a bad one with a sentence saying why; only a
+file that is not a state file at all is an error. Writers take `locked()` first.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import re
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
 
+from archiso_hook.errors import HookError
 from archiso_hook.plan import STATE_FILE
 
 VERSION = 1
+
+Check = Callable[[Any], bool]
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and "\0" not in value
+
+
+def _path(value: Any) -> bool:
+    return _text(value) and value.startswith("/")
+
+
+def _device(prefix: str) -> Check:
+    pattern = re.compile(rf"/dev/{prefix}[0-9]+")
+    return lambda value: isinstance(value, str) and pattern.fullmatch(value) is not None
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _flag(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+def _dm_name(value: Any) -> bool:  # what DM_DEV_CREATE takes: 1..127 bytes, no '/'
+    return _text(value) and 0 < len(value.encode()) < 128 and "/" not in value
+
+
+def _devno(value: Any) -> bool:
+    return isinstance(value, str) and re.fullmatch(r"[0-9]+:[0-9]+", value) is not None
+
+
+def _path_or_none(value: Any) -> bool:
+    return value is None or _path(value)
+
+
+# Every record the hook writes: its fields and what each must be. A record missing one,
+# or with one of another type, is skipped by every reader (and reported).
+RECORDS: dict[str, dict[str, Check]] = {
+    "mount": {"target": _path, "source": _text, "fstype": _text, "read_only": _flag,
+              "live_path": _path_or_none},
+    "loop": {"device": _device("loop"), "backing": _path, "read_only": _flag},
+    "dm": {"name": _dm_name, "device": _path, "devno": _devno, "origin": _device("loop"),
+           "cow": _device("loop"), "mode": _text, "chunk_sectors": _count, "table": _text,
+           "cow_file": _path, "cow_need": _count},
+    "net": {"interface": _text, "address": _text, "how": _text},
+    "nbd": {"device": _device("nbd"), "server": _text, "export": _text},
+    "file": {"path": _path, "apparent_bytes": _count, "kept": _flag},
+}  # fmt: skip
+# Older hooks did not record these; a record without them is still whole.
+OPTIONAL = {("mount", "read_only"), ("mount", "live_path")}
+
+
+def check_record(record: Any) -> str | None:
+    """Why this record cannot be trusted, or None when every field is as RECORDS says."""
+    if not isinstance(record, dict):
+        return "not a record"
+    kind = record.get("kind")
+    fields = RECORDS.get(kind) if isinstance(kind, str) else None
+    if fields is None:
+        return f"unknown kind {kind!r}"
+    for name, check in fields.items():
+        if name not in record:
+            if (kind, name) in OPTIONAL:
+                continue
+            return f"its field {name!r} is missing"
+        if not check(record[name]):
+            return f"its field {name!r} is {record[name]!r}"
+    return None
+
+
+# The top-level fields and what each must be; a wrong one is reset to its default.
+_FIELD_CHECKS: dict[str, Check] = {
+    "newroot": _path,
+    "resources": lambda v: isinstance(v, list),
+    "leftovers": lambda v: isinstance(v, list),
+    "images": lambda v: isinstance(v, list),
+    "complete": _flag,
+    "timings": lambda v: (
+        isinstance(v, dict)
+        and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v.values())
+    ),
+    "cow": lambda v: (
+        isinstance(v, dict)
+        and (
+            not v
+            or (
+                _path(v.get("space"))
+                and _flag(v.get("tmpfs"))
+                and _flag(v.get("grow"))
+                and _count(v.get("grow_max"))
+            )
+        )
+    ),
+}
 
 
 @attrs.define
@@ -32,6 +139,9 @@ class State:
     timings: dict[str, float] = attrs.Factory(dict)
     # What `watch` may do with the COW space: {"space", "tmpfs", "grow", "grow_max"}.
     cow: dict[str, Any] = attrs.Factory(dict)
+    # What an earlier attempt set up and could not release: tried again by the next
+    # attempt and by the shutdown.
+    leftovers: list[dict[str, Any]] = attrs.Factory(list)
 
     def add(self, kind: str, /, **fields: Any) -> None:
         self.resources.append({"kind": kind, **fields})
@@ -41,6 +151,10 @@ class State:
             r for r in self.resources if not (r["kind"] == kind and r.get(key) == value)
         ]
 
+    def every_record(self) -> list[dict[str, Any]]:
+        """Leftovers of earlier attempts, then this one's resources: in the order made."""
+        return self.leftovers + self.resources
+
     def save(self, path: str = STATE_FILE) -> None:
         """The whole state, atomically, readable by root only: one line through json's
         C encoder (indent= and attrs.asdict() would run in Python)."""
@@ -48,11 +162,18 @@ class State:
         text = json.dumps({"version": VERSION, **fields}) + "\n"
         # /run/archiso: the report beside this file is for every user; this one is 0600.
         os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-        tmp = f"{path}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        tmp = f"{path}.{os.getpid()}.tmp"  # ours alone: a writer elsewhere has its own
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)  # left by a process of the same pid that was killed
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     def add_saved(self, path: str, kind: str, /, **fields: Any) -> None:
         """add(), and the same appended to the file `save(path)` wrote."""
@@ -66,32 +187,80 @@ class State:
 
     @classmethod
     def load(cls, path: str = STATE_FILE) -> State:
-        """The saved state with the changes appended since replayed. A last line cut
-        short (the hook killed while writing it) is left out; anything else malformed
-        raises ValueError."""
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-        data, end = json.JSONDecoder().raw_decode(text.lstrip())
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: not a state file")
+        """The saved state with the changes appended since replayed; what `read` skips
+        is left out silently. OSError, or ValueError for a file that is no state file."""
+        return cls.read(path)[0]
+
+    @classmethod
+    def read(cls, path: str = STATE_FILE) -> tuple[State, list[str]]:
+        """The state, and a sentence for each part of it skipped as untrustworthy.
+
+        A last line cut short (the hook killed while writing it) is left out without a
+        word. Raises OSError, or ValueError when the first document is not a state."""
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8", errors="replace").lstrip()
+        try:
+            data, end = json.JSONDecoder().raw_decode(text)
+        except ValueError:
+            raise ValueError(f"{path} is not a state file: it does not start with JSON") from None
+        if not isinstance(data, dict) or not _path(data.get("newroot")):
+            raise ValueError(f"{path} is not a state file: it names no new root")
+        problems: list[str] = []
         # A newer hook may record more: what this version does not know, it ignores.
-        known = {field.name for field in attrs.fields(cls)}
-        state = cls(**{key: value for key, value in data.items() if key in known})
-        changes = text.lstrip()[end:].split("\n")
+        fields: dict[str, Any] = {}
+        for name, check in _FIELD_CHECKS.items():
+            if name not in data:
+                continue
+            if check(data[name]):
+                fields[name] = data[name]
+            else:
+                problems.append(f"{path}: its {name!r} is not what a state holds: ignored")
+        state = cls(**fields)
+        for name in ("resources", "leftovers"):
+            records = []
+            for number, record in enumerate(getattr(state, name), 1):
+                why = check_record(record)
+                if why is None:
+                    records.append(record)
+                else:
+                    problems.append(f"{path}: {name} record {number} skipped: {why}")
+            setattr(state, name, records)
+        changes = text[end:].split("\n")
+        first_line = text[:end].count("\n") + 1  # changes[0] is the rest of this line
         for number, line in enumerate(changes):
             if not line.strip():
                 continue
-            try:
-                change = json.loads(line)
-            except ValueError:
-                if number == len(changes) - 1:  # no newline after it: cut short
-                    break
-                raise
-            if "add" in change:
-                state.resources.append(change["add"])
-            elif "remove" in change:
-                state.remove(*change["remove"])
-        return state
+            why = _replay(state, line)
+            if why is None:
+                continue
+            if number == len(changes) - 1 and why == "not JSON":
+                break  # no newline after it: cut short
+            problems.append(f"{path}: line {first_line + number} skipped: {why}")
+        return state, problems
+
+
+def _replay(state: State, line: str) -> str | None:
+    try:
+        change = json.loads(line)
+    except ValueError:
+        return "not JSON"
+    if isinstance(change, dict) and "add" in change:
+        why = check_record(change["add"])
+        if why is None:
+            state.resources.append(change["add"])
+        return why
+    if isinstance(change, dict) and "remove" in change:
+        target = change["remove"]
+        if (
+            isinstance(target, list)
+            and len(target) == 3
+            and isinstance(target[0], str)
+            and isinstance(target[1], str)
+        ):
+            state.remove(*target)
+            return None
+        return f"a removal of {target!r}"
+    return "neither an addition nor a removal"
 
 
 def _append(path: str, change: dict[str, Any]) -> None:
@@ -103,3 +272,46 @@ def _append(path: str, change: dict[str, Any]) -> None:
             data = data[os.write(fd, data) :]
     finally:
         os.close(fd)
+
+
+class StateBusyError(HookError):
+    """Another archiso-hook command holds the state file's lock."""
+
+
+@contextlib.contextmanager
+def locked(path: str = STATE_FILE, *, command: str, wait: float = 10.0) -> Iterator[None]:
+    """Be the state file's only writer (`mount`, `watch` and `shutdown` take it) for
+    the block; after `wait` seconds of another holding it, StateBusyError naming it.
+
+    flock(2) on STATE.lock beside it: the kernel releases it when its holder dies, so a
+    hook killed half-way never leaves the next attempt locked out."""
+    lock_path = f"{path}.lock"
+    os.makedirs(os.path.dirname(lock_path), mode=0o755, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StateBusyError(
+                        f"{path} is being changed by {_holder(fd)}",
+                        hint="wait for it to finish; only one archiso-hook command may set "
+                        "up or take down the live system at a time",
+                    ) from None
+                time.sleep(0.05)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {command}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _holder(fd: int) -> str:
+    try:
+        pid, command = os.pread(fd, 256, 0).decode("ascii").split(None, 1)
+        return f"archiso-hook {command.strip()} (pid {int(pid)})"
+    except (OSError, ValueError):
+        return "another archiso-hook command"

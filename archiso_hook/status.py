@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from archiso_hook import dm, syscalls
+from archiso_hook import dm, pidfile, syscalls
 from archiso_hook.errors import HookError
 from archiso_hook.plan import STATE_FILE
 from archiso_hook.sizes import human
@@ -33,11 +33,12 @@ def collect(state_file: str = STATE_FILE) -> dict[str, Any]:
         "snapshots": [],
         "cow_files": [],
         "cow_policy": state.cow,
+        "leftovers": len(state.leftovers),
         "watch": _watchdog(),
     }
     mapper: dm.DeviceMapper | None = None
     try:
-        for res in state.resources:
+        for res in state.every_record():  # an earlier attempt's leftovers too
             kind = res["kind"]
             if kind == "mount":
                 # After switch_root the new root's mounts are seen at their live paths.
@@ -78,10 +79,11 @@ def collect(state_file: str = STATE_FILE) -> dict[str, Any]:
 def _watchdog(pid_file: str = "/run/archiso/watch.pid") -> dict[str, Any]:
     """The watchdog's pid, whether it runs, and what memory it takes (VmRSS)."""
     try:
-        with open(pid_file, encoding="ascii") as f:
-            pid = int(f.read().strip())
+        pid, start = pidfile.read(pid_file)
     except (OSError, ValueError):
         return {"running": False}
+    if not pidfile.names_running(pid, start):
+        return {"pid": pid, "running": False}
     rss = None
     try:
         with open(f"/proc/{pid}/status", encoding="ascii") as f:
@@ -140,6 +142,11 @@ def format_text(status: dict[str, Any]) -> str:
         f"archiso-hook: {'complete' if status['complete'] else 'INCOMPLETE'} setup for "
         f"{status['newroot']}"
     ]
+    if status.get("leftovers"):
+        lines.append(
+            f"  {status['leftovers']} thing(s) an earlier attempt could not release are listed "
+            "too: the shutdown tries again"
+        )
     for m in status["mounts"]:
         where = m["mounted_at"] or "NOT MOUNTED"
         lines.append(f"  mount    {where:<28} {m['fstype']:<9} {m['source']}")

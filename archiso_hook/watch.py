@@ -32,7 +32,7 @@ from archiso_hook.growth import RateMeter, Usage, grow_to, warning_level
 from archiso_hook.log import Log
 from archiso_hook.plan import STATE_FILE
 from archiso_hook.sizes import human
-from archiso_hook.state import State
+from archiso_hook.state import State, locked
 
 PID_FILE = "/run/archiso/watch.pid"
 READY_FILE = "/run/archiso/watch.ready"
@@ -207,12 +207,16 @@ class Watchdog:
             f"{took * 1000:.0f} ms ({human(usage.allocated)} used, at most "
             f"{human(usage.ceiling)})"
         )
-        self.state = State.load(self.state_file)
-        for resource in self.state.resources:
-            if resource["kind"] == "file" and resource["path"] == snapshot.cow_file:
-                resource["apparent_bytes"] = new
-        self.state.timings["last_growth_seconds"] = round(took, 4)
-        self.state.save(self.state_file)
+        try:  # the new size, for `status` and the next boot's accounting
+            with locked(self.state_file, command="watch", wait=2.0):
+                self.state = State.load(self.state_file)
+                for resource in self.state.resources:
+                    if resource["kind"] == "file" and resource["path"] == snapshot.cow_file:
+                        resource["apparent_bytes"] = new
+                self.state.timings["last_growth_seconds"] = round(took, 4)
+                self.state.save(self.state_file)
+        except (OSError, ValueError, HookError) as e:
+            self.log.warning(f"watch: could not record the new size in {self.state_file}: {e}")
 
 
 def run_foreground(log: Log, interval: float) -> int:

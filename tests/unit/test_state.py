@@ -4,25 +4,32 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
 import pytest
 
-from archiso_hook.state import VERSION, State
+from archiso_hook.state import RECORDS, VERSION, State, StateBusyError, check_record, locked
+
+LOOP0 = {"device": "/dev/loop0", "backing": "/run/archiso/bootmnt/a.sfs", "read_only": True}
+LOOP1 = {"device": "/dev/loop1", "backing": "/run/archiso/bootmnt/b.sfs", "read_only": True}
+ROOT = {"target": "/new_root", "source": "/dev/mapper/arch_root", "fstype": "ext4",
+        "read_only": False, "live_path": None}  # fmt: skip
 
 
 def test_a_saved_state_loads_back_the_same(tmp_path: Path) -> None:
-    state = State("/new_root", timings={"mount_seconds": 1.5}, cow={"grow": True})
-    state.add("loop", device="/dev/loop0", backing="/run/archiso/bootmnt/a.sfs", read_only=True)
-    state.add("mount", target="/new_root", source="/dev/mapper/arch_root")
+    cow = {"space": "/run/archiso/cowspace", "tmpfs": True, "grow": True, "grow_max": 2**30}
+    state = State("/new_root", timings={"mount_seconds": 1.5}, cow=cow)
+    state.add("loop", **LOOP0)
+    state.add("mount", **ROOT)
     state.remove("loop", "device", "/dev/loop0")
     path = tmp_path / "archiso" / "state.json"
     state.save(str(path))
     assert State.load(str(path)) == state
     assert json.loads(path.read_text())["version"] == VERSION
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    assert not (tmp_path / "archiso" / "state.json.tmp").exists()
+    assert os.listdir(path.parent) == ["state.json"]  # no temporary file left
     # The directory also holds the boot report, which every user may read.
     assert os.stat(path.parent).st_mode & 0o005 == 0o005
 
@@ -37,9 +44,9 @@ def test_changes_appended_after_a_save_load_back(tmp_path: Path) -> None:
     path = str(tmp_path / "state.json")
     state = State("/new_root", images=[{"img": "root"}])
     state.save(path)
-    state.add_saved(path, "loop", device="/dev/loop0", backing="/a.sfs")
-    state.add_saved(path, "mount", target="/new_root", source="/dev/loop0", path="/x")
-    state.add_saved(path, "loop", device="/dev/loop1", backing="/b.sfs")
+    state.add_saved(path, "loop", **LOOP0)
+    state.add_saved(path, "mount", **ROOT)
+    state.add_saved(path, "loop", **LOOP1)
     state.remove_saved(path, "loop", "device", "/dev/loop0")
     assert State.load(path) == state
     assert [r.get("device") for r in State.load(path).resources] == [None, "/dev/loop1"]
@@ -51,7 +58,7 @@ def test_a_full_save_replaces_the_appended_changes(tmp_path: Path) -> None:
     path = str(tmp_path / "state.json")
     state = State("/new_root")
     state.save(path)
-    state.add_saved(path, "loop", device="/dev/loop0")
+    state.add_saved(path, "loop", **LOOP0)
     state.complete = True
     state.save(path)
     assert len(Path(path).read_text().splitlines()) == 1
@@ -62,22 +69,135 @@ def test_a_last_line_cut_short_is_left_out(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
     state = State("/new_root")
     state.save(str(path))
-    state.add_saved(str(path), "loop", device="/dev/loop0")
+    state.add_saved(str(path), "loop", **LOOP0)
     with path.open("a") as f:
         f.write('{"add": {"kind": "mou')  # the hook killed mid-write
     assert State.load(str(path)) == state
 
 
-def test_a_malformed_line_before_the_last_is_an_error(tmp_path: Path) -> None:
+def test_a_malformed_line_before_the_last_is_skipped_and_named(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
     State("/new_root").save(str(path))
     with path.open("a") as f:
-        f.write('{"add": \n{"add": {"kind": "loop"}}\n')
-    with pytest.raises(ValueError):
-        State.load(str(path))
+        f.write('{"add": \n')
+        f.write(json.dumps({"add": {"kind": "loop", **LOOP0}}) + "\n")
+    state, problems = State.read(str(path))
+    assert state.resources == [{"kind": "loop", **LOOP0}]
+    assert problems == [f"{path}: line 2 skipped: not JSON"]
 
 
 def test_an_indented_state_from_an_earlier_hook_loads(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
     path.write_text(json.dumps({"version": VERSION, "newroot": "/r", "complete": True}, indent=2))
     assert State.load(str(path)) == State("/r", complete=True)
+
+
+@pytest.mark.parametrize(
+    ("record", "why"),
+    [
+        ({"kind": "loop", **LOOP0, "device": "/dev/sda"}, "its field 'device' is '/dev/sda'"),
+        ({"kind": "loop", "device": "/dev/loop0"}, "its field 'backing' is missing"),
+        ({"kind": "loop", **LOOP0, "read_only": "yes"}, "its field 'read_only' is 'yes'"),
+        ({"kind": "mount", **ROOT, "target": "new_root"}, "its field 'target' is 'new_root'"),
+        ({"kind": "file", "path": "/c", "apparent_bytes": -1, "kept": False},
+         "its field 'apparent_bytes' is -1"),
+        ({"kind": "file", "path": "/c", "apparent_bytes": True, "kept": False},
+         "its field 'apparent_bytes' is True"),
+        ({"kind": "nbd", "device": "/dev/nbd0/../sda", "server": "s:1", "export": ""},
+         "its field 'device' is '/dev/nbd0/../sda'"),
+        ({"kind": "teleport"}, "unknown kind 'teleport'"),
+        (["loop"], "not a record"),
+    ],
+)  # fmt: skip
+def test_a_record_is_checked_field_by_field(record: object, why: str) -> None:
+    assert check_record(record) == why
+
+
+def test_every_kind_the_hook_records_is_declared() -> None:
+    # boot.py's _record() and add_saved() calls: each kind has its fields in RECORDS.
+    source = (Path(__file__).parents[2] / "archiso_hook" / "boot.py").read_text()
+    kinds = set(re.findall(r'_record\(\s*"(\w+)"', source))
+    kinds |= set(re.findall(r'add_saved\(\s*self\.state_file,\s*"(\w+)"', source))
+    assert kinds == set(RECORDS)
+
+
+def test_bad_records_are_skipped_and_the_rest_kept(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    good = {"kind": "loop", **LOOP1}
+    path.write_text(
+        json.dumps(
+            {
+                "newroot": "/new_root",
+                "resources": [{"kind": "loop", "device": 7}, good],
+                "timings": {"x": "slow"},
+                "complete": "yes",
+            }
+        )
+        + "\n"
+        + json.dumps({"add": {"kind": "dm", "name": "a/b"}})
+        + "\n"
+        + json.dumps({"remove": "everything"})
+        + "\n"
+        + json.dumps([1, 2])
+        + "\n"
+    )
+    state, problems = State.read(str(path))
+    assert state == State("/new_root", resources=[good])
+    assert problems == [
+        f"{path}: its 'complete' is not what a state holds: ignored",
+        f"{path}: its 'timings' is not what a state holds: ignored",
+        f"{path}: resources record 1 skipped: its field 'device' is 7",
+        f"{path}: line 2 skipped: its field 'name' is 'a/b'",
+        f"{path}: line 3 skipped: a removal of 'everything'",
+        f"{path}: line 4 skipped: neither an addition nor a removal",
+    ]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"\xff\xfe garbage", b"[1, 2]", b'{"resources": []}', b'{"newroot": 7}', b"null"],
+)
+def test_a_file_that_is_no_state_is_one_clear_error(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "state.json"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"^{path} is not a state file"):
+        State.read(str(path))
+
+
+def test_leftovers_of_an_earlier_attempt_load_back_checked(tmp_path: Path) -> None:
+    path = str(tmp_path / "state.json")
+    state = State("/new_root", leftovers=[{"kind": "loop", **LOOP0}])
+    state.add("loop", **LOOP1)
+    state.save(path)
+    assert State.load(path) == state
+    assert [r["device"] for r in State.load(path).every_record()] == ["/dev/loop0", "/dev/loop1"]
+
+
+def test_the_lock_names_its_holder_to_the_next(tmp_path: Path) -> None:
+    path = str(tmp_path / "archiso" / "state.json")
+    with locked(path, command="mount"):
+        with pytest.raises(StateBusyError) as caught, locked(path, command="watch", wait=0.1):
+            pass  # pragma: no cover
+        assert caught.value.message.endswith(f"archiso-hook mount (pid {os.getpid()})")
+    with locked(path, command="shutdown", wait=0):  # released when the block ended
+        pass
+
+
+def test_a_lock_dies_with_its_holder(tmp_path: Path) -> None:
+    path = str(tmp_path / "state.json")
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover  (the child)
+        with locked(path, command="mount"):
+            os.kill(os.getpid(), 9)
+    os.waitpid(pid, 0)
+    with locked(path, command="mount", wait=0):
+        pass
+
+
+def test_two_writers_never_share_a_temporary_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "state.json")
+    # A temporary file a killed writer of our pid left behind is replaced, not appended to.
+    Path(f"{path}.{os.getpid()}.tmp").write_text("half")
+    State("/a").save(path)
+    assert State.load(path) == State("/a")
+    assert sorted(os.listdir(tmp_path)) == ["state.json"]

@@ -1,0 +1,111 @@
+"""The shutdown's decisions that need no kernel: which loop is ours, which pid is the
+watchdog's, and that nothing it meets stops it from returning (as PID 1: powering off).
+Taking real dm devices and loops apart is proven in tests/vm (test_boot, test_faults)."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from archiso_hook import pidfile, release, shutdown
+from archiso_hook.log import Log
+
+MOVED = (("/run/", "/oldroot/run/"), ("/run/", "/oldrun/"))
+SFS = "/run/archiso/bootmnt/arch/x86_64/airootfs.sfs"
+
+
+@pytest.mark.parametrize(
+    ("bound", "ours"),
+    [
+        (SFS, True),  # still in the initramfs: the same path
+        ("/oldroot/run/archiso/bootmnt/arch/x86_64/airootfs.sfs", True),  # after the switch
+        ("/oldrun/archiso/bootmnt/arch/x86_64/airootfs.sfs", True),  # /run moved aside
+        (SFS + " (deleted)", True),
+        ("/arch/x86_64/airootfs.sfs", True),  # its mount detached lazily: from its root
+        ("/home/user/other.img", False),
+        ("/oldrun/archiso/bootmnt/arch/x86_64/other.sfs", False),
+        ("/airootfs.sfs", False),  # one component says too little
+        ("/oldroot/run/archiso/bootmnt/arch/x86_64/airootfs.sfs.bak", False),
+    ],
+)
+def test_a_loop_is_ours_only_when_bound_to_the_recorded_file(bound: str, ours: bool) -> None:
+    assert release.same_backing(SFS, bound, MOVED) is ours
+
+
+def _log() -> tuple[Log, io.StringIO]:
+    out = io.StringIO()
+    return Log(stream=out), out
+
+
+@pytest.mark.parametrize("text", ["-1", "0", "1", "abc", "99999999999", "", "²"])
+def test_a_pid_file_that_names_no_process_of_ours_signals_nothing(
+    tmp_path: Path, text: str
+) -> None:
+    (tmp_path / "run" / "archiso").mkdir(parents=True)
+    (tmp_path / "run" / "archiso" / "watch.pid").write_text(text)
+    log, out = _log()
+    shutdown.stop_watchdog(log, root=str(tmp_path))  # PID 1 (init) or -1 (all): never
+    assert "no signal sent" in out.getvalue()
+
+
+def test_a_pid_reused_by_another_process_is_left_alone(tmp_path: Path) -> None:
+    (tmp_path / "run" / "archiso").mkdir(parents=True)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        # Its pid, with the start time of the watchdog that had it before.
+        started = pidfile.start_time(other.pid)
+        assert started is not None
+        (tmp_path / "run" / "archiso" / "watch.pid").write_text(f"{other.pid} {started - 1}\n")
+        log, out = _log()
+        shutdown.stop_watchdog(log, root=str(tmp_path))
+        assert other.poll() is None, "a process that is not the watchdog was signalled"
+        assert f"the watchdog (pid {other.pid}) is not running" in out.getvalue()
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_the_watchdog_itself_is_stopped(tmp_path: Path) -> None:
+    (tmp_path / "run" / "archiso").mkdir(parents=True)
+    watchdog = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        cmdline = Path(f"/proc/{watchdog.pid}/cmdline")
+        pidfile.write(str(tmp_path / "run" / "archiso" / "watch.pid"), watchdog.pid)
+        log, out = _log()
+        shutdown.stop_watchdog(log, root=str(tmp_path))
+        # Signalled: dead (a zombie has an empty command line), or reaped already.
+        assert not cmdline.exists() or cmdline.read_bytes() == b""
+        assert f"stopped the watchdog (pid {watchdog.pid})" in out.getvalue()
+    finally:
+        watchdog.kill()
+
+
+def test_a_corrupt_state_file_is_said_and_skipped(tmp_path: Path) -> None:
+    bad, good = tmp_path / "bad.json", tmp_path / "good.json"
+    bad.write_bytes(b"\x00\x01 not json")
+    good.write_text('{"newroot": "/new_root", "resources": [{"kind": "loop"}]}')
+    log, out = _log()
+    assert shutdown.find_state(log, (str(bad), str(tmp_path / "none.json"))) is None
+    assert f"cannot use the state file: {bad} is not a state file" in out.getvalue()
+    state = shutdown.find_state(log, (str(bad), str(good)))
+    assert state is not None and state.resources == []
+    assert f"{good}: resources record 1 skipped: its field 'device' is missing" in out.getvalue()
+
+
+def test_whatever_fails_the_shutdown_still_returns(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As PID 1 what follows is reboot(2); here (not PID 1) the return shows it is reached.
+    def broken(*args: object, **kwargs: object) -> list[str]:
+        raise RuntimeError("an ioctl the kernel did not expect")
+
+    monkeypatch.setattr(shutdown, "teardown", broken)
+    log, out = _log()
+    assert shutdown.run("reboot", log) == 1
+    assert "RuntimeError: an ioctl the kernel did not expect; going on with the reboot" in (
+        out.getvalue()
+    )
+    assert os.getpid() != 1
