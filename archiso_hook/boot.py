@@ -30,6 +30,7 @@ from archiso_hook.plan import (
     BOOTMNT,
     COPY_RESERVE,
     COWSPACE,
+    DM_UUID_PREFIX,
     IMG_DEV_MNT,
     STATE_FILE,
     AttachLoop,
@@ -918,7 +919,7 @@ class Boot:
         table = dm.Target(
             0, sectors, "snapshot", f"{origin.devno} {cow.devno} {step.mode} {step.chunk_sectors}"
         )
-        info = mapper.create(step.name, uuid=f"ARCHISO-{step.name}")
+        info = mapper.create(step.name, uuid=DM_UUID_PREFIX + step.name)
 
         def remove() -> None:
             _remove_mapping(self._mapper(), step.name)

@@ -21,7 +21,7 @@ import attrs
 
 from archiso_hook.errors import HookError
 from archiso_hook.log import Log
-from archiso_hook.netconf import Autoconf, IpConfig
+from archiso_hook.netconf import Autoconf, IpConfig, dhcp_names
 
 # archiso raised ipconfig's timeout to 60 s: a switch port running STP forwards
 # nothing for 30 s or more after the link comes up.
@@ -205,6 +205,11 @@ def dhcp(name: str, config: IpConfig, log: Log, timeout: float = DHCP_TIMEOUT) -
     server_id = options.get("server_id")
     server = siaddr if siaddr != "0.0.0.0" else server_id
     _set_address(name, address, prefixlen, gateway)
+    checked = {}
+    for key, what in (("host_name", "host name"), ("domain_name", "domain name")):
+        checked[key], why = dhcp_names(options.get(key), what)
+        if why:
+            log.warning(f"{why}: ignored")
     return Lease(
         name,
         address,
@@ -213,8 +218,8 @@ def dhcp(name: str, config: IpConfig, log: Log, timeout: float = DHCP_TIMEOUT) -
         config.dns or dns,
         config.server or (ipaddress.IPv4Address(server) if server else None),
         "dhcp",
-        options.get("host_name"),
-        options.get("domain_name"),
+        checked["host_name"],
+        checked["domain_name"],
     )
 
 
@@ -256,7 +261,8 @@ async def _dhcp(name: str, log: Log, timeout: float) -> Any:
 def write_resolv_conf(lease: Lease, path: str = RESOLV_CONF) -> bool:
     if not lease.dns:
         return False
-    lines = [f"search {lease.domain}"] if lease.domain else []
+    domain = dhcp_names(lease.domain, "domain name")[0]  # what a Lease holds is checked
+    lines = [f"search {domain}"] if domain else []
     lines += [f"nameserver {a}" for a in lease.dns]
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp"

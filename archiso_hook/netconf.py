@@ -234,6 +234,39 @@ def parse_nfs_server(value: str) -> NfsExport:
     return NfsExport(host, "/" + path)
 
 
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_DNS_NAME_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
+MAX_SEARCH = 6  # names on resolv.conf's search line, as glibc before 2.26 reads it
+
+
+def dhcp_names(value: object, what: str) -> tuple[str | None, str | None]:
+    """A DHCP server's host or domain name(s) (options 12 and 15), checked before it
+    reaches resolv.conf or a log line: (the names, space-separated, or None; why it was
+    refused, or None). A name is DNS labels of 1..63 letters, digits, '-' or '_', 253
+    bytes at most; a domain option may list up to MAX_SEARCH of them."""
+    if value is None or value == "":
+        return None, None
+    if not isinstance(value, str):
+        return None, f"the server's {what} is not text ({type(value).__name__})"
+    if any(c < " " or c == "\x7f" for c in value):  # a newline would start a resolv.conf line
+        return None, f"the server's {what} {printable_short(value)} is not a DNS name"
+    names = value.split(" ")
+    names = [name for name in names if name]
+    limit = MAX_SEARCH if what == "domain name" else 1
+    if not names or len(names) > limit:
+        return None, f"the server's {what} {printable_short(value)} is not {limit} name(s)"
+    for name in names:
+        if len(name) > 253 or not _DNS_NAME_RE.fullmatch(name):
+            return None, f"the server's {what} {printable_short(value)} is not a DNS name"
+    return " ".join(names), None
+
+
+def printable_short(value: str, limit: int = 80) -> str:
+    """A server's text for a log line: quoted, escaped, cut."""
+    text = repr(value[:limit])
+    return text + ("..." if len(value) > limit else "")
+
+
 def with_server(text: str, server: ipaddress.IPv4Address | None, name: str) -> str:
     """Put the boot server's address in place of ${pxeserver}: plain text replacement,
     never a shell's expansion."""

@@ -8,6 +8,7 @@ number is only known at run time).
 from __future__ import annotations
 
 import enum
+import ipaddress
 import posixpath
 from typing import Any
 
@@ -26,6 +27,11 @@ COWSPACE = f"{RUN_DIR}/cowspace"
 COPYTORAM = f"{RUN_DIR}/copytoram"
 SFS_DIR = f"{RUN_DIR}/sfs"
 STATE_FILE = f"{RUN_DIR}/state.json"
+# Each snapshot is named PREFIX_IMAGE with the uuid ARCHISO-PREFIX_IMAGE, which the
+# teardown checks before removing it; DM_UUID_LEN (linux/dm-ioctl.h) counts the NUL.
+DM_UUID_PREFIX = "ARCHISO-"
+DM_UUID_LEN = 129
+DM_NAME_MAX = DM_UUID_LEN - 1 - len(DM_UUID_PREFIX)  # 120, within DM_NAME_LEN's 127
 
 
 @attrs.frozen
@@ -352,10 +358,18 @@ def _kebab(name: str) -> str:
 
 
 def _step_json(step: Step) -> dict[str, Any]:
-    return {
-        k: (str(v) if isinstance(v, enum.Enum | Size) else list(v) if isinstance(v, tuple) else v)
-        for k, v in attrs.asdict(step, recurse=False).items()
-    }
+    return {k: _json_value(v) for k, v in attrs.asdict(step, recurse=False).items()}
+
+
+def _json_value(value: Any) -> Any:
+    """What json.dumps takes: ip= settings and NFS exports as objects, addresses as text."""
+    if isinstance(value, enum.Enum | Size | ipaddress.IPv4Address | ipaddress.IPv4Network):
+        return str(value)
+    if isinstance(value, tuple | list):
+        return [_json_value(v) for v in value]
+    if attrs.has(type(value)):
+        return {k: _json_value(v) for k, v in attrs.asdict(value, recurse=False).items()}
+    return value
 
 
 IMG_DEV_MNT = f"{RUN_DIR}/img_dev"
@@ -508,10 +522,11 @@ def plan_boot(
             ImageType.FS_SFS: f"{container}/{entry.name}.fs",
         }[entry.type]
         dm_name = f"{options.dm_snap_prefix}_{entry.name}" if entry.type.snapshot else None
-        if dm_name is not None and len(dm_name.encode()) > 127:
+        if dm_name is not None and len(dm_name.encode()) > DM_NAME_MAX:
             raise InputError(
-                f"{aitab}:{entry.line}: device-mapper name {dm_name} is longer "
-                "than 127 bytes; shorten dm_snap_prefix= or the image name"
+                f"{aitab}:{entry.line}: device-mapper name {dm_name} is longer than "
+                f"{DM_NAME_MAX} bytes (its uuid {DM_UUID_PREFIX}{dm_name} would not fit the "
+                f"kernel's {DM_UUID_LEN - 1}); shorten dm_snap_prefix= or the image name"
             )
         images.append(
             ImagePlan(

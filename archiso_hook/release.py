@@ -26,9 +26,9 @@ from typing import Any
 from archiso_hook import dm, loop, syscalls
 from archiso_hook.errors import HookError, KernelError
 from archiso_hook.log import Log
+from archiso_hook.plan import DM_UUID_PREFIX
 
 ROUNDS = 6
-DM_UUID_PREFIX = "ARCHISO-"
 
 
 class Outcome(enum.Enum):

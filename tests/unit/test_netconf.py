@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from ipaddress import IPv4Address
+from pathlib import Path
 
+import attrs
 import pytest
 
 from archiso_hook.cmdline import Arch, CopyMode, parse_options
@@ -13,6 +15,7 @@ from archiso_hook.netconf import (
     IpConfig,
     NbdServer,
     NfsExport,
+    dhcp_names,
     parse_bootif,
     parse_http_server,
     parse_ip,
@@ -117,3 +120,48 @@ def test_network_boot_defaults() -> None:
     assert http.copy_mode is CopyMode.N  # downloaded into RAM already
     disc = parse_options("archisolabel=X ip=dhcp", machine_arch=Arch.X86_64)
     assert disc.network is None and disc.copy_mode is CopyMode.AUTO
+
+
+@pytest.mark.parametrize(
+    ("value", "what", "names", "why"),
+    [
+        ("lab.example", "domain name", "lab.example", None),
+        ("a.example  b.example.", "domain name", "a.example b.example.", None),
+        ("live_1", "host name", "live_1", None),
+        (None, "domain name", None, None),
+        ("", "domain name", None, None),
+        ("lab\nnameserver 203.0.113.9", "domain name", None, "is not a DNS name"),
+        ("lab\x00x", "domain name", None, "is not a DNS name"),
+        ("-lab.example", "domain name", None, "is not a DNS name"),
+        ("a" * 64 + ".example", "domain name", None, "is not a DNS name"),
+        (".".join(["a" * 60] * 5), "domain name", None, "is not a DNS name"),  # 304 bytes
+        (" ".join(f"d{i}.example" for i in range(7)), "domain name", None, "is not 6 name(s)"),
+        ("two names", "host name", None, "is not 1 name(s)"),
+        (b"lab.example", "domain name", None, "is not text (bytes)"),
+    ],
+)
+def test_dhcp_names_are_checked_before_they_reach_resolv_conf(
+    value: object, what: str, names: str | None, why: str | None
+) -> None:
+    got, problem = dhcp_names(value, what)
+    assert got == names
+    if why is None:
+        assert problem is None
+    else:
+        assert problem is not None and problem.startswith(f"the server's {what}")
+        assert why in problem
+        assert "\n" not in problem
+
+
+def test_resolv_conf_never_carries_a_line_the_server_smuggled(tmp_path: Path) -> None:
+    from archiso_hook.net import Lease, write_resolv_conf  # noqa: PLC0415  (pyroute2 lazily)
+
+    path = tmp_path / "etc" / "resolv.conf"
+    dns = (IPv4Address("10.0.2.3"),)
+    hostile = Lease("eth0", IPv4Address("10.0.2.15"), 24, None, dns, None, "dhcp", None,
+                    "lab\nnameserver 203.0.113.9")  # fmt: skip
+    assert write_resolv_conf(hostile, str(path))
+    assert path.read_text().splitlines()[1:] == ["nameserver 10.0.2.3"]
+    fine = attrs.evolve(hostile, domain="lab.example")
+    assert write_resolv_conf(fine, str(path))
+    assert path.read_text().splitlines()[1:] == ["search lab.example", "nameserver 10.0.2.3"]

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from archiso_hook import dm
 from archiso_hook.aitab import parse_aitab
 from archiso_hook.cmdline import Arch, CowMode, parse_options
 from archiso_hook.errors import InputError
@@ -119,7 +122,13 @@ def test_json_has_options_by_archiso_name_and_images() -> None:
         (
             "archisolabel=A dm_snap_prefix=" + "p" * 64,
             "r" * 64 + " / any xz ext4 5%\n",
-            "longer than 127 bytes",
+            "longer than 120 bytes",
+        ),
+        (  # 121 bytes: a name dm takes, but ARCHISO-<name> is one byte over its uuid limit
+            "archisolabel=A dm_snap_prefix=" + "p" * 64,
+            "r" * 56 + " / any xz ext4 5%\n",
+            f"device-mapper name {'p' * 64}_{'r' * 56} is longer than 120 bytes (its uuid "
+            f"ARCHISO-{'p' * 64}_{'r' * 56} would not fit the kernel's 128)",
         ),
     ],
 )
@@ -127,6 +136,34 @@ def test_plans_that_cannot_boot_are_errors(cmdline: str, aitab: str, message: st
     with pytest.raises(InputError) as excinfo:
         plan(cmdline, aitab)
     assert message in str(excinfo.value)
+
+
+def test_the_longest_name_the_plan_takes_fits_the_kernel() -> None:
+    # 120 bytes: the name and its uuid pack into struct dm_ioctl as the boot will.
+    data = plan("archisolabel=A dm_snap_prefix=" + "p" * 64, "r" * 55 + " / any xz ext4 5%\n")
+    (name,) = [i.dm_name for i in data.images]
+    assert name is not None and len(name) == 120
+    dm.pack_ioctl(data_size=0, name=name, uuid="ARCHISO-" + name)
+
+
+@pytest.mark.parametrize(
+    "cmdline",
+    [
+        "ip=dhcp archiso_http_srv=http://${pxeserver}/",
+        "ip=10.0.2.15::10.0.2.2:255.255.255.0:live:eth0:none:10.0.2.3 archiso_nbd_srv=10.0.2.2",
+        "ip=dhcp archiso_nfs_srv=10.0.2.2:/srv/archiso copytoram=n",
+    ],
+)
+def test_network_plans_are_json_too(cmdline: str) -> None:
+    data = json.loads(json.dumps(plan(cmdline).to_json()))
+    (network,) = [s for s in data["steps"] if s["step"] == "bring-up-network"]
+    assert network["config"]["autoconf"] in ("dhcp", "static")
+    if "10.0.2.15" in cmdline:
+        assert network["config"]["client"] == "10.0.2.15"
+        assert network["config"]["dns"] == ["10.0.2.3"]
+    if "nfs" in cmdline:
+        (nfs,) = [s for s in data["steps"] if s["step"] == "mount-nfs"]
+        assert nfs["export"] == {"host": "10.0.2.2", "path": "/srv/archiso"}
 
 
 def test_cow_need_covers_every_chunk_and_persistent_metadata() -> None:
