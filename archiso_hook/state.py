@@ -37,7 +37,15 @@ Check = Callable[[Any], bool]
 
 
 def _text(value: Any) -> bool:
-    return isinstance(value, str) and "\0" not in value
+    """Text a system call can take: no NUL, and bytes again (a file name that is not
+    UTF-8 was read with surrogateescape; a lone surrogate from a JSON escape is not)."""
+    if not isinstance(value, str) or "\0" in value:
+        return False
+    try:
+        value.encode("utf-8", errors="surrogateescape")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _path(value: Any) -> bool:
@@ -58,7 +66,9 @@ def _flag(value: Any) -> bool:
 
 
 def _dm_name(value: Any) -> bool:  # what DM_DEV_CREATE takes: 1..127 bytes, no '/'
-    return _text(value) and 0 < len(value.encode()) < 128 and "/" not in value
+    return (
+        _text(value) and value.isprintable() and 0 < len(value.encode()) < 128 and "/" not in value
+    )
 
 
 def _devno(value: Any) -> bool:

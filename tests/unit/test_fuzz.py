@@ -19,9 +19,12 @@ from __future__ import annotations
 import enum
 import functools
 import ipaddress
+import json
 import re
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, NamedTuple, ParamSpec
 
 import attrs
@@ -29,13 +32,21 @@ import pytest
 from hypothesis import example, given, note
 from hypothesis import strategies as st
 
-from archiso_hook import cmdline, netconf
+from archiso_hook import checksums, cmdline, dm, netconf
 from archiso_hook.aitab import ARCHES, COMPRESSIONS, FILESYSTEMS, AitabEntry, ImageType, parse_aitab
 from archiso_hook.cmdline import Arch, CowMode, Options, parse_options, split_cmdline, udev_encode
 from archiso_hook.errors import InputError
 from archiso_hook.mountopts import MountOptions, parse_mount_options
-from archiso_hook.plan import BootPlan, cow_need, cow_sizes, plan_boot
+from archiso_hook.plan import (
+    DM_NAME_MAX,
+    DM_UUID_PREFIX,
+    BootPlan,
+    cow_need,
+    cow_sizes,
+    plan_boot,
+)
 from archiso_hook.sizes import MiB, Size, parse_size
+from archiso_hook.state import RECORDS, State, check_record
 
 # --- counting examples (tests/conftest.py prints the total) --------------------------------
 
@@ -1043,11 +1054,15 @@ def check_plan(options: Options, entries: list[AitabEntry]) -> None:
         if entry.type is ImageType.FS_SFS:
             assert image.container == f"/run/archiso/sfs/{entry.name}"
         if entry.type.snapshot:
-            assert image.dm_name is not None and len(image.dm_name.encode()) <= 127
+            # The name and its uuid ARCHISO-<name> fit struct dm_ioctl, as the boot packs them.
+            assert image.dm_name is not None and len(image.dm_name.encode()) <= DM_NAME_MAX
+            dm.pack_ioctl(data_size=0, name=image.dm_name, uuid=DM_UUID_PREFIX + image.dm_name)
             assert image.cow_file is not None
             assert image.cow_file.startswith("/run/archiso/cowspace/")
         else:
             assert image.dm_name is None and image.cow_file is None
+    # `plan --json` writes every plan the boot would run.
+    assert json.loads(json.dumps(plan.to_json()))["newroot"] == "/new_root"
     dm_names = [i.dm_name for i in plan.images if i.dm_name]
     assert len(dm_names) == len(set(dm_names))
     for field, path in _paths(plan):
@@ -1207,3 +1222,139 @@ def test_parse_mount_options(text: str | None, what: str) -> None:
     assert (options.data or None) == (",".join(kept) or None)
     assert all(c.isprintable() and not c.isspace() for c in options.data or "")
     assert options.flags & ~functools.reduce(int.__or__, FLAGS.values()) == 0
+
+
+# --- files the hook reads back: the state file, checksum files -------------------------
+
+STATE_PATH = "/run/archiso/state.json"
+
+
+def _record_value(check_name: str) -> st.SearchStrategy[Any]:
+    # As the hook writes: any text but NUL; names that are not UTF-8 surrogateescaped.
+    chars = st.characters(exclude_characters="\0", exclude_categories=("Cs",)) | SURROGATES
+    text = st.text(chars, max_size=12)
+    return {
+        "_text": text,
+        "_path": text.map(lambda s: "/" + s),
+        "_count": st.integers(0, 1 << 40),
+        "_flag": st.booleans(),
+        "_dm_name": st.from_regex(r"[A-Za-z0-9_.+-]{1,16}", fullmatch=True),  # as plan makes
+        "_devno": st.tuples(st.integers(0, 511), st.integers(0, 1 << 20)).map(
+            lambda d: f"{d[0]}:{d[1]}"
+        ),
+        "_path_or_none": st.none() | text.map(lambda s: "/" + s),
+    }.get(check_name, st.integers(0, 9).map(lambda n: f"/dev/{check_name}{n}"))
+
+
+@st.composite
+def records(draw: st.DrawFn) -> dict[str, Any]:
+    kind = draw(st.sampled_from(sorted(RECORDS)))
+    record: dict[str, Any] = {"kind": kind}
+    for name, check in RECORDS[kind].items():
+        label = getattr(check, "__name__", "")
+        if label == "<lambda>":  # _device(prefix): /dev/<prefix>N
+            label = {"device": "loop" if kind in ("loop", "dm") else "nbd"}.get(name, "loop")
+        record[name] = draw(_record_value(label))
+    return record
+
+
+@st.composite
+def state_files(draw: st.DrawFn) -> str:
+    """A state as the hook writes it: a saved document, then appended changes."""
+    head = {
+        "version": 1,
+        "newroot": "/new_root",
+        "resources": draw(st.lists(records(), max_size=4)),
+        "complete": draw(st.booleans()),
+    }
+    lines = [json.dumps(head)]
+    for _ in range(draw(st.integers(0, 4))):
+        if draw(st.booleans()):
+            lines.append(json.dumps({"add": draw(records())}))
+        else:
+            lines.append(json.dumps({"remove": ["loop", "device", "/dev/loop0"]}))
+    return "\n".join(lines) + "\n"
+
+
+@st.composite
+def damaged_state_files(draw: st.DrawFn) -> bytes:
+    """A state file, then one damage: cut short, bytes replaced, or a line inserted."""
+    data = draw(state_files()).encode()
+    at = draw(st.integers(0, len(data)))
+    how = draw(st.sampled_from(["cut", "replace", "insert"]))
+    if how == "cut":
+        return data[:at]
+    junk = draw(st.binary(max_size=12) | st.sampled_from([b"\n", b'"', b"{", b"}", b"null"]))
+    if how == "replace":
+        return data[:at] + junk + data[at + len(junk) :]
+    return data[:at] + junk + data[at:]
+
+
+def check_state_read(data: bytes, tmp: Path) -> None:
+    path = tmp / "state.json"
+    path.write_bytes(data)
+    try:
+        state, problems = State.read(str(path))
+    except ValueError as e:
+        assert str(e).startswith(f"{path} is not a state file"), e
+        return
+    # Whatever it kept, every reader may use as RECORDS says, and a save reads back the same.
+    for record in state.every_record():
+        assert check_record(record) is None, record
+    for problem in problems:
+        assert problem.startswith(f"{path}: ") and "\n" not in problem, problem
+    state.save(str(path))
+    assert State.read(str(path)) == (state, [])
+
+
+@given(damaged_state_files() | st.binary(max_size=200))
+@example(b'{"newroot": "/r", "resources": [{"kind": "loop", "device": "/dev/loop0"}]}')
+@example(b'{"newroot": "/r"}\n{"remove": ["loop"]}\n{"add": []}\n')
+@example(b'{"newroot": "/r", "cow": {"space": 1}}')
+@example(b'{"newroot": "/r"}\n\xff\xfe\n')
+@counted
+def test_state_read_on_damaged_files(data: bytes) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        check_state_read(data, Path(tmp))
+
+
+@given(state_files())
+@counted
+def test_state_files_read_back_whole(text: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "state.json"
+        path.write_text(text)
+        _, problems = State.read(str(path))
+        assert problems == []
+
+
+CHECKSUM_LINE = st.tuples(
+    st.sampled_from([32, 128, 31, 129, 0]).flatmap(
+        lambda n: st.text("0123456789abcdefABCDEF", min_size=n, max_size=n)
+    ),
+    st.sampled_from(["  ", " *", " ", "\t"]),
+    st.sampled_from(["root.fs.sfs", "./root.fs.sfs", "../root.fs.sfs", "x/root.fs.sfs", ".", ""])
+    | st.text(ANY_CHAR, max_size=12),
+).map("".join)
+
+
+@given(
+    st.lists(CHECKSUM_LINE | ANY_TEXT, max_size=5).map("\n".join) | ANY_TEXT,
+    st.sampled_from(["sha512", "md5"]),
+)
+@counted
+def test_checksum_files_give_a_digest_or_one_clear_error(text: str, algorithm: str) -> None:
+    path = f"/run/archiso/bootmnt/arch/x86_64/root.fs.sfs.{algorithm}"
+    try:
+        expected = checksums.parse(text, path, "root.fs.sfs")
+    except InputError as e:
+        assert str(e).startswith(path + ":") or str(e).startswith(path + " "), e
+        assert_no_internal_repr(str(e), text)
+        return
+    assert expected.algorithm == algorithm
+    assert len(expected.digest) == dict(checksums.ALGORITHMS)[algorithm]
+    assert expected.digest == expected.digest.lower()
+    assert any(
+        line.lower().startswith(expected.digest) and line.rstrip("\r").endswith("root.fs.sfs")
+        for line in text.splitlines()
+    )
