@@ -1231,7 +1231,11 @@ STATE_PATH = "/run/archiso/state.json"
 
 def _record_value(check_name: str) -> st.SearchStrategy[Any]:
     # As the hook writes: any text but NUL; names that are not UTF-8 surrogateescaped.
-    chars = st.characters(exclude_characters="\0", exclude_categories=("Cs",)) | SURROGATES
+    chars = (
+        st.characters(min_codepoint=1, max_codepoint=0xD7FF)
+        | st.characters(min_codepoint=0xE000)
+        | SURROGATES
+    )
     text = st.text(chars, max_size=12)
     return {
         "_text": text,
