@@ -343,6 +343,8 @@ class Boot:
                 f"cannot read {aitab_path}: {e.strerror}",
                 hint=f"is archisobasedir={self.options.basedir} right for this medium?",
             ) from None
+        if self.options.checksum:
+            self._check_aitab(aitab_path, text.encode("utf-8", errors="surrogateescape"))
         plan = plan_boot(
             self.options, parse_aitab(text, aitab_path), newroot=self.newroot, aitab=aitab_path
         )
@@ -598,18 +600,37 @@ class Boot:
             self.image_paths.update((job.source, str(job.destination)) for job in jobs)
             self._release_medium()
 
+    def _check_aitab(self, path: str, data: bytes) -> None:
+        """checksum=y: the aitab too, when the medium's checksum.<arch>.md5 (or
+        checksum.md5) lists it, as archiso's `md5sum -c` checked it."""
+        from archiso_hook import checksums  # noqa: PLC0415  (only with checksum=y)
+
+        for source in checksums.aitab_sources(path, (str(self.options.arch),)):
+            try:
+                with open(source.path, encoding="utf-8", errors="replace") as f:
+                    text = f.read()
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise HookError(f"cannot read {source.path}: {e.strerror}") from None
+            if checksums.check_aitab(text, source, path, data):
+                self.log.info(f"{path}: md5 checksum verified against {source.path}")
+            return
+
     def _expected_checksum(self, image: str) -> checksums.Expected:
         from archiso_hook import checksums  # noqa: PLC0415  (only with checksum=y)
 
-        path = checksums.checksum_file_for(image)
-        if path is None:
+        arches = (str(self.options.arch),)
+        source = checksums.find(image, arches)
+        if source is None:
             raise HookError(
-                f"checksum=y, but {image} has no {image}.sha512 (or .md5) beside it",
+                f"checksum=y, but {image} has no checksum: "
+                + checksums.describe_sources(image, arches),
                 hint="make the medium with archiso-hook build, which writes them, or boot "
                 "without checksum=y",
             )
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return checksums.parse(f.read(), path, os.path.basename(image))
+        with open(source.path, encoding="utf-8", errors="replace") as f:
+            return checksums.parse_source(f.read(), source)
 
     def _copy_is_possible(self, step: PrepareImages, needed: int) -> bool:
         """Whether to copy, said out loud with the numbers when the answer is no."""
@@ -740,7 +761,8 @@ class Boot:
         from archiso_hook import nbd  # noqa: PLC0415
 
         host = self._server(step.host, "archiso_nbd_srv")
-        path = nbd.attach(host, step.port, step.name)
+        attached = nbd.attach(host, step.port, step.name, timeout=NBD_TIMEOUT)
+        path = attached.device
         self.refs[step.ref] = path
         self.log.info(f"attached NBD export {step.name!r} of {host}:{step.port} as {path}")
         self._record(
@@ -751,6 +773,11 @@ class Boot:
             device=path,
             server=f"{host}:{step.port}",
             export=step.name,
+            # What `watch` needs to reconnect it when the server restarts (nbd.Link).
+            address=attached.address,
+            port=step.port,
+            size=attached.export.size,
+            timeout=NBD_TIMEOUT,
         )
         # The kernel makes the device; udev's event says it has its size.
         medium.wait_for_device(path, 10, self.log, what=f"NBD device {path}")

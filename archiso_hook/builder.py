@@ -64,7 +64,7 @@ class BuiltImage:
     type: ImageType
     path: Path
     size: int  # bytes (apparent size: *.fs files are sparse)
-    checksum: Path  # <path>.sha512
+    checksum: Path  # <path>.sha512, or the checksum.<arch>.md5 that lists it
 
 
 @attrs.frozen
@@ -107,6 +107,7 @@ def build(
     iso: Path | None = None,
     label: str | None = None,
     boot: BootOptions | None = None,
+    checksum_layout: str = "image",
     log: Log = print,
 ) -> BuildResult:
     """Build the images `aitab` lists for `arches` (default: all) from `src` into `out`.
@@ -116,10 +117,17 @@ def build(
     With `iso`, also write an ISO 9660 image of `out` with volume label `label`: with
     `boot`, one that boots by itself (BIOS and UEFI, CD and USB stick); without, a data
     medium for a loader that starts the kernel itself (PXE, QEMU's -kernel).
+    `checksum_layout`: "image", a `<image>.sha512` beside each image; or "archiso-2011",
+    one `<basedir>/checksum.<arch>.md5` per architecture listing the aitab and its images
+    (and those of `any`) as archiso's media of 2011-2014 had (checksums.py reads both).
     Every input is checked before anything is written.
     """
     aitab, src, out = Path(aitab), Path(src), Path(out)
     _check_basedir(basedir)
+    if checksum_layout not in CHECKSUM_LAYOUTS:
+        raise InputError(
+            f"checksum layout {checksum_layout!r} is not one of {', '.join(CHECKSUM_LAYOUTS)}"
+        )
     epoch = source_date_epoch(os.environ)
     if iso is not None:
         label = _check_iso(out, Path(iso), label)  # before hours of building
@@ -173,9 +181,12 @@ def build(
             scratch=Path(scratch),
             basedir=basedir,
             aitab=aitab,
+            per_image_checksums=checksum_layout == "image",
         )
         for job in jobs:
             images.append(_build_image(ctx, job, media / job.entry.arch))
+    if checksum_layout == "archiso-2011":
+        images = write_checksums_2011(media, images, log)
 
     for files in boot_files:
         place_boot_files(files, out / loaders.boot_dir(basedir, files.arch), log)
@@ -274,6 +285,7 @@ class _Context:
     scratch: Path  # removed after the build
     basedir: str
     aitab: Path
+    per_image_checksums: bool = True
 
     def where(self, entry: AitabEntry) -> str:
         return f"{self.aitab}:{entry.line}"
@@ -407,7 +419,7 @@ def _build_image(ctx: _Context, job: _Job, directory: Path) -> BuiltImage:
         part.replace(dst)
     finally:
         part.unlink(missing_ok=True)
-    checksum = write_checksum(dst)
+    checksum = write_checksum(dst) if ctx.per_image_checksums else dst
     size = dst.stat().st_size
     ctx.log(f"wrote {dst} ({human(size)})")
     return BuiltImage(entry.name, entry.arch, entry.type, dst, size, checksum)
@@ -444,6 +456,45 @@ def _mksquashfs(ctx: _Context, src: Path, dst: Path, comp: str) -> None:
     if ctx.root_owned:
         argv.append("-all-root")
     run_tool(argv, ctx.log)
+
+
+CHECKSUM_LAYOUTS = ("image", "archiso-2011")
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_checksums_2011(media: Path, images: list[BuiltImage], log: Log) -> list[BuiltImage]:
+    """`<basedir>/checksum.<arch>.md5` for each architecture (in md5sum's format, paths
+    relative to the base directory, as `md5sum -c` run there reads them): the aitab,
+    the architecture's images and those of `any`. The images, each with its file."""
+    arches = sorted({image.arch for image in images} - {"any"})
+    if not arches:
+        raise InputError(
+            "the archiso-2011 checksum layout names its files by architecture: "
+            "build at least one image that is not `any`"
+        )
+    aitab_md5 = _md5(media / "aitab")
+    digests = {image.path: _md5(image.path) for image in images}
+    files: dict[str, Path] = {}
+    for arch in arches:
+        lines = [f"{aitab_md5}  aitab"]
+        lines += [
+            f"{digests[image.path]}  {image.arch}/{image.path.name}"
+            for image in images
+            if image.arch in (arch, "any")
+        ]
+        files[arch] = media / f"checksum.{arch}.md5"
+        files[arch].write_text("\n".join(lines) + "\n", encoding="utf-8")
+        log(f"wrote {files[arch]}")
+    return [
+        attrs.evolve(image, checksum=files.get(image.arch, files[arches[0]])) for image in images
+    ]
 
 
 def write_checksum(image: Path) -> Path:

@@ -150,6 +150,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             iso=Path(args.iso) if args.iso else None,
             label=args.label,
             boot=boot,
+            checksum_layout=args.checksum_layout,
             log=log,
         )
     except OSError as e:  # the output cannot be written: a full disk, a read-only place
@@ -268,11 +269,14 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     expected = []
     if args.verify:
         for image in args.images:
-            path = checksums.checksum_file_for(image)
-            if path is None:
-                raise HookError(f"{image} has no .sha512 (or .md5) file beside it")
-            with open(path, encoding="utf-8", errors="replace") as f:
-                expected.append(checksums.parse(f.read(), path, os.path.basename(image)))
+            arches = checksums.arches_of(image)
+            source = checksums.find(image, arches)
+            if source is None:
+                raise HookError(
+                    f"{image} has no checksum: {checksums.describe_sources(image, arches)}"
+                )
+            with open(source.path, encoding="utf-8", errors="replace") as f:
+                expected.append(checksums.parse_source(f.read(), source))
     jobs = [
         transfer.Job(
             image,
@@ -437,6 +441,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="where to lay out <basedir>/<arch>/ images")
     p.add_argument("--basedir", default="arch", help="directory on the medium (default: arch)")
+    p.add_argument(
+        "--checksum-layout",
+        choices=("image", "archiso-2011"),
+        default="image",
+        help="image: a <image>.sha512 beside each image (default); archiso-2011: one "
+        "<basedir>/checksum.<arch>.md5 listing the aitab and the images, as archiso's "
+        "media of 2011-2014 (checksum=y reads both)",
+    )
     p.add_argument(
         "--arch", action="append", help="build only this architecture's images (repeatable)"
     )

@@ -333,7 +333,8 @@ PARAMETERS: tuple[Parameter, ...] = (
     P("copytoram_size", "copytoram_size", _copytoram_size,
       "size (4G) or 1%..100% of RAM", "size of the tmpfs the images are copied into"),
     P("checksum", "checksum", _flag("checksum"), "bare word or y | n",
-      "verify every image against its .sha512 (or .md5) file before it is used"),
+      "verify every image (and the aitab, when listed) against its checksum file before "
+      "it is used: <img>.sha512, <stem>.sha512 or .md5, or checksum.<arch>.md5"),
     P("dm_snap_prefix", "dm_snap_prefix", _prefix, "A-Z a-z 0-9 _ . + -",
       "prefix of the device-mapper names, /dev/mapper/<prefix>_<image>"),
     P("rootdelay", "rootdelay", _seconds, "seconds",

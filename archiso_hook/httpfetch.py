@@ -362,6 +362,8 @@ def fetch_medium(
             f"{base}/aitab is not on the server (HTTP 404)",
             hint=f"check archiso_http_srv= and archisobasedir={basedir}",
         ) from None
+    seen: dict[str, str | None] = {}  # checksum files: URL -> local copy, or None
+    _check_aitab(f"{base}/aitab", aitab_path, arch, log, seen)
     with open(aitab_path, encoding="utf-8", errors="surrogateescape") as f:
         entries = parse_aitab(f.read(), f"{base}/aitab")
     selected = [e for e in entries if e.arch in (arch, "any")]
@@ -393,9 +395,27 @@ def fetch_medium(
                 log,
                 require_checksums=require_checksums,
                 room_for=room_for,
+                arch=arch,
+                seen=seen,
             )
         )
     return results
+
+
+def _check_aitab(url: str, path: str, arch: str, log: Log, seen: dict[str, str | None]) -> None:
+    """The aitab against the server's checksum.<arch>.md5 (or checksum.md5), when one
+    lists it (archiso's 2011-2014 layout); a mismatch is a refusal."""
+    for source in checksums.aitab_sources(url, (arch,)):
+        local_path = _copy_of(source.path, os.path.dirname(path), log, seen)
+        if local_path is None:
+            continue
+        with open(local_path, encoding="utf-8", errors="surrogateescape") as f:
+            text = f.read()
+        with open(path, "rb") as f:
+            if not checksums.check_aitab(text, source, url, f.read()):
+                return
+        log.info(f"{url}: md5 checksum verified against {source.path}")
+        return
 
 
 def _fetch_image(
@@ -407,6 +427,8 @@ def _fetch_image(
     *,
     require_checksums: bool,
     room_for: Callable[[str], Callable[[int], None]],
+    arch: str,
+    seen: dict[str, str | None],
 ) -> Fetched:
     directory = f"{root}/{basedir}/{entry.arch}"
     os.makedirs(directory, exist_ok=True)
@@ -418,12 +440,37 @@ def _fetch_image(
             log,
             checksum="required" if require_checksums else "if-present",
             room=room_for(entry.filename),
+            arches=(arch,),
+            seen=seen,
         )
     except NotFoundError:
         raise FetchError(
             f"{url} (aitab line {entry.line}) is not on the server (HTTP 404)",
             hint="the server's copy of the medium is incomplete",
         ) from None
+
+
+def _copy_of(url: str, directory: str, log: Log, seen: dict[str, str | None]) -> str | None:
+    """A small optional file of the server, downloaded into `directory` once per `seen`;
+    its local path, or None if the server has none."""
+    if url not in seen:
+        local = os.path.join(directory, os.path.basename(url))
+        seen[url] = local if _maybe(url, local, log) else None
+    return seen[url]
+
+
+def _expected_from_server(
+    url: str, path: str, arches: tuple[str, ...], log: Log, seen: dict[str, str | None]
+) -> checksums.Expected | None:
+    """The digest the server's first checksum file of `url` gives (in any layout of
+    checksums.sources), each file downloaded beside `path` once per `seen`."""
+    for source in checksums.sources(url, arches):
+        local_path = _copy_of(source.path, os.path.dirname(path), log, seen)
+        if local_path is None:
+            continue
+        with open(local_path, encoding="utf-8", errors="surrogateescape") as f:
+            return checksums.parse_source(f.read(), source)
+    return None
 
 
 def fetch_checked(
@@ -435,6 +482,8 @@ def fetch_checked(
     room: Callable[[int], None] | None = None,
     deadline: float | None = None,
     required_by: str = "checksum=y",
+    arches: tuple[str, ...] | None = None,
+    seen: dict[str, str | None] | None = None,
 ) -> Fetched:
     """`url` to `path`, with the checksum file the server has beside it (`.sha512`, else
     `.md5`): `checksum` is "required" (by what `required_by` names), "if-present" or "no".
@@ -442,16 +491,14 @@ def fetch_checked(
     nothing is made of it."""
     name = os.path.basename(path)
     expected = None
+    if arches is None:
+        arches = checksums.arches_of(url)
     if checksum != "no":
-        for algorithm, _ in checksums.ALGORITHMS:
-            sums = f"{path}.{algorithm}"
-            if _maybe(f"{url}.{algorithm}", sums, log):
-                with open(sums, encoding="utf-8", errors="surrogateescape") as f:
-                    expected = checksums.parse(f.read(), f"{url}.{algorithm}", name)
-                break
+        expected = _expected_from_server(url, path, arches, log, {} if seen is None else seen)
     if expected is None and checksum == "required":
         raise FetchError(
-            f"{required_by}, but the server has no {url}.sha512 (or .md5)",
+            f"{required_by}, but the server has no checksum of {url}: "
+            + checksums.describe_sources(url, arches),
             hint=f"publish the checksum files beside the images, or leave out {required_by}",
         )
     meter: dict[str, Progress] = {}

@@ -35,6 +35,13 @@ INFO_EXPORT = 0
 INFO_BLOCK_SIZE = 3
 TRANSMISSION_READ_ONLY = 1 << 1
 CONNECT_TIMEOUT = 15.0
+# What a server may state, whatever it announces: the NBD protocol caps an error's text
+# at 4 KiB, and NBD_OPT_GO is answered with a few NBD_REP_INFO replies and one ACK.
+MAX_OPTION_REPLY = 16 * 1024
+MAX_OPTION_REPLIES = 64
+MAX_EXPORT_SIZE = 1 << 60  # 1 EiB: anything larger is a lie (the kernel takes a loff_t)
+MAX_BLOCK_SIZE = 65536  # the protocol's largest minimum block size
+INFO_LENGTH = {INFO_EXPORT: 12, INFO_BLOCK_SIZE: 14}  # with the 2 bytes of the type
 
 # Generic netlink (linux/netlink.h, linux/genetlink.h, linux/nbd-netlink.h).
 NETLINK_GENERIC = 16
@@ -42,15 +49,23 @@ GENL_ID_CTRL = 0x10
 CTRL_CMD_GETFAMILY = 3
 CTRL_ATTR_FAMILY_ID = 1
 CTRL_ATTR_FAMILY_NAME = 2
+CTRL_ATTR_MCAST_GROUPS = 7
+CTRL_ATTR_MCAST_GRP_NAME = 1
+CTRL_ATTR_MCAST_GRP_ID = 2
+SOL_NETLINK = 270
+NETLINK_ADD_MEMBERSHIP = 1
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
 NLMSG_ERROR = 0x2
 NLMSG_DONE = 0x3
 NLA_F_NESTED = 1 << 15
 NBD_FAMILY = "nbd"
+NBD_MCAST_GROUP = "nbd_mc_group"
 NBD_GENL_VERSION = 1
 NBD_CMD_CONNECT = 1
 NBD_CMD_DISCONNECT = 2
+NBD_CMD_RECONFIGURE = 3
+NBD_CMD_LINK_DEAD = 4  # multicast to nbd_mc_group when a connection dies
 NBD_ATTR_INDEX = 1
 NBD_ATTR_SIZE_BYTES = 2
 NBD_ATTR_BLOCK_SIZE_BYTES = 3
@@ -90,8 +105,13 @@ def _recv(sock: socket.socket, n: int) -> bytes:
     return bytes(data)
 
 
-def handshake(sock: socket.socket, name: str) -> Export:
-    """Negotiate `name` on a connected socket, leaving it ready for transmission."""
+def handshake(sock: socket.socket, name: str, server: str = "") -> Export:
+    """Negotiate `name` on a connected socket, leaving it ready for transmission.
+
+    Whatever the server states is checked before it is used: a reply's length against
+    MAX_OPTION_REPLY (read no further), the number of replies, the export's size and
+    block sizes, each NBD_INFO reply's length against what its type needs."""
+    who = f"the NBD server {server}" if server else "the NBD server"
     head = _recv(sock, 18)
     if head[:8] != NBDMAGIC:
         raise NbdError("the server does not speak NBD (no NBDMAGIC)")
@@ -99,7 +119,7 @@ def handshake(sock: socket.socket, name: str) -> Export:
         raise NbdError("the server speaks only the old NBD protocol, without export names")
     (server_flags,) = struct.unpack(">H", head[16:18])
     if not server_flags & FLAG_FIXED_NEWSTYLE:
-        return _export_name(sock, name, server_flags)
+        return _export_name(sock, name, server_flags, who)
     client_flags = FLAG_FIXED_NEWSTYLE | (server_flags & FLAG_NO_ZEROES)
     sock.sendall(struct.pack(">I", client_flags))
     encoded = name.encode()
@@ -107,33 +127,82 @@ def handshake(sock: socket.socket, name: str) -> Export:
     sock.sendall(IHAVEOPT + struct.pack(">II", OPT_GO, len(payload)) + payload)
     size = flags = None
     block_size = 512
-    while True:
+    for _ in range(MAX_OPTION_REPLIES):
         magic, option, reply, length = struct.unpack(">QIII", _recv(sock, 20))
-        data = _recv(sock, length) if length else b""
         if magic != REPLY_MAGIC or option != OPT_GO:
-            raise NbdError("the NBD server answered out of protocol")
+            raise NbdError(f"{who} answered out of protocol")
+        if length > MAX_OPTION_REPLY:
+            raise NbdError(
+                f"{who} announced an option reply of {length} bytes, more than the "
+                f"{MAX_OPTION_REPLY} such a reply may have",
+                hint="this is not a working NBD server: check archiso_nbd_srv=",
+            )
+        data = _recv(sock, length) if length else b""
         if reply == REP_ERR_UNSUP:
-            return _export_name(sock, name, server_flags, client_flags_sent=True)
+            return _export_name(sock, name, server_flags, who, client_flags_sent=True)
         if reply == REP_ERR_UNKNOWN:
             raise NbdError(f"the NBD server has no export named {name!r}")
         if reply & REP_FLAG_ERROR:
             detail = data.decode("utf-8", "replace") if data else f"error {reply & 0xFFFF}"
             raise NbdError(f"the NBD server refused export {name!r}: {detail}")
-        if reply == REP_INFO and len(data) >= 2:
-            (info,) = struct.unpack(">H", data[:2])
-            if info == INFO_EXPORT and len(data) >= 12:
+        if reply == REP_INFO:
+            info = struct.unpack(">H", data[:2])[0] if len(data) >= 2 else None
+            need = INFO_LENGTH.get(info, 2) if info is not None else 2
+            if len(data) < need:
+                what = f"NBD_INFO type {info}" if info is not None else "NBD_REP_INFO"
+                raise NbdError(
+                    f"{who} sent an {what} reply of {len(data)} bytes, shorter than the "
+                    f"{need} it needs"
+                )
+            if info == INFO_EXPORT:
                 size, flags = struct.unpack(">QH", data[2:12])
-            elif info == INFO_BLOCK_SIZE and len(data) >= 14:
+                _check_size(size, who, name)
+            elif info == INFO_BLOCK_SIZE:
                 minimum, preferred, _ = struct.unpack(">III", data[2:14])
-                block_size = max(512, min(preferred, 4096), minimum)
+                block_size = _block_size(minimum, preferred, who)
         elif reply == REP_ACK:
             if size is None or flags is None:
-                raise NbdError("the NBD server gave no export size")
+                raise NbdError(f"{who} gave no export size")
             return Export(size, flags, block_size)
+    raise NbdError(
+        f"{who} sent more than {MAX_OPTION_REPLIES} replies to NBD_OPT_GO without "
+        "finishing the negotiation",
+        hint="this is not a working NBD server: check archiso_nbd_srv=",
+    )
+
+
+def _power_of_two(value: int) -> bool:
+    return value > 0 and value & (value - 1) == 0
+
+
+def _check_size(size: int, who: str, name: str) -> None:
+    if size == 0:
+        raise NbdError(f"{who} gives export {name!r} as empty (0 bytes)")
+    if size > MAX_EXPORT_SIZE:
+        raise NbdError(f"{who} gives export {name!r} a size of {size} bytes, which no disk has")
+
+
+def _block_size(minimum: int, preferred: int, who: str) -> int:
+    """The block size for the kernel from the server's NBD_INFO_BLOCK_SIZE: at least 512
+    (the kernel's smallest), the preferred one up to a page, never below the minimum."""
+    for what, value in (("minimum", minimum), ("preferred", preferred)):
+        if not _power_of_two(value):
+            raise NbdError(f"{who} gives a {what} block size of {value} bytes, not a power of two")
+    if minimum > MAX_BLOCK_SIZE:
+        raise NbdError(
+            f"{who} gives a minimum block size of {minimum} bytes, more than the "
+            f"{MAX_BLOCK_SIZE} the NBD protocol allows"
+        )
+    if preferred < minimum:
+        raise NbdError(
+            f"{who} gives a preferred block size of {preferred} bytes, below its minimum "
+            f"of {minimum}"
+        )
+    return max(512, min(preferred, 4096), minimum)
 
 
 def _export_name(
-    sock: socket.socket, name: str, server_flags: int, *, client_flags_sent: bool = False
+    sock: socket.socket, name: str, server_flags: int, who: str, *, client_flags_sent: bool = False
 ) -> Export:
     """NBD_OPT_EXPORT_NAME: the oldest newstyle option; an unknown name closes the link."""
     no_zeroes = server_flags & FLAG_NO_ZEROES
@@ -146,21 +215,50 @@ def _export_name(
     except NbdError:
         raise NbdError(f"the NBD server has no export named {name!r}") from None
     size, flags = struct.unpack(">QH", reply[:10])
+    _check_size(size, who, name)
     return Export(size, flags)
 
 
-def connect(host: str, port: int, name: str) -> tuple[socket.socket, Export]:
+def connect(
+    host: str, port: int, name: str, timeout: float = CONNECT_TIMEOUT
+) -> tuple[socket.socket, Export]:
     try:
-        sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
+        sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as e:
-        reason = e.strerror or str(e)
-        raise NbdError(
-            f"cannot connect to the NBD server {host}:{port}: {reason}",
-            hint="check archiso_nbd_srv= and that nbd-server runs there",
-        ) from None
+        raise _unreachable(host, port, e) from None
+    return _negotiate(sock, host, port, name)
+
+
+def connect_address(
+    address: str, port: int, name: str, timeout: float = CONNECT_TIMEOUT
+) -> tuple[socket.socket, Export]:
+    """connect() to a numeric address, with no name lookup: in the live system that would
+    read /etc from the live root, which may be on this very export."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.settimeout(timeout)
+        sock.connect((address, port))
+    except OSError as e:
+        sock.close()
+        raise _unreachable(address, port, e) from None
+    return _negotiate(sock, address, port, name)
+
+
+def _unreachable(host: str, port: int, e: OSError) -> NbdError:
+    reason = e.strerror or str(e)
+    return NbdError(
+        f"cannot connect to the NBD server {host}:{port}: {reason}",
+        hint="check archiso_nbd_srv= and that nbd-server runs there",
+    )
+
+
+def _negotiate(
+    sock: socket.socket, host: str, port: int, name: str
+) -> tuple[socket.socket, Export]:
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        export = handshake(sock, name)
+        export = handshake(sock, name, f"{host}:{port}")
     except (OSError, NbdError) as e:
         sock.close()
         if isinstance(e, NbdError):
@@ -234,7 +332,8 @@ class GenericNetlink:
                     return reply
                 reply = parse_attrs(payload[GENLMSGHDR.size :])
 
-    def family_id(self, name: str) -> int:
+    def family(self, name: str) -> tuple[int, dict[str, int]]:
+        """The family's id, and its multicast groups by name."""
         try:
             reply = self.request(
                 GENL_ID_CTRL,
@@ -251,7 +350,48 @@ class GenericNetlink:
                 ) from None
             raise
         family: int = struct.unpack("=H", reply[CTRL_ATTR_FAMILY_ID][:2])[0]
-        return family
+        return family, mcast_groups(reply.get(CTRL_ATTR_MCAST_GROUPS, b""))
+
+    def family_id(self, name: str) -> int:
+        return self.family(name)[0]
+
+    def subscribe(self, group: int) -> None:
+        """Receive the kernel's messages to this multicast group on this socket."""
+        self.sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
+
+    def events(self, timeout: float | None) -> list[tuple[int, dict[int, bytes]]]:
+        """The (command, attributes) of the messages that came within `timeout`
+        seconds (none when nothing did)."""
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(65536)
+        except TimeoutError:
+            return []
+        finally:
+            self.sock.settimeout(None)
+        found = []
+        offset = 0
+        while offset + NLMSGHDR.size <= len(data):
+            length, kind, _, _, _ = NLMSGHDR.unpack_from(data, offset)
+            if length < NLMSGHDR.size:
+                break
+            payload = data[offset + NLMSGHDR.size : offset + length]
+            offset += (length + 3) & ~3
+            if kind >= GENL_ID_CTRL and len(payload) >= GENLMSGHDR.size:
+                (cmd,) = struct.unpack_from("=B", payload)
+                found.append((cmd, parse_attrs(payload[GENLMSGHDR.size :])))
+        return found
+
+
+def mcast_groups(data: bytes) -> dict[str, int]:
+    """CTRL_ATTR_MCAST_GROUPS: nested items, each with a name and an id."""
+    groups = {}
+    for item in parse_attrs(data).values():
+        fields = parse_attrs(item)
+        if CTRL_ATTR_MCAST_GRP_NAME in fields and CTRL_ATTR_MCAST_GRP_ID in fields:
+            group_name = fields[CTRL_ATTR_MCAST_GRP_NAME].split(b"\0")[0].decode()
+            groups[group_name] = struct.unpack("=I", fields[CTRL_ATTR_MCAST_GRP_ID][:4])[0]
+    return groups
 
 
 def connect_message(fd: int, export: Export, index: int, timeout: int) -> bytes:
@@ -268,9 +408,24 @@ def connect_message(fd: int, export: Export, index: int, timeout: int) -> bytes:
     )
 
 
-def attach(host: str, port: int, name: str, index: int = 0, timeout: int = 60) -> str:
-    """Connect to the export and give the socket to /dev/nbd<index>; its path."""
+def reconfigure_message(fd: int, index: int) -> bytes:
+    """The attributes of NBD_CMD_RECONFIGURE giving /dev/nbd<index> one new socket, which
+    the kernel puts in place of a dead one (packing, unit-tested)."""
+    item = _attr(NBD_SOCK_ITEM | NLA_F_NESTED, _u32(NBD_SOCK_FD, fd))
+    return _u32(NBD_ATTR_INDEX, index) + _attr(NBD_ATTR_SOCKETS | NLA_F_NESTED, item)
+
+
+@attrs.frozen
+class Attached:
+    device: str
+    address: str  # the server's numeric address, as connected
+    export: Export
+
+
+def attach(host: str, port: int, name: str, index: int = 0, timeout: int = 60) -> Attached:
+    """Connect to the export and give the socket to /dev/nbd<index>."""
     sock, export = connect(host, port, name)
+    address = str(sock.getpeername()[0])
     nl = GenericNetlink()
     try:
         family = nl.family_id(NBD_FAMILY)
@@ -286,7 +441,7 @@ def attach(host: str, port: int, name: str, index: int = 0, timeout: int = 60) -
     finally:
         nl.close()
         sock.close()  # the kernel holds its own reference now
-    return f"/dev/nbd{index}"
+    return Attached(f"/dev/nbd{index}", address, export)
 
 
 def detach(index: int = 0) -> None:
@@ -296,3 +451,95 @@ def detach(index: int = 0) -> None:
         nl.request(family, NBD_CMD_DISCONNECT, NBD_GENL_VERSION, _u32(NBD_ATTR_INDEX, index))
     finally:
         nl.close()
+
+
+# --- reconnecting (`archiso-hook watch`) ---
+
+
+class LinkAliveError(NbdError):
+    """The kernel still had a live connection, and kept it (no reconnection was due)."""
+
+
+@attrs.frozen
+class Link:
+    """What reconnecting /dev/nbd<index> needs, as the boot recorded it."""
+
+    index: int
+    address: str  # numeric: no name lookup in the live system
+    port: int
+    name: str
+    size: int
+    timeout: int  # NBD_ATTR_DEAD_CONN_TIMEOUT: how long reads wait for a connection
+
+    @property
+    def device(self) -> str:
+        return f"/dev/nbd{self.index}"
+
+    @property
+    def server(self) -> str:
+        return (
+            f"[{self.address}]:{self.port}"
+            if ":" in self.address
+            else (f"{self.address}:{self.port}")
+        )
+
+
+def _proc_hex(address: str) -> str:
+    """An address as /proc/net/tcp{,6} prints it: 32-bit words in host byte order."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    packed = socket.inet_pton(family, address)
+    words = struct.unpack(f"={len(packed) // 4}I", packed)
+    return "".join(f"{word:08X}" for word in words)
+
+
+def tcp_established(remote: tuple[str, int], local: tuple[str, int] | None = None) -> bool:
+    """Whether a TCP connection to `remote` (from `local`) is established on this
+    machine, kernel-owned sockets included (/proc/net/tcp, tcp6)."""
+    want_remote = f"{_proc_hex(remote[0])}:{remote[1]:04X}"
+    want_local = f"{_proc_hex(local[0])}:{local[1]:04X}" if local else None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table, encoding="ascii") as f:
+                lines = f.readlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if (
+                len(fields) > 3
+                and fields[2] == want_remote
+                and fields[3] == "01"
+                and (want_local is None or fields[1] == want_local)
+            ):
+                return True
+    return False
+
+
+def reconnect(link: Link, nl: GenericNetlink, family: int, timeout: float = 10.0) -> Export:
+    """A new connection to the same export, negotiated here and handed to the kernel in
+    place of its dead one (NBD_CMD_RECONFIGURE). An export of another size is refused:
+    the device would read another disk. LinkAliveError when the kernel had no dead
+    connection to replace (it then drops the new one, and says nothing)."""
+    sock, export = connect_address(link.address, link.port, link.name, timeout)
+    try:
+        if export.size != link.size:
+            raise NbdError(
+                f"the NBD server {link.server} now gives export {link.name!r} as "
+                f"{export.size} bytes, not {link.size} as at boot: refusing to reconnect "
+                f"{link.device} to another disk",
+                hint="serve the file the system booted from again",
+            )
+        local = sock.getsockname()
+        message = reconfigure_message(sock.fileno(), link.index)
+        try:
+            nl.request(family, NBD_CMD_RECONFIGURE, NBD_GENL_VERSION, message)
+        except OSError as e:
+            raise KernelError(
+                f"the kernel refused the new connection for {link.device}: {e.strerror}",
+                e.errno or 0,
+            ) from None
+    finally:
+        sock.close()  # the kernel holds its own reference, if it took it
+    if not tcp_established((link.address, link.port), (str(local[0]), int(local[1]))):
+        raise LinkAliveError(f"{link.device} still had a live connection to {link.server}")
+    return export

@@ -103,10 +103,18 @@ class Watchdog:
         self.wake = threading.Event()
         self.stop = False
         self.root = RootFollower()
+        # An NBD root (copytoram=n): kept connected when its server restarts.
+        self.keepers: list[Any] = []
+        if nbd_records(self.state):
+            from archiso_hook import nbdkeep  # noqa: PLC0415  (only with an NBD root)
+
+            self.keepers = nbdkeep.keepers(nbd_records(self.state), log)
 
     def run(self) -> None:
         for snapshot in self.snapshots:
             threading.Thread(target=self._events, args=(snapshot.name,), daemon=True).start()
+        for keeper in self.keepers:
+            keeper.start()
         self.log.info(
             f"watching {len(self.snapshots)} snapshot(s); growth "
             + (
@@ -219,10 +227,16 @@ class Watchdog:
             self.log.warning(f"watch: could not record the new size in {self.state_file}: {e}")
 
 
+def nbd_records(state: State) -> list[dict[str, Any]]:
+    """The NBD devices the boot left attached: the live root is on the server."""
+    return [r for r in state.resources if r.get("kind") == "nbd"]
+
+
 def run_foreground(log: Log, interval: float) -> int:
     with contextlib.suppress(FileNotFoundError):
-        if not State.load().cow:
-            log.info("watch: no snapshot in RAM to watch")
+        state = State.load()
+        if not state.cow and not nbd_records(state):
+            log.info("watch: no snapshot in RAM to watch, no NBD root to keep connected")
             return 0
     watchdog = Watchdog(log, interval=interval)
 

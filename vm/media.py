@@ -77,6 +77,7 @@ def build_media(
     label: str = SAMPLE_LABEL,
     basedir: str = "arch",
     edit: Callable[[Path], None] | None = None,
+    checksum_layout: str = "image",
     log: Callable[[str], None] = lambda line: None,
 ) -> Media:
     """Build the images of `aitab` from `src` and an ISO of them in lab_dir()/media/<name>.
@@ -90,7 +91,9 @@ def build_media(
     work.mkdir(parents=True)
     (work / "aitab").write_text(aitab)
     tree = work / "tree"
-    result = build(work / "aitab", src, tree, basedir=basedir, log=log)
+    result = build(
+        work / "aitab", src, tree, basedir=basedir, checksum_layout=checksum_layout, log=log
+    )
     if edit is not None:
         edit(tree / basedir)
     iso = make_iso(tree, work / f"{name}.iso", label, result.epoch, log)

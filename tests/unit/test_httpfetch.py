@@ -163,7 +163,7 @@ def test_missing_aitab_and_checksums(server: tuple[str, type[Handler]], tmp_path
     with pytest.raises(HookError, match=r"arch/aitab is not on the server \(HTTP 404\)"):
         httpfetch.fetch_medium(url, "arch", "x86_64", str(tmp_path), log(), require_checksums=False)
     medium(handler, sums=False)
-    with pytest.raises(HookError, match=r"checksum=y, but the server has no .*root.fs.sfs.sha512"):
+    with pytest.raises(HookError, match=r"checksum=y, but the server has no checksum of .*root"):
         httpfetch.fetch_medium(url, "arch", "x86_64", str(tmp_path), log(), require_checksums=True)
 
 
@@ -468,7 +468,9 @@ def test_transfer_says_each_failure_in_a_line_and_exits_1(
     assert len(lines) == 3, err
     assert re.match(rf"archiso-hook: error: {urls[0]} is corrupt: its sha512 is ", lines[0])
     assert lines[1] == (
-        f"archiso-hook: error: --verify, but the server has no {urls[1]}.sha512 (or .md5) "
+        f"archiso-hook: error: --verify, but the server has no checksum of {urls[1]}: no "
+        f"missing.sfs.sha512 or .md5 beside it, nor missing.sha512 or .md5, nor "
+        f"checksum.arch.md5 or checksum.md5 in {url.rstrip('/')} "
         "(publish the checksum files beside the images, or leave out --verify)"
     )
     assert lines[2].startswith(f"archiso-hook: error: {urls[2]} is corrupt")
@@ -566,3 +568,35 @@ def test_https_with_another_ca_fails_at_once(
         f"cannot fetch {url}: the server's certificate is not trusted: "
         "unable to get local issuer certificate"
     )
+
+
+def test_archisos_2011_layout_on_a_server(
+    server: tuple[str, type[Handler]], tmp_path: Path
+) -> None:
+    """checksum.<arch>.md5 at the top of the base directory: the aitab and each image
+    are checked against it, and the file is fetched once."""
+    url, handler = server
+    data = medium(handler, sums=False)
+    arch = handler.root / "arch"
+    aitab = (arch / "aitab").read_bytes()
+    sums = arch / "checksum.x86_64.md5"
+    sums.write_text(
+        f"{hashlib.md5(aitab).hexdigest()}  aitab\n{hashlib.md5(data).hexdigest()}  "
+        "./x86_64/root.fs.sfs\n"
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    text = io.StringIO()
+    got = httpfetch.fetch_medium(
+        url, "arch", "x86_64", str(out), Log(stream=text), require_checksums=True
+    )
+    assert [f.size for f in got] == [len(data)]
+    assert f"{url}arch/aitab: md5 checksum verified against {url}arch/checksum.x86_64.md5" in (
+        text.getvalue()
+    )
+    assert handler.requests.count("/arch/checksum.x86_64.md5") == 1
+    # A changed aitab is refused before any image is fetched.
+    (arch / "aitab").write_bytes(aitab + b"# changed\n")
+    with pytest.raises(HookError, match=rf"^{url}arch/aitab is corrupt: its md5 is "):
+        httpfetch.fetch_medium(url, "arch", "x86_64", str(tmp_path / "o2"), log(),
+                               require_checksums=False)  # fmt: skip

@@ -88,11 +88,16 @@ def test_checksum_files(tmp_path: Path) -> None:
     assert checksums.parse(text, "s.md5", "share.sfs").digest == "cd" * 16
     image = tmp_path / "root.fs.sfs"
     image.write_bytes(b"")
-    assert checksums.checksum_file_for(str(image)) is None
+
+    def found() -> str | None:
+        source = checksums.find(str(image), ("x86_64",))
+        return None if source is None else source.path
+
+    assert found() is None
     Path(f"{image}.md5").write_text("")
-    assert checksums.checksum_file_for(str(image)) == f"{image}.md5"
+    assert found() == f"{image}.md5"
     Path(f"{image}.sha512").write_text("")
-    assert checksums.checksum_file_for(str(image)) == f"{image}.sha512"  # preferred
+    assert found() == f"{image}.sha512"  # preferred
 
 
 @pytest.mark.parametrize(
@@ -100,7 +105,7 @@ def test_checksum_files(tmp_path: Path) -> None:
     [
         (f"{SHA}  ../../etc/shadow\n", "f.sha512:1: lists '../../etc/shadow', a path outside"),
         (f"{SHA}  /etc/passwd\n", "f.sha512:1: lists '/etc/passwd', a path outside"),
-        (f"{SHA}  sub/root.fs.sfs\n", "lists 'sub/root.fs.sfs', a path outside"),
+        (f"{SHA}  sub/root.fs.sfs\n", "has no sha512 checksum for root.fs.sfs"),  # not ours
         ("abc  root.fs.sfs\n", "f.sha512:1: not a sha512 checksum line"),
         (f"{SHA}  other.sfs\n", "f.sha512: has no sha512 checksum for root.fs.sfs"),
         ("", "has no sha512 checksum"),

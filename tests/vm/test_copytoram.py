@@ -115,3 +115,18 @@ def test_a_corrupt_image_fails_the_checksum_and_nothing_is_mounted(lab: Lab) -> 
         guest.wait(60)
     hook = [line for line in guest.output.splitlines() if "archiso-hook: " in line]
     assert not any("mounted /dev/loop" in line for line in hook)  # nothing from an image
+
+
+def test_a_medium_with_archisos_2011_checksums(lab: Lab) -> None:
+    """checksum.x86_64.md5 at the top of the base directory, as archiso's media of
+    2011-2014: the aitab and every image are checked against it before use."""
+    media = lab.media("sums-2011", checksum_layout="archiso-2011")
+    append = f"{BASE} checksum=y lab.check=files"
+    with lab.boot("checksum-2011", append, [Drive(media.iso, kind="ide-cdrom")]) as guest:
+        guest.expect(
+            "archiso-hook: /run/archiso/bootmnt/arch/aitab: md5 checksum verified against "
+            "/run/archiso/bootmnt/arch/checksum.x86_64.md5",
+            timeout=200,
+        )
+        guest.expect(r"verifying: \d+ image\(s\), .*; checksums match", timeout=200)
+        guest.expect("LAB: PASS", timeout=200)
