@@ -274,6 +274,9 @@ class Parameter:
     parse: Callable[[str], Any]
     accepted: str
     meaning: str
+    # Only a network boot needs it: a bad value stops only such a boot (on any other
+    # it is a warning), and every value given is kept, in order (ip=, as dracut's).
+    network: bool = False
 
 
 P = Parameter
@@ -293,7 +296,8 @@ PARAMETERS: tuple[Parameter, ...] = (
       "read-only, without replaying its journal, nothing written)"),
     P("archisosearchfilename", "search_filename",
       _relative_path("archisosearchfilename", "/boot/<uuid>.uuid"), "path",
-      "the file that marks the medium (default /boot/<archisosearchuuid>.uuid)"),
+      "boot from the first device holding this file, as archisosearchuuid does (default "
+      "with archisosearchuuid: /boot/<archisosearchuuid>.uuid)"),
     P("img_dev", "img_dev", _device_spec("img_dev"), "/dev/... path or a tag",
       "device holding an ISO file to boot from (mounted read-only, without replaying "
       "its journal, nothing written)"),
@@ -342,10 +346,13 @@ PARAMETERS: tuple[Parameter, ...] = (
     P("quiet", "quiet", _flag("quiet"), "bare word or y | n",
       "show only warnings and errors on the console"),
     P("ip", "ip", netconf.parse_ip,
-      "dhcp, or <client>:<server>:<gw>:<netmask>:<hostname>:<device>:<autoconf>:<dns0>:<dns1>",
-      "configure the network (the kernel's syntax); needed by the archiso_*_srv parameters"),
-    P("BOOTIF", "bootif", netconf.parse_bootif, "01-aa-bb-cc-dd-ee-ff",
-      "the interface to configure, by MAC address (PXELINUX's IPAPPEND 2)"),
+      "dhcp, <interface>:dhcp, or <client>:<server>:<gw>:<netmask>:<hostname>:<device>:"
+      "<autoconf>:<dns0>:<dns1> (also dracut's and systemd's forms; may be repeated)",
+      "configure the network for an archiso_*_srv boot (IPv4: DHCP or static); other "
+      "forms (dhcp6, auto6, ...) are left to the live system", network=True),
+    P("BOOTIF", "bootif", netconf.parse_bootif,
+      "01-aa-bb-cc-dd-ee-ff, aa-bb-cc-dd-ee-ff or aa:bb:cc:dd:ee:ff",
+      "the interface to configure, by MAC address (PXELINUX's IPAPPEND 2)", network=True),
     P("copy_resolvconf", "copy_resolvconf", _flag("copy_resolvconf"), "bare word or y | n",
       "write the DNS servers the network got into the live root's /etc/resolv.conf"),
     P("archiso_http_srv", "http_srv", netconf.parse_http_server, "http://host[:port]/path/",
@@ -364,9 +371,20 @@ PARAMETERS: tuple[Parameter, ...] = (
 # fmt: on
 _BY_NAME = {p.name: p for p in PARAMETERS}
 
-# archiso parameters this version does not act on yet: said out loud, never silently dropped.
+# Nothing archiso accepted is dropped silently. Parameters this version does not act on
+# yet, said out loud:
 NOT_YET_SUPPORTED = frozenset({"verify", "cms_verify"})
+# Old names whose meaning changed with the new name: a warning names the new one.
 RENAMED = {"cowspace_size": "cow_spacesize", "cowfile_size": "cow_spacesize"}
+# Old names of parameters that mean the same today: honoured, with a warning to rename.
+ALIASES = {"archiso_curl_url": "archiso_http_srv", "curlspace_size": "archiso_http_spc"}
+# Old parameters with no counterpart: a warning says what to do instead.
+OBSOLETE = {
+    "aitab": "the aitab is read from <archisobasedir>/aitab; move it there, or point "
+    "archisobasedir= at its directory",
+    "archisoflags": "the medium is always mounted read-only; img_flags= sets the options "
+    "of a disk holding an ISO file",
+}
 
 
 DEFAULT_COW_SPACESIZE = Size(256 * 1024 * 1024)  # archiso's default since 2014
@@ -413,7 +431,7 @@ class Options:
     dm_snap_prefix: str = "arch"
     rootdelay: int = 30
     quiet: bool = False
-    ip: netconf.IpConfig | None = None
+    ip: tuple[netconf.IpConfig, ...] = ()  # every ip= given, in order
     bootif: str | None = None
     copy_resolvconf: bool = True
     http_srv: str | None = None
@@ -474,9 +492,10 @@ class Options:
         does that, and a boot from a disc does not wait for DHCP."""
         if not self.network_source:
             return None
-        if self.ip is not None:
-            return self.ip if self.ip.wanted else None
-        return netconf.IpConfig(netconf.Autoconf.DHCP)
+        try:
+            return netconf.boot_config(self.ip, f"archiso_{self.network_source}_srv")
+        except InputError:
+            return None
 
     @property
     def copy_mode(self) -> CopyMode:
@@ -497,8 +516,10 @@ class Options:
 
     @property
     def search_file(self) -> str | None:
+        """The file whose filesystem is the medium: archisosearchfilename, alone as in
+        archiso, or /boot/<archisosearchuuid>.uuid by default."""
         if self.search_uuid is None:
-            return None
+            return self.search_filename
         return self.search_filename or f"boot/{self.search_uuid}.uuid"
 
     def as_parameters(self) -> dict[str, Any]:
@@ -515,7 +536,7 @@ class Options:
             cow_persistent=str(self.cow_mode),
             cow_grow=self.grows,
             copytoram=str(self.copy_mode),
-            ip=None if self.ip is None else attrs.asdict(self.ip, value_serializer=_json_value),
+            ip=[attrs.asdict(ip, value_serializer=_json_value) for ip in self.ip],
             archiso_nbd_srv=self.nbd_srv and f"{self.nbd_srv.host}:{self.nbd_srv.port}",
             archiso_nfs_srv=self.nfs_srv and self.nfs_srv.source,
             archisosearchfilename=self.search_file and "/" + self.search_file,
@@ -536,21 +557,57 @@ def parse_options(
     values: dict[str, Any] = {}
     warnings: list[str] = []
     debug = False
+    ips: list[netconf.IpConfig] = []
+    # Bad values of network parameters: they stop only a network boot (the last word of
+    # a key decides, as for every key; every ip= counts).
+    network_errors: dict[str, InputError] = {}
     for key, raw in [*split_cmdline(text), *overrides]:
         value = "y" if raw is None else raw
         if key == "rd.debug":
             debug = True
+        if key in ALIASES:
+            new = ALIASES[key]
+            warnings.append(f"{key}= is archiso's old name of {new}=: taken as {new}=; write that")
+            try:
+                values[_BY_NAME[new].field] = _BY_NAME[new].parse(value)
+            except InputError as e:  # named as the user wrote it
+                raise InputError(e.message.replace(f"{new}=", f"{key}=", 1), e.hint) from None
+            continue
         if key in _BY_NAME:
             param = _BY_NAME[key]
-            values[param.field] = param.parse(value)
+            if not param.network:
+                values[param.field] = param.parse(value)
+                continue
+            try:
+                parsed = param.parse(value)
+            except InputError as e:
+                if key == "ip":
+                    network_errors[f"ip={value}"] = e
+                else:  # the last word decides: an earlier good one no longer counts
+                    network_errors[key] = e
+                    values.pop(param.field, None)
+                continue
+            if key == "ip":
+                ips.append(parsed)
+            else:
+                network_errors.pop(key, None)
+                values[param.field] = parsed
         elif key in NOT_YET_SUPPORTED:
             warnings.append(f"{key}= is not supported by this version of archiso-hook; ignored")
         elif key in RENAMED:
             warnings.append(f"{key}= is an old archiso parameter; use {RENAMED[key]}= instead")
+        elif key in OBSOLETE:
+            warnings.append(f"{key}= is an old archiso parameter, ignored: {OBSOLETE[key]}")
     servers = [k for k in ("archiso_http_srv", "archiso_nbd_srv", "archiso_nfs_srv")
                if _BY_NAME[k].field in values]  # fmt: skip
     if len(servers) > 1:
         raise InputError(f"{'= and '.join(servers)}= are both given: boot from one server")
+    for error in network_errors.values():
+        if servers:
+            raise error
+        warnings.append(f"{error.message}; ignored, as this boot does not use the network")
+    if ips:
+        values["ip"] = tuple(ips)
     if "arch" not in values and machine_arch is not None:
         values["arch"] = machine_arch
     return Options(**values, debug=debug, warnings=tuple(dict.fromkeys(warnings)))

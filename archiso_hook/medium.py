@@ -156,13 +156,14 @@ def wait_for_device(
     return found
 
 
-def search(uuid: str, filename: str, timeout: float, log: Log) -> str:
-    """archisosearchuuid: the filesystem with this UUID, else the first holding `filename`."""
-    by_uuid = device_path(f"UUID={uuid}")
+def search(uuid: str | None, filename: str, timeout: float, log: Log) -> str:
+    """archisosearchuuid: the filesystem with this UUID, else the first holding `filename`
+    (archisosearchfilename alone: uuid None)."""
+    by_uuid = device_path(f"UUID={uuid}") if uuid is not None else None
     looked_at: set[tuple[str, int]] = set()
 
     def find() -> str | None:
-        found = present(by_uuid)
+        found = present(by_uuid) if by_uuid else None
         if found:
             return found
         for device, fstype, size in _candidates():
@@ -174,13 +175,18 @@ def search(uuid: str, filename: str, timeout: float, log: Log) -> str:
                 return device
         return None
 
-    what = f"a filesystem with UUID {uuid}, or one holding /{filename}"
+    if uuid is None:
+        what = f"a filesystem holding /{filename}"
+        hint = "check archisosearchfilename= against the medium's files; rootdelay= sets how "
+        hint += "long to wait"
+    else:
+        what = f"a filesystem with UUID {uuid}, or one holding /{filename}"
+        hint = "check archisosearchuuid= against the medium's filesystem UUID; rootdelay= "
+        hint += "sets how long to wait"
     found, seen = wait_until(find, timeout, what, log)
     if found is None:
         raise MediumNotFoundError(
-            f"{what} did not appear within {timeout:g} s; block devices seen: {seen}",
-            hint="check archisosearchuuid= against the medium's filesystem UUID; "
-            "rootdelay= sets how long to wait",
+            f"{what} did not appear within {timeout:g} s; block devices seen: {seen}", hint=hint
         )
     return found
 

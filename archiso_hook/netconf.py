@@ -6,7 +6,17 @@ IPAPPEND/SYSAPPEND and mkinitcpio's ipconfig read it:
 
     ip=<client>:<server>:<gw>:<netmask>:<hostname>:<device>:<autoconf>:<dns0>:<dns1>:<ntp0>
 
-or a bare `ip=dhcp` (also on, any, both, bootp; off and none mean no network).
+or a bare `ip=dhcp` (also on, any, both, bootp; off and none mean no network). The
+forms dracut and systemd document (dracut.cmdline(7), systemd-network-generator) are
+read too, because command lines carry them for the live system's own network:
+
+    ip={dhcp6|auto6|either6|link6|link-local|ibft|single-dhcp}
+    ip=<interface>:<method>[:[<mtu>][:<macaddr>]]
+    ip=<client>:[<peer>]:<gw>:<netmask>:<hostname>:<interface>:<method>[:[<mtu>][:<macaddr>]]
+
+with IPv6 addresses in brackets. The hook itself configures IPv4 only, by DHCP or
+statically; what else a value asks for is kept in `IpConfig.unsupported`: such a value
+is for the live system, and only a network boot that has nothing else to go by stops.
 """
 
 from __future__ import annotations
@@ -30,10 +40,23 @@ class Autoconf(enum.StrEnum):
     DHCP = "dhcp"
     STATIC = "static"
     OFF = "off"
+    OTHER = "other"  # IPv6, iBFT, link-local: for the live system, not done by the hook
 
 
-_DYNAMIC = {"on", "any", "dhcp", "both", "bootp", "rarp"}
+_DYNAMIC = {"on", "any", "dhcp", "both", "bootp", "rarp", "single-dhcp"}
 _OFF = {"off", "none"}
+# dracut's and systemd's methods the hook cannot carry out, and what each asks for.
+_OTHER = {
+    "dhcp6": "DHCPv6",
+    "auto6": "IPv6 autoconfiguration",
+    "either6": "IPv6 autoconfiguration or DHCPv6",
+    "link6": "IPv6 link-local addressing",
+    "link-local": "link-local addressing",
+    "ibft": "the iBFT's settings",
+}
+_METHODS = (
+    "off, none, on, any, dhcp, bootp, rarp, both, dhcp6, auto6, either6, link6, link-local or ibft"
+)
 _IFNAME_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,15}")  # the kernel's dev_valid_name, ASCII
 _HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})?")
 
@@ -50,14 +73,33 @@ class IpConfig:
     hostname: str | None = None
     device: str | None = None
     dns: tuple[ipaddress.IPv4Address, ...] = ()
+    # What the value asks for that the hook cannot do (DHCPv6, an IPv6 address, an MTU).
+    unsupported: tuple[str, ...] = ()
+    text: str = attrs.field(default="", eq=False)  # the value as written, for messages
 
     @property
     def wanted(self) -> bool:
         return self.autoconf is not Autoconf.OFF
 
+    @property
+    def usable(self) -> bool:
+        """The hook can configure the network as this value says (or leave it off)."""
+        return not self.unsupported
 
-def _address(field: str, value: str, what: str) -> ipaddress.IPv4Address | None:
+
+def _address(
+    field: str, value: str, what: str, unsupported: list[str] | None = None
+) -> ipaddress.IPv4Address | None:
     if value in {"", "0.0.0.0"}:
+        return None
+    if unsupported is not None and value.startswith("[") and value.endswith("]"):
+        import ipaddress  # noqa: PLC0415
+
+        try:
+            ipaddress.IPv6Address(value[1:-1])
+        except ValueError:
+            raise InputError(f"{what} {value!r} is not an IPv6 address (field {field})") from None
+        unsupported.append(f"the IPv6 {what} {value}")
         return None
     if not re.fullmatch(r"[0-9]{1,3}(\.[0-9]{1,3}){3}", value):
         raise InputError(f"{what} {value!r} is not an IPv4 address (field {field})")
@@ -70,6 +112,11 @@ def _address(field: str, value: str, what: str) -> ipaddress.IPv4Address | None:
 
 
 def _prefixlen(value: str, client: ipaddress.IPv4Address | None) -> int | None:
+    if re.fullmatch(r"[0-9]{1,3}", value):  # dracut takes a prefix length too
+        limit = 32 if client is not None else 128  # (IPv6's, for the live system)
+        if int(value) > limit:
+            raise InputError(f"netmask {value!r} is not a prefix length, 0..{limit} (field 4)")
+        return int(value) if client is not None else None
     mask = _address("4", value, "netmask")
     if mask is None:
         if client is None:
@@ -95,60 +142,152 @@ def parse_ip(value: str) -> IpConfig:
         raise InputError(f"ip={value}: {e.message}", e.hint) from None
 
 
+def _split_fields(value: str) -> list[str]:
+    """Fields separated by ':', except inside the brackets of an IPv6 address."""
+    fields: list[str] = []
+    field: list[str] = []
+    depth = 0
+    for char in value:
+        if char == ":" and depth == 0:
+            fields.append("".join(field))
+            field = []
+            continue
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        field.append(char)
+    fields.append("".join(field))
+    return fields
+
+
+def _method(word: str, field: str, client: bool, unsupported: list[str]) -> Autoconf:
+    """The autoconf field; empty is the kernel's default (static with an address)."""
+    mode = word.lower()
+    if mode in _DYNAMIC:
+        return Autoconf.DHCP
+    if mode in _OFF:
+        return Autoconf.STATIC if client else Autoconf.OFF
+    if mode in _OTHER:
+        unsupported.append(f"{_OTHER[mode]} ({mode})")
+        return Autoconf.OTHER
+    if mode == "" and field == "7":
+        return Autoconf.STATIC if client else Autoconf.DHCP
+    raise InputError(f"autoconf {word!r} is not valid (field {field}): expected {_METHODS}")
+
+
+_MAC_PAIR = re.compile(r"[0-9A-Fa-f]{2}")
+
+
+def _mtu_and_mac(tail: list[str], first: int, unsupported: list[str]) -> bool:
+    """dracut's `[:[<mtu>][:<macaddr>]]` after the method, if that is what `tail` is
+    (noted as unsupported: the hook keeps the interface's own); False if it is not."""
+    mtu, mac = (tail[0] if tail else ""), tail[1:]
+    if len(mac) == 1:
+        mac = mac[0].split("-")
+    if not re.fullmatch(r"[0-9]{0,5}", mtu) or (
+        mac and not (len(mac) == 6 and all(_MAC_PAIR.fullmatch(pair) for pair in mac))
+    ):
+        return False
+    if mtu and not 68 <= int(mtu) <= 65535:
+        raise InputError(f"MTU {mtu!r} is not 68..65535 (field {first})")
+    if mtu:
+        unsupported.append(f"the MTU {int(mtu)}")
+    if mac:
+        unsupported.append(f"the MAC address {':'.join(mac).lower()}")
+    return True
+
+
 def _parse_ip(value: str) -> IpConfig:
     if not value:
-        raise InputError("ip= is empty: expected dhcp, or <client>:<server>:<gw>:<netmask>:...")
-    if value.lower() in _DYNAMIC:
-        return IpConfig(Autoconf.DHCP)
-    if value.lower() in _OFF:
-        return IpConfig(Autoconf.OFF)
-    fields = value.split(":")
-    if len(fields) > 10:
-        raise InputError(
-            f"ip={value} has {len(fields)} fields: expected at most 10, "
-            "<client>:<server>:<gw>:<netmask>:<hostname>:<device>:<autoconf>:<dns0>:<dns1>:<ntp0>"
-        )
+        raise InputError(f"ip= is empty: expected dhcp, or {_FORMS}")
+    unsupported: list[str] = []
+    fields = _split_fields(value)
+    looks_like_address = re.compile(r"[0-9.]*|\[.*\]")
+    if len(fields) == 1 and not looks_like_address.fullmatch(value):
+        autoconf = _method(value, "1", False, unsupported)
+        return IpConfig(autoconf, unsupported=tuple(unsupported), text=value)
+    first = fields[0]
+    if len(fields) > 1 and first and not looks_like_address.fullmatch(first):
+        # dracut's <interface>:<method>[:[<mtu>][:<macaddr>]]
+        interface = _device(first, "1")
+        autoconf = _method(fields[1], "2", False, unsupported)
+        if len(fields) > 2 and not _mtu_and_mac(fields[2:], 3, unsupported):
+            raise InputError(
+                f"{':'.join(fields[2:])!r} after the method is not an MTU and a MAC address "
+                "(fields 3 and on)"
+            )
+        return IpConfig(autoconf, device=interface, unsupported=tuple(unsupported), text=value)
+    tail = fields[7:]
+    mtu_mac = bool(tail) and _mtu_and_mac(tail, 8, unsupported)
+    if len(fields) > 10 and not mtu_mac:
+        raise InputError(f"ip={value} has {len(fields)} fields: expected at most 10, {_FORMS}")
     fields += [""] * (10 - len(fields))
-    client = _address("1", fields[0], "client address")
-    server = _address("2", fields[1], "server address")
-    gateway = _address("3", fields[2], "gateway")
+    v6_client = fields[0].startswith("[")
+    client = _address("1", fields[0], "client address", unsupported)
+    server = _address("2", fields[1], "server address", unsupported)
+    gateway = _address("3", fields[2], "gateway", unsupported)
     prefixlen = _prefixlen(fields[3], client)
     hostname = fields[4] or None
     if hostname is not None and not _HOSTNAME_RE.fullmatch(hostname):
         raise InputError(f"hostname {hostname!r} is not a valid host name (field 5)")
-    device = fields[5] or None
-    if device is not None and (not _IFNAME_RE.fullmatch(device) or device in {".", ".."}):
-        raise InputError(f"device {device!r} is not a network interface name (field 6)")
-    mode = fields[6].lower()
-    if mode in _DYNAMIC:
-        autoconf = Autoconf.DHCP
-    elif mode in _OFF:
-        autoconf = Autoconf.STATIC if client else Autoconf.OFF
-    elif mode == "":
-        autoconf = Autoconf.STATIC if client else Autoconf.DHCP
-    else:
-        raise InputError(
-            f"autoconf {fields[6]!r} is not valid (field 7): expected off, none, on, "
-            "any, dhcp, bootp, rarp or both"
-        )
-    dns = tuple(
-        a for n, f in ((8, fields[7]), (9, fields[8])) if (a := _address(str(n), f, "DNS server"))
-    )
-    _address("10", fields[9], "NTP server")  # validated, not used
+    device = _device(fields[5], "6") if fields[5] else None
+    autoconf = _method(fields[6], "7", client is not None or v6_client, unsupported)
+    if v6_client and autoconf is Autoconf.STATIC:
+        autoconf = Autoconf.OTHER
+    dns: tuple[ipaddress.IPv4Address, ...] = ()
+    if not mtu_mac:
+        found = (_address(str(n), f, "DNS server", unsupported)
+                 for n, f in ((8, fields[7]), (9, fields[8])))  # fmt: skip
+        dns = tuple(a for a in found if a)
+        _address("10", fields[9], "NTP server", unsupported)  # validated, not used
     if autoconf is Autoconf.STATIC and prefixlen is None:
         raise InputError("a static address needs a netmask (field 4)")
-    return IpConfig(autoconf, client, server, gateway, prefixlen, hostname, device, dns)
+    return IpConfig(
+        autoconf, client, server, gateway, prefixlen, hostname, device, dns,
+        tuple(unsupported), value,
+    )  # fmt: skip
+
+
+_FORMS = "<client>:<server>:<gw>:<netmask>:<hostname>:<device>:<autoconf>:<dns0>:<dns1>:<ntp0>"
+
+
+def _device(name: str, field: str) -> str:
+    if not _IFNAME_RE.fullmatch(name) or name in {".", ".."}:
+        raise InputError(f"device {name!r} is not a network interface name (field {field})")
+    return name
 
 
 def parse_bootif(value: str) -> str:
-    """PXELINUX's BOOTIF=01-aa-bb-cc-dd-ee-ff (01: Ethernet) as aa:bb:cc:dd:ee:ff."""
-    match = re.fullmatch(r"(?:01-)?((?:[0-9A-Fa-f]{2}-){5}[0-9A-Fa-f]{2})", value)
-    if not match:
+    """BOOTIF= as aa:bb:cc:dd:ee:ff: PXELINUX's 01-aa-bb-cc-dd-ee-ff (01: Ethernet's ARP
+    type, as IPAPPEND 2 writes it), or a MAC address with '-' or ':' (dracut's)."""
+    match = re.fullmatch(r"(?:01([-:]))?((?:[0-9A-Fa-f]{2}([-:])){5}[0-9A-Fa-f]{2})", value)
+    if not match or match.group(2).count(match.group(3)) != 5:
         raise InputError(
-            f"BOOTIF={value} is not valid: expected 01- and a MAC address, "
-            "as in BOOTIF=01-52-54-00-12-34-56"
+            f"BOOTIF={value} is not valid: expected a MAC address, as in "
+            "BOOTIF=01-52-54-00-12-34-56 or BOOTIF=52:54:00:12:34:56"
         )
-    return match.group(1).replace("-", ":").lower()
+    return match.group(2).replace("-", ":").lower()
+
+
+def boot_config(configs: tuple[IpConfig, ...], server: str) -> IpConfig:
+    """What a network boot (from `server`=) configures: the last ip= the hook can carry
+    out (the others are left to the live system), or DHCP when no ip= is given."""
+    if not configs:
+        return IpConfig(Autoconf.DHCP)
+    usable = [config for config in configs if config.usable]
+    if not usable:
+        last = configs[-1]
+        wants = ", ".join(last.unsupported)
+        raise InputError(
+            f"ip={last.text} asks for {wants}, which archiso-hook cannot set up to reach {server}=",
+            hint="add ip=dhcp or a static IPv4 ip= for the boot; the live system's own "
+            "network setup still reads the other ip=",
+        )
+    config = usable[-1]
+    if not config.wanted:
+        raise InputError(
+            f"{server}= needs the network, but ip={config.text} turns it off",
+            hint="drop that ip=, or give ip=dhcp",
+        )
+    return config
 
 
 # --- servers: checked when read, ${pxeserver} put in when the network is up ---

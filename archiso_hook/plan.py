@@ -18,7 +18,7 @@ from archiso_hook.aitab import AitabEntry, ImageType
 from archiso_hook.cmdline import CopyMode, CowMode, Options
 from archiso_hook.errors import InputError
 from archiso_hook.mountopts import parse_mount_options
-from archiso_hook.netconf import Autoconf, IpConfig, NfsExport
+from archiso_hook.netconf import Autoconf, IpConfig, NfsExport, boot_config
 from archiso_hook.sizes import MiB, Size
 
 RUN_DIR = "/run/archiso"
@@ -56,17 +56,21 @@ class FindMedium:
 
 @attrs.frozen
 class SearchMedium:
-    """archisosearchuuid: the filesystem with that UUID, or the first holding the file."""
+    """archisosearchuuid: the filesystem with that UUID, or the first holding the file;
+    archisosearchfilename alone: the first holding the file."""
 
     ref: str
-    uuid: str
+    uuid: str | None
     filename: str
     timeout: int
 
     def describe(self) -> str:
+        holding = f"holding /{self.filename} (removable devices first, each looked into read-only)"
+        if self.uuid is None:
+            return f"wait up to {self.timeout} s for a device {holding}"
         return (
             f"wait up to {self.timeout} s for a device with filesystem UUID {self.uuid}, or "
-            f"else holding /{self.filename} (removable devices first)"
+            f"else {holding}"
         )
 
 
@@ -379,7 +383,8 @@ def medium_steps(options: Options) -> tuple[Step, ...]:
     """What happens before the aitab can be read: find the medium and mount it.
 
     The medium is an ISO file on a disk (img_dev/img_label + img_loop), the device
-    found by archisosearchuuid, or archisodevice (archisolabel's link by default).
+    found by archisosearchuuid or archisosearchfilename, or archisodevice (archisolabel's
+    link by default).
     """
     mount_medium = Mount("@medium", BOOTMNT, None, read_only=True)
     if options.network_source:
@@ -410,7 +415,7 @@ def medium_steps(options: Options) -> tuple[Step, ...]:
             AttachLoop("medium", iso, read_only=True),
             mount_medium,
         )
-    if options.search_uuid and options.search_file:
+    if options.search_file:
         return (
             SearchMedium("medium", options.search_uuid, options.search_file, options.rootdelay),
             mount_medium,
@@ -419,7 +424,7 @@ def medium_steps(options: Options) -> tuple[Step, ...]:
     if device is None:
         raise InputError(
             "no boot medium given: set archisolabel= (or archisodevice=, archisosearchuuid=, "
-            "img_label= with img_loop=) on the kernel command line"
+            "archisosearchfilename=, img_label= with img_loop=) on the kernel command line"
         )
     hint = (
         "check archisolabel=/archisodevice= against the medium (a USB writing tool may "
@@ -434,9 +439,7 @@ NFS_MODULES = ("nfs", "nfsv4", "nfsv3")
 def network_medium_steps(options: Options, mount_medium: Mount) -> tuple[Step, ...]:
     """The medium on a server: the network first, then HTTP into RAM, NBD, or NFS."""
     source = options.network_source
-    config = options.network
-    if config is None:
-        raise InputError(f"archiso_{source}_srv= needs the network, but ip= turns it off")
+    config = boot_config(options.ip, f"archiso_{source}_srv")
     up = BringUpNetwork(config, options.bootif, options.rootdelay)
     if options.http_srv is not None:
         space = f"size={options.http_spc},mode=0755"

@@ -58,6 +58,8 @@ def found_by(options: Options, *, premounted: bool) -> str:
         return "img_label" if options.img_label else "img_dev"
     if options.search_uuid:
         return "archisosearchuuid"
+    if options.search_file:
+        return "archisosearchfilename"
     return "archisodevice" if options.device else "archisolabel"
 
 

@@ -114,6 +114,34 @@ def test_archiso_parameters_not_yet_supported_are_said_not_dropped() -> None:
     )
 
 
+def test_old_archiso_parameters_are_honoured_or_said_what_to_use() -> None:
+    options = parse_options(
+        "archiso_curl_url=http://10.0.2.2/arch curlspace_size=2G aitab=aitab.x86_64 "
+        "archisoflags=noatime",
+        machine_arch=X86,
+    )
+    assert options.http_srv == "http://10.0.2.2/arch/" and options.network_source == "http"
+    assert options.http_spc == Size(2 << 30)
+    assert options.warnings == (
+        "archiso_curl_url= is archiso's old name of archiso_http_srv=: taken as "
+        "archiso_http_srv=; write that",
+        "curlspace_size= is archiso's old name of archiso_http_spc=: taken as "
+        "archiso_http_spc=; write that",
+        "aitab= is an old archiso parameter, ignored: the aitab is read from "
+        "<archisobasedir>/aitab; move it there, or point archisobasedir= at its directory",
+        "archisoflags= is an old archiso parameter, ignored: the medium is always mounted "
+        "read-only; img_flags= sets the options of a disk holding an ISO file",
+    )
+    with pytest.raises(InputError, match=r"^archiso_curl_url=ftp://x/ is not valid"):
+        parse_options("archiso_curl_url=ftp://x/", machine_arch=X86)
+
+
+def test_search_by_file_alone() -> None:
+    options = parse_options("archisosearchfilename=/live/marker.id", machine_arch=X86)
+    assert options.search_file == "live/marker.id"
+    assert options.as_parameters()["archisosearchfilename"] == "/live/marker.id"
+
+
 def test_arch_of_machine() -> None:
     assert Arch.of_machine("i586") is Arch.I686
     assert Arch.of_machine("x86_64") is Arch.X86_64

@@ -11,7 +11,7 @@ read (UTF-8, surrogateescape), and near-valid inputs: valid command lines and ai
 tables generated from the documented forms, then mutated in one place.
 
 `make test` runs them with the reproducible `ci` profile (tests/conftest.py); `make fuzz`
-with the `fuzz` profile, over 100,000 examples. (`ip=` is not parsed yet: nothing to fuzz.)
+with the `fuzz` profile, over 100,000 examples.
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ HOST = (
 PORT = st.integers(1, 65535)
 URL_PATH = st.lists(st.text("abcxyz019_-.", min_size=1, max_size=6).filter(
     lambda p: p not in {".", ".."}), max_size=3)  # fmt: skip
-DHCP_WORDS = ("dhcp", "on", "any", "both", "bootp", "rarp", "DHCP")
+DHCP_WORDS = ("dhcp", "on", "any", "both", "bootp", "rarp", "DHCP", "single-dhcp")
 IFNAME = st.from_regex(r"[a-z][a-z0-9]{0,10}", fullmatch=True)
 
 
@@ -230,15 +230,78 @@ def static_ip(draw: st.DrawFn) -> tuple[str | None, object]:
     return text, expected
 
 
+MAC = st.lists(st.integers(0, 255), min_size=6, max_size=6)
+# dracut's and systemd's methods the hook leaves to the live system, with what it notes.
+OTHER_WORDS = {"dhcp6": "DHCPv6 (dhcp6)", "auto6": "IPv6 autoconfiguration (auto6)",
+               "either6": "IPv6 autoconfiguration or DHCPv6 (either6)",
+               "link6": "IPv6 link-local addressing (link6)",
+               "link-local": "link-local addressing (link-local)",
+               "ibft": "the iBFT's settings (ibft)"}  # fmt: skip
+
+
+@st.composite
+def mtu_and_mac(draw: st.DrawFn) -> tuple[str, tuple[str, ...]]:
+    """dracut's `:[<mtu>][:<macaddr>]` (or nothing), and what the hook notes of it."""
+    mtu = draw(st.none() | st.integers(68, 65535))
+    mac = draw(st.none() | MAC)
+    if mtu is None and mac is None:
+        return draw(st.sampled_from(["", ":"])), ()
+    text = ":" + ("" if mtu is None else str(mtu))
+    notes = () if mtu is None else (f"the MTU {mtu}",)
+    if mac is not None:
+        sep = draw(st.sampled_from([":", "-"]))
+        text += ":" + sep.join(f"{b:02x}" for b in mac)
+        notes += (f"the MAC address {':'.join(f'{b:02x}' for b in mac)}",)
+    return text, notes
+
+
+@st.composite
+def interface_ip(draw: st.DrawFn) -> tuple[str | None, object]:
+    """dracut's ip=<interface>:<method>[:[<mtu>][:<macaddr>]]."""
+    device = draw(IFNAME.filter(lambda n: not re.fullmatch(r"[0-9.]*", n)))
+    method = draw(st.sampled_from([*DHCP_WORDS, "off", "none", *OTHER_WORDS]))
+    tail, notes = draw(mtu_and_mac())
+    if method in OTHER_WORDS:
+        autoconf, notes = netconf.Autoconf.OTHER, (OTHER_WORDS[method], *notes)
+    elif method in {"off", "none"}:
+        autoconf = netconf.Autoconf.OFF
+    else:
+        autoconf = netconf.Autoconf.DHCP
+    text = f"{device}:{method}{tail}"
+    return text, netconf.IpConfig(autoconf, device=device, unsupported=notes)
+
+
+@st.composite
+def ipv6_ip(draw: st.DrawFn) -> tuple[str | None, object]:
+    """dracut's full form with IPv6 addresses in brackets: for the live system."""
+    client = str(ipaddress.IPv6Address(draw(st.integers(1, (1 << 128) - 1))))
+    gateway = draw(st.sampled_from(["", "[2001:db8::1]"]))
+    device = draw(IFNAME)
+    tail, notes = draw(mtu_and_mac())
+    text = f"[{client}]::{gateway}:64:live:{device}:none{tail}"
+    notes = (*notes, f"the IPv6 client address [{client}]") + (
+        (f"the IPv6 gateway {gateway}",) if gateway else ()
+    )
+    expected = netconf.IpConfig(netconf.Autoconf.OTHER, prefixlen=None, hostname="live",
+                                device=device, unsupported=notes)  # fmt: skip
+    return text, expected
+
+
 IP = (
     st.sampled_from(DHCP_WORDS).map(lambda w: (w, netconf.IpConfig(netconf.Autoconf.DHCP)))
     | st.sampled_from(["off", "none"]).map(lambda w: (w, netconf.IpConfig(netconf.Autoconf.OFF)))
+    | st.sampled_from(sorted(OTHER_WORDS)).map(
+        lambda w: (w, netconf.IpConfig(netconf.Autoconf.OTHER, unsupported=(OTHER_WORDS[w],)))
+    )
     | static_ip()
+    | interface_ip()
+    | ipv6_ip()
 )
-MAC = st.lists(st.integers(0, 255), min_size=6, max_size=6)
-BOOTIF = MAC.map(
-    lambda m: ("01-" + "-".join(f"{b:02X}" for b in m), ":".join(f"{b:02x}" for b in m))
-)
+BOOTIF = st.builds(
+    lambda m, prefix, sep: (prefix.replace("-", sep) + sep.join(f"{b:02X}" for b in m),
+                            ":".join(f"{b:02x}" for b in m)),
+    MAC, st.sampled_from(["01-", ""]), st.sampled_from(["-", ":"]),
+)  # fmt: skip
 HTTP_SRV = st.builds(
     lambda scheme, host, port, path, slash: (
         url := f"{scheme}://{host}{port}/{'/'.join(path)}{slash}",
@@ -308,7 +371,8 @@ FOREIGN = tuple(word for word in (
     "BOOT_IMAGE=/arch/boot/x86_64/vmlinuz-linux", "initrd=\\arch\\initramfs.img",
     "root=/dev/sda1", "ip=dhcp", "console=ttyS0,115200", "rd.debug", "nomodeset",
     "cowspace_size=1G", "cowfile_size=50%", "vga=791", "--", "=", "ARCH=i686", "Quiet",
-    "rootdelay_=x", 'foo="a b"', *sorted(cmdline.NOT_YET_SUPPORTED),
+    "rootdelay_=x", 'foo="a b"', *sorted(cmdline.NOT_YET_SUPPORTED), "aitab=aitab.x86_64",
+    "archisoflags=noatime",
 ) if word.partition("=")[0] not in BY_NAME)  # fmt: skip
 
 
@@ -483,7 +547,8 @@ def check_parse(text: str) -> Options | None:
 
 def check_cmdline_error(error: InputError, text: str) -> None:
     message = str(error)
-    given = [(k, "y" if v is None else v) for k, v in split_cmdline(text) if k in BY_NAME]
+    given = [(k, "y" if v is None else v) for k, v in split_cmdline(text)
+             if k in BY_NAME or k in cmdline.ALIASES]  # fmt: skip
     assert any(message.startswith(f"{k}={v}") for k, v in given), (message, given)
     assert_no_internal_repr(message, *(v for _, v in given))
 
@@ -508,13 +573,27 @@ def _is_device(spec: str) -> bool:
 
 def check_options(options: Options, text: str) -> None:
     """Every accepted value is one README's table accepts, and the last one given wins."""
-    last = {k: "y" if v is None else v for k, v in split_cmdline(text) if k in BY_NAME}
+    words = [(cmdline.ALIASES.get(k, k), "y" if v is None else v) for k, v in split_cmdline(text)]
+    last = {k: v for k, v in words if k in BY_NAME}
+    ips = [v for k, v in words if k == "ip"]
     for name, param in BY_NAME.items():
         value = getattr(options, param.field)
         if name not in last:
             assert value == getattr(DEFAULTS, param.field), name
             continue
         raw = last[name]
+        if name == "ip":  # every ip= counts; a bad one is a warning (no server: no error)
+            assert [c.text for c in value] == [v for v in ips if v in {c.text for c in value}]
+            for config in value:
+                check_ip(config.text, config)
+            refused = [w for w in options.warnings if w.startswith("ip=")]
+            assert len(value) + len(refused) == len(ips)
+            assert not refused or options.network_source is None
+            continue
+        if name == "BOOTIF" and value is None:  # a bad one: a warning, if no server
+            assert any(w.startswith(f"BOOTIF={raw} ") for w in options.warnings), raw
+            assert options.network_source is None
+            continue
         if name == "archisobasedir":
             assert not raw.startswith("/") and _is_relative(value) and value == raw.strip("/")
         elif name in {"archisosearchfilename", "img_loop", "cow_directory"}:
@@ -548,7 +627,8 @@ def check_options(options: Options, text: str) -> None:
         elif name == "ip":
             check_ip(raw, value)
         elif name == "BOOTIF":
-            assert re.fullmatch(r"(01-)?([0-9A-Fa-f]{2}-){5}[0-9A-Fa-f]{2}", raw)
+            mac = r"(01[-:])?[0-9A-Fa-f]{2}([-:])([0-9A-Fa-f]{2}\2){4}[0-9A-Fa-f]{2}"
+            assert re.fullmatch(mac, raw), raw
             assert value == raw[-17:].replace("-", ":").lower()
         elif name == "archiso_http_srv":
             assert re.match(r"https?://[^/?#@]+(/|$)", raw) and value.startswith(raw)
@@ -567,16 +647,24 @@ def check_options(options: Options, text: str) -> None:
 
 
 def check_ip(text: str, config: netconf.IpConfig) -> None:
-    """ip= is one of the kernel's words, or fields of which every address is an address."""
-    if ":" not in text:
-        assert text.lower() in netconf._DYNAMIC | netconf._OFF, text
+    """ip= is one of the kernel's, dracut's or systemd's words, or fields of which every
+    address is an address; what the hook cannot do is noted, and only that is."""
+    assert config.text == text
+    assert config.usable == (config.unsupported == ())
+    assert (config.autoconf is netconf.Autoconf.OTHER) <= (not config.usable)
+    if ":" not in text and not re.fullmatch(r"[0-9.]*", text):
+        words = netconf._DYNAMIC | netconf._OFF | set(OTHER_WORDS)
+        assert text.lower() in words, text
+        assert config.usable == (text.lower() not in OTHER_WORDS)
         return
-    fields = text.split(":")
-    assert len(fields) <= 10
+    fields = re.sub(r"\[[^]]*\]", "[]", text).split(":")  # IPv6 addresses: one field each
+    assert len(fields) <= 14
     for address in (config.client, config.server, config.gateway, *config.dns):
         assert address is None or str(address) in fields
     if config.autoconf is netconf.Autoconf.STATIC:
         assert config.client is not None and config.prefixlen is not None
+    for wanted in config.unsupported:
+        assert re.match(r"the (MTU|MAC address|IPv6 )|.* \(([a-z0-9-]+)\)$", wanted), wanted
 
 
 @given(st.one_of(ANY_TEXT, IP.map(lambda v: str(v[0])).flatmap(mutated).map(lambda m: m or "")))
@@ -665,7 +753,10 @@ def test_valid_command_lines_parse_to_what_they_say(line: tuple[list[Word], str]
     assert options is not None
     last = {w.key: w for w in words if w.key in BY_NAME}
     for name, word in last.items():
-        assert getattr(options, BY_NAME[name].field) == word.expected, name
+        if name != "ip":
+            assert getattr(options, BY_NAME[name].field) == word.expected, name
+    ips = tuple(w.expected for w in words if w.key == "ip")
+    assert options.ip == ips  # every ip=, in order
 
     def value_of(name: str) -> Any:
         return last[name].expected if name in last else None
@@ -710,16 +801,19 @@ def test_valid_command_lines_parse_to_what_they_say(line: tuple[list[Word], str]
         "n" if source == "http" else str(copy) if copy else "y" if source else "auto"
     )
     assert options.network_source == source
-    ip = value_of("ip")
+    usable = [ip for ip in ips if not ip.unsupported]  # the last of them configures
     assert (options.network is None) == (
-        source is None or (ip is not None and ip.autoconf is netconf.Autoconf.OFF)
+        source is None or (bool(ips) and (not usable or not usable[-1].wanted))
     )
-    uuid = value_of("archisosearchuuid")
+    if source and ips and usable and usable[-1].wanted:
+        assert options.network == usable[-1]
+    uuid, filename = value_of("archisosearchuuid"), value_of("archisosearchfilename")
     assert shown["archisosearchfilename"] == (
-        "/" + (value_of("archisosearchfilename") or f"boot/{uuid}.uuid") if uuid else None
+        "/" + (filename or f"boot/{uuid}.uuid") if uuid or filename else None
     )
     assert options.debug == any(w.key == "rd.debug" for w in words)
-    told = [w.key for w in words if w.key in cmdline.NOT_YET_SUPPORTED | set(cmdline.RENAMED)]
+    old_names = cmdline.NOT_YET_SUPPORTED | set(cmdline.RENAMED) | set(cmdline.OBSOLETE)
+    told = [w.key for w in words if w.key in old_names]
     assert [m.partition("=")[0] for m in options.warnings] == list(dict.fromkeys(told))
 
 

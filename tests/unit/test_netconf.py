@@ -75,8 +75,98 @@ def test_ip_errors_name_the_field(value: str, message: str) -> None:
 
 def test_bootif() -> None:
     assert parse_bootif("01-52-54-00-AB-cd-02") == "52:54:00:ab:cd:02"
-    with pytest.raises(InputError, match="BOOTIF=01-aa is not valid"):
-        parse_bootif("01-aa")
+    assert parse_bootif("52-54-00-ab-cd-02") == "52:54:00:ab:cd:02"  # dracut's forms
+    assert parse_bootif("52:54:00:AB:CD:02") == "52:54:00:ab:cd:02"
+    for bad in ("01-aa", "52-54:00-ab-cd-02", "02-52-54-00-ab-cd-02"):
+        with pytest.raises(InputError, match=f"BOOTIF={bad} is not valid: expected a MAC"):
+            parse_bootif(bad)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        # the kernel's, dracut's and systemd's words
+        ("single-dhcp", IpConfig(Autoconf.DHCP)),
+        ("none", IpConfig(Autoconf.OFF)),
+        ("dhcp6", IpConfig(Autoconf.OTHER, unsupported=("DHCPv6 (dhcp6)",))),
+        ("auto6", IpConfig(Autoconf.OTHER, unsupported=("IPv6 autoconfiguration (auto6)",))),
+        ("either6", IpConfig(Autoconf.OTHER,
+                             unsupported=("IPv6 autoconfiguration or DHCPv6 (either6)",))),
+        ("link6", IpConfig(Autoconf.OTHER, unsupported=("IPv6 link-local addressing (link6)",))),
+        ("link-local", IpConfig(Autoconf.OTHER,
+                                unsupported=("link-local addressing (link-local)",))),
+        ("ibft", IpConfig(Autoconf.OTHER, unsupported=("the iBFT's settings (ibft)",))),
+        # <interface>:<method>[:[<mtu>][:<macaddr>]]
+        ("eth0:dhcp", IpConfig(Autoconf.DHCP, device="eth0")),
+        ("enp1s0:on:", IpConfig(Autoconf.DHCP, device="enp1s0")),
+        ("eth0:off", IpConfig(Autoconf.OFF, device="eth0")),
+        ("eth0:dhcp6", IpConfig(Autoconf.OTHER, device="eth0", unsupported=("DHCPv6 (dhcp6)",))),
+        ("eth0:dhcp:9000", IpConfig(Autoconf.DHCP, device="eth0", unsupported=("the MTU 9000",))),
+        ("eth0:any::52:54:00:12:34:56", IpConfig(
+            Autoconf.DHCP, device="eth0",
+            unsupported=("the MAC address 52:54:00:12:34:56",))),
+        ("eth0:dhcp:1500:52-54-00-12-34-56", IpConfig(
+            Autoconf.DHCP, device="eth0",
+            unsupported=("the MTU 1500", "the MAC address 52:54:00:12:34:56"))),
+        # the full form: a prefix length for the netmask, dracut's MTU, IPv6 in brackets
+        ("10.0.2.15::10.0.2.2:24:live:eth0:none:1500", IpConfig(
+            Autoconf.STATIC, IPv4Address("10.0.2.15"), None, IPv4Address("10.0.2.2"), 24,
+            "live", "eth0", (), ("the MTU 1500",))),
+        ("[2001:db8::2]::[2001:db8::1]:64::eth0:none", IpConfig(
+            Autoconf.OTHER, device="eth0",
+            unsupported=("the IPv6 client address [2001:db8::2]",
+                         "the IPv6 gateway [2001:db8::1]"))),
+        ("10.0.2.15", IpConfig(Autoconf.STATIC, IPv4Address("10.0.2.15"), prefixlen=8)),
+    ],
+)  # fmt: skip
+def test_ip_forms_of_the_kernel_dracut_and_systemd(value: str, expected: IpConfig) -> None:
+    config = parse_ip(value)
+    assert config == expected and config.text == value
+    assert config.usable == (not expected.unsupported)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("eth0:", "ip=eth0:: autoconf '' is not valid (field 2)"),
+        ("eth0:dhcp:jumbo", "'jumbo' after the method is not an MTU and a MAC address"),
+        ("eth0:dhcp:12", "MTU '12' is not 68..65535 (field 3)"),
+        ("[2001:db8::zz]::::::none", "client address '[2001:db8::zz]' is not an IPv6 address"),
+        ("10.0.2.15:::33::::", "netmask '33' is not a prefix length, 0..32 (field 4)"),
+        ("eth0/x:dhcp", "device 'eth0/x' is not a network interface name (field 1)"),
+    ],
+)
+def test_ip_forms_that_are_not(value: str, message: str) -> None:
+    with pytest.raises(InputError) as excinfo:
+        parse_ip(value)
+    assert message in str(excinfo.value) and str(excinfo.value).startswith(f"ip={value}")
+
+
+def test_a_boot_from_a_disc_never_stops_for_ip_or_bootif() -> None:
+    options = parse_options(
+        "archisolabel=L ip=eth0:dhcp ip=dhcp6 BOOTIF=01-52-54-00-12-34-56", machine_arch=Arch.X86_64
+    )
+    assert options.warnings == ()  # forms for the live system: nothing to say
+    assert [c.text for c in options.ip] == ["eth0:dhcp", "dhcp6"]
+    assert options.bootif == "52:54:00:12:34:56" and options.network is None
+    bad = parse_options("archisolabel=L ip=eth0:bogus BOOTIF=01-aa", machine_arch=Arch.X86_64)
+    assert bad.ip == () and bad.bootif is None
+    assert bad.warnings == (
+        "ip=eth0:bogus: autoconf 'bogus' is not valid (field 2): expected off, none, on, any, "
+        "dhcp, bootp, rarp, both, dhcp6, auto6, either6, link6, link-local or ibft; ignored, "
+        "as this boot does not use the network",
+        "BOOTIF=01-aa is not valid: expected a MAC address, as in BOOTIF=01-52-54-00-12-34-56 "
+        "or BOOTIF=52:54:00:12:34:56; ignored, as this boot does not use the network",
+    )
+
+
+@pytest.mark.parametrize("bad", ["ip=eth0:bogus", "BOOTIF=01-aa", "BOOTIF=01-aa ip=dhcp"])
+def test_a_network_boot_stops_for_a_bad_ip_or_bootif(bad: str) -> None:
+    with pytest.raises(InputError, match=f"^{bad.split(maxsplit=1)[0]}[: ]"):
+        parse_options(f"{bad} archiso_http_srv=http://10.0.2.2/", machine_arch=Arch.X86_64)
+    # the last BOOTIF= decides: a good one after a bad one is taken
+    options = parse_options("BOOTIF=01-aa BOOTIF=52:54:00:12:34:56 archiso_nbd_srv=h")
+    assert options.bootif == "52:54:00:12:34:56"
 
 
 def test_servers() -> None:

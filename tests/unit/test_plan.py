@@ -8,9 +8,11 @@ from archiso_hook import dm
 from archiso_hook.aitab import parse_aitab
 from archiso_hook.cmdline import Arch, CowMode, parse_options
 from archiso_hook.errors import InputError
+from archiso_hook.netconf import Autoconf, IpConfig
 from archiso_hook.plan import (
     AttachLoop,
     BootPlan,
+    BringUpNetwork,
     CreateCowFile,
     CreateSnapshot,
     FindMedium,
@@ -22,6 +24,7 @@ from archiso_hook.plan import (
     SizeCowFiles,
     cow_need,
     cow_sizes,
+    medium_steps,
     plan_boot,
 )
 from archiso_hook.sizes import MiB
@@ -210,6 +213,64 @@ def test_search_by_uuid_or_file_is_the_medium() -> None:
     search, mount_medium = _steps_before_images("archisosearchuuid=abc rootdelay=7")
     assert search == SearchMedium("medium", "abc", "boot/abc.uuid", 7)
     assert isinstance(mount_medium, Mount) and mount_medium.source == "@medium"
+
+
+def test_search_by_file_alone_walks_the_devices() -> None:
+    # archiso accepts archisosearchfilename= without archisosearchuuid=; it wins over the label.
+    search, mount_medium = _steps_before_images(
+        "archisosearchfilename=/live/marker.id archisolabel=L rootdelay=9"
+    )
+    assert search == SearchMedium("medium", None, "live/marker.id", 9)
+    assert search.describe() == (
+        "wait up to 9 s for a device holding /live/marker.id (removable devices first, "
+        "each looked into read-only)"
+    )
+    assert isinstance(mount_medium, Mount) and mount_medium.source == "@medium"
+    data = json.loads(json.dumps(plan("archisosearchfilename=/m.id").to_json()))
+    assert data["steps"][0]["step"] == "search-medium" and data["steps"][0]["uuid"] is None
+    assert data["options"]["archisosearchfilename"] == "/m.id"
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "config"),
+    [
+        ("", IpConfig(Autoconf.DHCP)),  # no ip=: DHCP
+        ("ip=eth0:dhcp", IpConfig(Autoconf.DHCP, device="eth0")),
+        # several: the last the hook can carry out; the others are the live system's
+        ("ip=dhcp ip=eth1:dhcp6", IpConfig(Autoconf.DHCP)),
+        ("ip=eth0:dhcp ip=eth1:dhcp", IpConfig(Autoconf.DHCP, device="eth1")),
+    ],
+)
+def test_a_network_boot_configures_the_last_ip_it_can(cmdline: str, config: IpConfig) -> None:
+    (up,) = [s for s in plan(f"{cmdline} archiso_nfs_srv=10.0.2.2:/srv").steps
+             if isinstance(s, BringUpNetwork)]  # fmt: skip
+    assert up.config == config
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "message"),
+    [
+        ("ip=dhcp6", "ip=dhcp6 asks for DHCPv6 (dhcp6), which archiso-hook cannot set up to "
+                     "reach archiso_nbd_srv= (add ip=dhcp or a static IPv4 ip= for the boot;"),
+        ("ip=eth0:auto6:9000", "ip=eth0:auto6:9000 asks for IPv6 autoconfiguration (auto6), "
+                               "the MTU 9000, which"),
+        ("ip=[2001:db8::2]::[2001:db8::1]:64:live:eth0:none",
+         "asks for the IPv6 client address [2001:db8::2], the IPv6 gateway [2001:db8::1],"),
+        ("ip=eth0:dhcp::52:54:00:12:34:56", "asks for the MAC address 52:54:00:12:34:56,"),
+        ("ip=dhcp ip=off", "archiso_nbd_srv= needs the network, but ip=off turns it off"),
+    ],
+)  # fmt: skip
+def test_a_network_boot_refuses_an_ip_it_cannot_honour(cmdline: str, message: str) -> None:
+    options = parse_options(f"{cmdline} archiso_nbd_srv=10.0.2.2")  # parsing takes it...
+    with pytest.raises(InputError) as excinfo:  # ...the plan names what it cannot do
+        medium_steps(options)
+    assert message in str(excinfo.value)
+    assert options.network is None
+
+
+def test_ip_and_bootif_are_only_words_for_a_boot_from_a_disc() -> None:
+    line = "archisolabel=L ip=eth0:dhcp ip=dhcp6 BOOTIF=01-52-54-00-12-34-56 ip=eth0:auto6:1500"
+    assert [type(s).__name__ for s in medium_steps(parse_options(line))] == ["FindMedium", "Mount"]
 
 
 @pytest.mark.parametrize("cmdline", ["img_dev=/dev/vda1", "img_loop=x.iso"])

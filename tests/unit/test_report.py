@@ -136,6 +136,7 @@ def test_an_image_the_state_does_not_show_is_reported_as_not_mounted() -> None:
         ("archisolabel=L", False, "archisolabel"),
         ("archisolabel=L archisodevice=UUID=1234-5678", False, "archisodevice"),
         ("archisosearchuuid=1234-5678", False, "archisosearchuuid"),
+        ("archisosearchfilename=/live.id archisolabel=L", False, "archisosearchfilename"),
         ("img_dev=/dev/vda1 img_loop=/arch.iso", False, "img_dev"),
         ("img_dev=/dev/vda1 img_label=DATA img_loop=/arch.iso archisolabel=L", False, "img_label"),
         ("archisolabel=L", True, "already mounted"),
