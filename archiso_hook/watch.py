@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -33,6 +33,9 @@ from archiso_hook.log import Log
 from archiso_hook.plan import STATE_FILE
 from archiso_hook.sizes import human
 from archiso_hook.state import State, locked
+
+if TYPE_CHECKING:
+    from archiso_hook.nbdkeep import LinkKeeper
 
 PID_FILE = "/run/archiso/watch.pid"
 READY_FILE = "/run/archiso/watch.ready"
@@ -104,7 +107,7 @@ class Watchdog:
         self.stop = False
         self.root = RootFollower()
         # An NBD root (copytoram=n): kept connected when its server restarts.
-        self.keepers: list[Any] = []
+        self.keepers: list[LinkKeeper] = []
         if nbd_records(self.state):
             from archiso_hook import nbdkeep  # noqa: PLC0415  (only with an NBD root)
 
