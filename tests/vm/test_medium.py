@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -61,6 +63,43 @@ def test_archisosearchuuid_finds_the_marker_file_when_no_filesystem_has_the_uuid
     output = boot_and_pass(lab, "search-file", f"archisosearchuuid={marker} {CHECKS}", drives)
     assert "archiso-hook: /dev/sr0 holds /boot/3f2a7c1e-search-me.uuid" in output
     assert medium_device(output) == "/dev/sr0"
+
+
+def test_archisosearchfilename_alone_finds_the_medium_holding_the_file(lab: Lab) -> None:
+    # archiso takes archisosearchfilename= without archisosearchuuid=: the devices are
+    # searched for the file, each looked into read-only.
+    def add_marker(basedir: Path) -> None:
+        (basedir.parent / "live").mkdir()
+        (basedir.parent / "live" / "marker.id").write_text("")
+
+    media = lab.media("search-filename-alone", edit=add_marker)
+    other = lab.media("sample")  # a disk with a filesystem, without the file
+    drives = [Drive(other.iso, kind="virtio"), Drive(media.iso, kind="ide-cdrom")]
+    append = f"archisosearchfilename=/live/marker.id {CHECKS}"
+    output = boot_and_pass(lab, "search-filename-alone", append, drives)
+    assert "archiso-hook: /dev/sr0 holds /live/marker.id" in output
+    assert medium_device(output) == "/dev/sr0"
+    assert "no boot medium given" not in output
+
+
+def test_a_cd_boot_takes_ip_and_bootif_for_the_live_system(lab: Lab) -> None:
+    # dracut's and PXELINUX's forms, common on command lines for the live system's own
+    # network: the boot from the disc neither stops, nor warns, nor waits for a network.
+    media = lab.media("sample")
+    append = (
+        f"archisolabel={SAMPLE_LABEL} ip=eth0:dhcp BOOTIF=01-52-54-00-12-34-56 "
+        f"lab.check=write,files,status,bootreport"
+    )
+    output = boot_and_pass(lab, "cd-ip-bootif", append, [Drive(media.iso, kind="ide-cdrom")])
+    assert "archiso-hook: live root ready at /new_root" in output
+    assert "archiso-hook: warning:" not in output and "archiso-hook: error:" not in output
+    assert "network interface" not in output and "DHCP" not in output  # none was brought up
+    assert medium_device(output) == "/dev/sr0"
+    (block,) = re.findall(r"LAB-BOOTREPORT-BEGIN\r?\n(.*?)LAB-BOOTREPORT-END", output, re.S)
+    report = json.loads(block)
+    assert report["warnings"] == []
+    assert report["parameters"]["BOOTIF"] == "52:54:00:12:34:56"
+    assert [ip["device"] for ip in report["parameters"]["ip"]] == ["eth0"]
 
 
 def test_archisosearchuuid_prefers_the_filesystem_with_that_uuid(lab: Lab) -> None:
