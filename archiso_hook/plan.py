@@ -350,8 +350,18 @@ class BootPlan:
         }
 
     def describe(self) -> str:
-        source = self.options.network_source
-        where = f"{source} server" if source else self.options.medium
+        source, search = self.options.network_source, self.options.search_file
+        where = (
+            f"{source} server"
+            if source
+            else "the device holding the ISO file"
+            if self.options.iso_device and self.options.img_loop
+            else f"the filesystem with UUID {self.options.search_uuid}, or holding /{search}"
+            if search and self.options.search_uuid
+            else f"the device holding /{search}"
+            if search
+            else self.options.medium
+        )
         lines = [f"boot plan for {self.options.arch}: medium {where}, new root {self.newroot}"]
         lines += [f"{i:3d}. {step.describe()}" for i, step in enumerate(self.steps, start=1)]
         return "\n".join(lines)

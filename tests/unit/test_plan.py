@@ -226,6 +226,8 @@ def test_search_by_file_alone_walks_the_devices() -> None:
         "each looked into read-only)"
     )
     assert isinstance(mount_medium, Mount) and mount_medium.source == "@medium"
+    described = plan("archisosearchfilename=/m.id archisolabel=L").describe()
+    assert described.startswith("boot plan for x86_64: medium the device holding /m.id,")
     data = json.loads(json.dumps(plan("archisosearchfilename=/m.id").to_json()))
     assert data["steps"][0]["step"] == "search-medium" and data["steps"][0]["uuid"] is None
     assert data["options"]["archisosearchfilename"] == "/m.id"
