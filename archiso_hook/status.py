@@ -7,7 +7,7 @@ from typing import Any
 
 from archiso_hook import dm, pidfile, syscalls
 from archiso_hook.errors import HookError
-from archiso_hook.plan import STATE_FILE
+from archiso_hook.plan import COWSPACE, STATE_FILE
 from archiso_hook.sizes import human
 from archiso_hook.state import State
 
@@ -35,6 +35,7 @@ def collect(state_file: str = STATE_FILE) -> dict[str, Any]:
         "cow_policy": state.cow,
         "leftovers": len(state.leftovers),
         "watch": _watchdog(),
+        **_system(state.cow.get("space") or COWSPACE),
     }
     mapper: dm.DeviceMapper | None = None
     try:
@@ -77,22 +78,50 @@ def collect(state_file: str = STATE_FILE) -> dict[str, Any]:
 
 
 def _watchdog(pid_file: str = "/run/archiso/watch.pid") -> dict[str, Any]:
-    """The watchdog's pid, whether it runs, and what memory it takes (VmRSS)."""
+    """The watchdog's pid, whether it runs, and what it costs: its memory (RSS), CPU
+    time and scheduler state, from psutil."""
+    import psutil  # noqa: PLC0415  (status only: the boot and the watchdog never load it)
+
     try:
         pid, start = pidfile.read(pid_file)
     except (OSError, ValueError):
         return {"running": False}
     if not pidfile.names_running(pid, start):
         return {"pid": pid, "running": False}
-    rss = None
     try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    rss = int(line.split()[1]) * 1024
-    except OSError:
+        process = psutil.Process(pid)
+        with process.oneshot():
+            rss = process.memory_info().rss
+            cpu = process.cpu_times()
+            state = process.status()
+    except psutil.Error:
         return {"pid": pid, "running": False}
-    return {"pid": pid, "running": True, "rss_bytes": rss}
+    return {
+        "pid": pid,
+        "running": True,
+        "rss_bytes": rss,
+        "cpu_seconds": round(cpu.user + cpu.system, 2),
+        "state": state,
+    }
+
+
+def _system(space: str) -> dict[str, Any]:
+    """The machine's memory, and the COW space's filesystem when it is mounted."""
+    import psutil  # noqa: PLC0415
+
+    memory = psutil.virtual_memory()
+    out: dict[str, Any] = {
+        "memory": {"total_bytes": memory.total, "available_bytes": memory.available}
+    }
+    if syscalls.is_mountpoint(space):
+        usage = psutil.disk_usage(space)
+        out["cowspace"] = {
+            "path": space,
+            "total_bytes": usage.total,
+            "used_bytes": usage.used,
+            "free_bytes": usage.free,
+        }
+    return out
 
 
 def _public(res: dict[str, Any]) -> dict[str, Any]:
@@ -174,10 +203,23 @@ def format_text(status: dict[str, Any]) -> str:
             else "growth off"
         )
         lines.append(
-            f"  watch    pid {watch['pid']}, {human(watch['rss_bytes'] or 0)} RSS, {growth}"
+            f"  watch    pid {watch['pid']} ({watch['state']}), {human(watch['rss_bytes'])} "
+            f"RSS, {watch['cpu_seconds']:g} s CPU, {growth}"
         )
     elif status.get("cow_policy"):
         lines.append("  watch    NOT RUNNING: COW files will not grow, nor warn when full")
+    memory = status.get("memory")
+    if memory:
+        lines.append(
+            f"  memory   {human(memory['available_bytes'])} available of "
+            f"{human(memory['total_bytes'])}"
+        )
+    space = status.get("cowspace")
+    if space:
+        lines.append(
+            f"  cowspace {space['path']:<28} {human(space['used_bytes'])} used of "
+            f"{human(space['total_bytes'])}, {human(space['free_bytes'])} free"
+        )
     for device in status.get("device_mapper", {}).get("devices", []):
         if not device["ours"]:
             lines.append(f"  other dm /dev/mapper/{device['name']:<17} {device['devno']}")

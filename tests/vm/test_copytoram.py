@@ -33,6 +33,11 @@ def test_copytoram_and_checksum_then_the_stick_is_pulled_out(lab: Lab) -> None:
     assert "checksums match" in output
     assert "archiso-hook: released the medium: it can be removed now" in output
     (report,) = status_reports(output)
+    # psutil's view, from the frozen hook in the live system.
+    assert 0 < report["memory"]["available_bytes"] < report["memory"]["total_bytes"]
+    assert report["cowspace"]["path"] == "/run/archiso/cowspace"
+    assert report["watch"]["running"] and report["watch"]["rss_bytes"] > 0
+    assert report["watch"]["state"] in ("sleeping", "running")
     targets = [m["target"] for m in report["mounts"]]
     assert "/run/archiso/bootmnt" not in targets and "/run/archiso/copytoram" in targets
     assert all(
