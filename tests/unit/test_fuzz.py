@@ -25,7 +25,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple, ParamSpec
+from typing import Any, NamedTuple, ParamSpec, cast
 
 import attrs
 import pytest
@@ -247,7 +247,7 @@ def mtu_and_mac(draw: st.DrawFn) -> tuple[str, tuple[str, ...]]:
     if mtu is None and mac is None:
         return draw(st.sampled_from(["", ":"])), ()
     text = ":" + ("" if mtu is None else str(mtu))
-    notes = () if mtu is None else (f"the MTU {mtu}",)
+    notes: tuple[str, ...] = () if mtu is None else (f"the MTU {mtu}",)
     if mac is not None:
         sep = draw(st.sampled_from([":", "-"]))
         text += ":" + sep.join(f"{b:02x}" for b in mac)
@@ -353,6 +353,8 @@ VALID: dict[str, st.SearchStrategy[tuple[str | None, object]]] = {
     ),
     "copytoram_size": SIZE,
     "checksum": st.sampled_from([(None, True), *FLAG_WORDS.items()]),
+    "verify": st.sampled_from([(None, True), *FLAG_WORDS.items()]),
+    "cms_verify": st.sampled_from([(None, True), *FLAG_WORDS.items()]),
     "dm_snap_prefix": _same(PREFIX),
     "rootdelay": st.integers(0, 86400).map(lambda n: (str(n), n)),
     "quiet": st.sampled_from([(None, True), *FLAG_WORDS.items()]),
@@ -616,7 +618,8 @@ def check_options(options: Options, text: str) -> None:
             assert raw in COPY_WORDS and value == cmdline.CopyMode(COPY_WORDS[raw])
         elif name == "cow_persistent":
             assert raw in {"N", "P", "PO"} and value == CowMode(raw)
-        elif name in {"cow_reset", "quiet", "checksum", "cow_grow", "copy_resolvconf"}:
+        elif name in {"cow_reset", "quiet", "checksum", "verify", "cms_verify", "cow_grow",
+                      "copy_resolvconf"}:  # fmt: skip
             assert raw in FLAG_WORDS and value is FLAG_WORDS[raw], name
         elif name == "cow_chunksize":
             assert _decimal_is(raw, value) and 1 <= value <= 1 << 21 and value & (value - 1) == 0
@@ -755,7 +758,7 @@ def test_valid_command_lines_parse_to_what_they_say(line: tuple[list[Word], str]
     for name, word in last.items():
         if name != "ip":
             assert getattr(options, BY_NAME[name].field) == word.expected, name
-    ips = tuple(w.expected for w in words if w.key == "ip")
+    ips = tuple(cast(netconf.IpConfig, w.expected) for w in words if w.key == "ip")
     assert options.ip == ips  # every ip=, in order
 
     def value_of(name: str) -> Any:
