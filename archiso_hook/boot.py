@@ -50,6 +50,7 @@ from archiso_hook.plan import (
     SearchMedium,
     SizeCowFiles,
     Step,
+    VerifySignatures,
     cow_need,
     cow_sizes,
     medium_steps,
@@ -233,6 +234,7 @@ class Boot:
             Mount: self._mount,
             MakeDirectory: self._make_directory,
             PrepareImages: self._prepare_images,
+            VerifySignatures: self._verify_signatures,
             Remount: self._remount,
             SearchMedium: self._search_medium,
             AttachLoop: self._attach_loop,
@@ -598,7 +600,28 @@ class Boot:
         self.state.timings["prepare_images_seconds"] = round(seconds, 3)
         if copy:
             self.image_paths.update((job.source, str(job.destination)) for job in jobs)
+            for job in jobs:  # what vouches for each image goes along (verify=)
+                for suffix in step.companions:
+                    _copy_small(job.source + suffix, f"{job.destination}{suffix}")
             self._release_medium()
+
+    def _verify_signatures(self, step: VerifySignatures) -> None:
+        """verify=/cms_verify=: every image, as it will be used (its copy in RAM if one
+        was made), before anything is mounted from it."""
+        from archiso_hook import signatures  # noqa: PLC0415  (only with verify= or cms_verify=)
+
+        start = time.monotonic()
+        for image in step.images:
+            used = self.image_paths.get(image, image)  # its signatures went along
+            if step.gpg:
+                signer = signatures.check_gpg(used)
+                self.log.info(f"{used}: good GPG signature by {signer}")
+            if step.cms:
+                signatures.check_cms(used)
+                self.log.info(f"{used}: good CMS signature by {signatures.CODESIGN_CERT}")
+        self.log.info(
+            f"signatures checked: {len(step.images)} image(s) in {time.monotonic() - start:.1f} s"
+        )
 
     def _check_aitab(self, path: str, data: bytes) -> None:
         """checksum=y: the aitab too, when the medium's checksum.<arch>.md5 (or
@@ -747,6 +770,7 @@ class Boot:
             step.root,
             self.log,
             require_checksums=step.require_checksums,
+            signatures=step.signatures,
         )
         seconds = time.monotonic() - start
         total = sum(f.size for f in fetched)
@@ -995,6 +1019,19 @@ class Boot:
                 "cannot be used",
                 hint=cowfile.RESET_HINT if step.mode is not CowMode.N else None,
             )
+
+
+def _copy_small(source: str, destination: str, limit: int = 1 << 20) -> None:
+    """A signature file beside an image, copied along to RAM if the medium has it."""
+    try:
+        with open(source, "rb") as f:
+            data = f.read(limit + 1)
+    except FileNotFoundError:
+        return  # its absence is for the signature check to report
+    if len(data) > limit:
+        raise HookError(f"{source} has more than {human(limit)}: not a signature")
+    with open(destination, "wb") as f:
+        f.write(data)
 
 
 def _unmount(target: str) -> None:

@@ -76,6 +76,18 @@ class BuildResult:
 
 
 @attrs.frozen
+class Signing:
+    """Detached signatures beside each image, for verify= and cms_verify= at boot.
+
+    `gpg_key`: a key of the caller's GnuPG keyring (GNUPGHOME, else ~/.gnupg) that signs
+    `<image>.sig`. `cms`: a code-signing certificate and its private key (PEM) that sign
+    `<image>.cms.sig` (DER), as mkarchiso signs with `openssl cms -sign`."""
+
+    gpg_key: str | None = None
+    cms: tuple[Path, Path] | None = None
+
+
+@attrs.frozen
 class BootOptions:
     """What makes the medium boot by itself (`archiso-hook build --boot ...`).
 
@@ -108,6 +120,7 @@ def build(
     label: str | None = None,
     boot: BootOptions | None = None,
     checksum_layout: str = "image",
+    signing: Signing | None = None,
     log: Log = print,
 ) -> BuildResult:
     """Build the images `aitab` lists for `arches` (default: all) from `src` into `out`.
@@ -187,6 +200,9 @@ def build(
             images.append(_build_image(ctx, job, media / job.entry.arch))
     if checksum_layout == "archiso-2011":
         images = write_checksums_2011(media, images, log)
+    if signing is not None:
+        for image in images:
+            sign_image(image.path, signing, log)
 
     for files in boot_files:
         place_boot_files(files, out / loaders.boot_dir(basedir, files.arch), log)
@@ -456,6 +472,25 @@ def _mksquashfs(ctx: _Context, src: Path, dst: Path, comp: str) -> None:
     if ctx.root_owned:
         argv.append("-all-root")
     run_tool(argv, ctx.log)
+
+
+def sign_image(image: Path, signing: Signing, log: Log) -> None:
+    """`<image>.sig` and/or `<image>.cms.sig`, as `signing` asks."""
+    if signing.gpg_key is not None:
+        home = os.environ.get("GNUPGHOME") or os.path.expanduser("~/.gnupg")
+        run_tool(
+            ["gpg", "--batch", "--yes", "--quiet", "--local-user", signing.gpg_key,
+             "--detach-sign", "--output", f"{image}.sig", str(image)],
+            log, env={"GNUPGHOME": home, "HOME": os.path.expanduser("~")},
+        )  # fmt: skip
+    if signing.cms is not None:
+        cert, key = signing.cms
+        run_tool(
+            ["openssl", "cms", "-sign", "-binary", "-noattr", "-in", str(image),
+             "-signer", str(cert), "-inkey", str(key), "-outform", "DER",
+             "-out", f"{image}.cms.sig"],
+            log,
+        )  # fmt: skip
 
 
 CHECKSUM_LAYOUTS = ("image", "archiso-2011")

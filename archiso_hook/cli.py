@@ -15,6 +15,7 @@ from archiso_hook.errors import HookError, InputError, printable
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from archiso_hook.builder import Signing
     from archiso_hook.log import Log
 
 EPILOG_PLAN = """example:
@@ -151,6 +152,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             label=args.label,
             boot=boot,
             checksum_layout=args.checksum_layout,
+            signing=_signing(args),
             log=log,
         )
     except OSError as e:  # the output cannot be written: a full disk, a read-only place
@@ -161,6 +163,27 @@ def cmd_build(args: argparse.Namespace) -> int:
     if result.iso:
         print(result.iso)
     return 0
+
+
+def _signing(args: argparse.Namespace) -> Signing | None:
+    """--sign-gpg KEY and --sign-cms CERT,KEY."""
+    import os  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    from archiso_hook.builder import Signing  # noqa: PLC0415
+
+    if args.sign_gpg is None and args.sign_cms is None:
+        return None
+    cms = None
+    if args.sign_cms is not None:
+        cert, comma, key = args.sign_cms.partition(",")
+        if not comma or not cert or not key:
+            raise InputError(f"--sign-cms {args.sign_cms}: expected CERT,KEY")
+        for path in (cert, key):
+            if not os.path.isfile(path):
+                raise InputError(f"--sign-cms: {path} is not a file")
+        cms = (Path(cert), Path(key))
+    return Signing(gpg_key=args.sign_gpg, cms=cms)
 
 
 def _boot_spec(spec: str) -> tuple[str, tuple[Path, Path]]:
@@ -441,6 +464,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="where to lay out <basedir>/<arch>/ images")
     p.add_argument("--basedir", default="arch", help="directory on the medium (default: arch)")
+    p.add_argument(
+        "--sign-gpg",
+        metavar="KEY",
+        help="sign each image with this GnuPG key (GNUPGHOME): <image>.sig, for verify=y",
+    )
+    p.add_argument(
+        "--sign-cms",
+        metavar="CERT,KEY",
+        help="sign each image with this code-signing certificate and key (PEM): "
+        "<image>.cms.sig, for cms_verify=y",
+    )
     p.add_argument(
         "--checksum-layout",
         choices=("image", "archiso-2011"),

@@ -339,6 +339,12 @@ PARAMETERS: tuple[Parameter, ...] = (
     P("checksum", "checksum", _flag("checksum"), "bare word or y | n",
       "verify every image (and the aitab, when listed) against its checksum file before "
       "it is used: <img>.sha512, <stem>.sha512 or .md5, or checksum.<arch>.md5"),
+    P("verify", "verify", _flag("verify"), "bare word or y | n",
+      "check each image's GPG signature, <img>.sig, with the keys built into the "
+      "initramfs (ARCHISO_GNUPG_FD), before anything is mounted from it"),
+    P("cms_verify", "cms_verify", _flag("cms_verify"), "bare word or y | n",
+      "check each image's CMS signature, <img>.cms.sig, with the certificate built into "
+      "the initramfs (ARCHISO_TLS_FD, ARCHISO_TLSCA_FD), before anything is mounted"),
     P("dm_snap_prefix", "dm_snap_prefix", _prefix, "A-Z a-z 0-9 _ . + -",
       "prefix of the device-mapper names, /dev/mapper/<prefix>_<image>"),
     P("rootdelay", "rootdelay", _seconds, "seconds",
@@ -373,7 +379,7 @@ _BY_NAME = {p.name: p for p in PARAMETERS}
 
 # Nothing archiso accepted is dropped silently. Parameters this version does not act on
 # yet, said out loud:
-NOT_YET_SUPPORTED = frozenset({"verify", "cms_verify"})
+NOT_YET_SUPPORTED: frozenset[str] = frozenset()
 # Old names whose meaning changed with the new name: a warning names the new one.
 RENAMED = {"cowspace_size": "cow_spacesize", "cowfile_size": "cow_spacesize"}
 # Old names of parameters that mean the same today: honoured, with a warning to rename.
@@ -428,6 +434,8 @@ class Options:
     copytoram: CopyMode | None = None  # None: not given (see copy_mode)
     copytoram_size: Size = DEFAULT_COPYTORAM_SIZE
     checksum: bool = False
+    verify: bool = False
+    cms_verify: bool = False
     dm_snap_prefix: str = "arch"
     rootdelay: int = 30
     quiet: bool = False

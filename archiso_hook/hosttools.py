@@ -35,6 +35,8 @@ TOOL_PACKAGES: dict[str, tuple[str, str]] = {
     "lz4": ("lz4", "lz4"),
     "lzop": ("lzop", "lzop"),
     "bzip2": ("bzip2", "bzip2"),
+    "gpg": ("gpg", "gnupg"),
+    "openssl": ("openssl", "openssl"),
 }
 _SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Tools see only this (plus what a call adds): no locale, TZ or SOURCE_DATE_EPOCH surprises

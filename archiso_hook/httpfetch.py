@@ -349,9 +349,12 @@ def fetch_medium(
     log: Log,
     *,
     require_checksums: bool,
+    signatures: tuple[str, ...] = (),
 ) -> list[Fetched]:
     """Fetch `<base_url><basedir>/aitab` and the images it lists for `arch` (and `any`),
-    with their checksum files, into `root` laid out as on a medium."""
+    with their checksum files, into `root` laid out as on a medium; and beside each image
+    its signature files (`signatures`: their suffixes) when the server has them, for
+    verify= and cms_verify= to check."""
     base = f"{base_url}{basedir}"
     os.makedirs(f"{root}/{basedir}", exist_ok=True)
     aitab_path = f"{root}/{basedir}/aitab"
@@ -399,6 +402,9 @@ def fetch_medium(
                 seen=seen,
             )
         )
+        for suffix in signatures:
+            url = f"{base}/{entry.arch}/{entry.filename}{suffix}"
+            _maybe(url, f"{root}/{basedir}/{entry.arch}/{entry.filename}{suffix}", log)
     return results
 
 

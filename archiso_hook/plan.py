@@ -85,6 +85,8 @@ class PrepareImages:
     copy_to: str
     copy_size: Size  # tmpfs size= of the copy
     verify: bool
+    # Files beside each image that go along to RAM: the signatures verify= checks there.
+    companions: tuple[str, ...] = ()
 
     def describe(self) -> str:
         what = []
@@ -101,6 +103,26 @@ class PrepareImages:
         if self.verify:
             what.append("verify each against its .sha512 (or .md5) file, before any is used")
         return "; ".join(what)
+
+
+@attrs.frozen
+class VerifySignatures:
+    """verify= and cms_verify=: each image's detached signature against the keys built
+    into the initramfs, before anything is mounted from it (the copy in RAM, if any)."""
+
+    images: tuple[str, ...]  # on the medium, in aitab order
+    lines: tuple[int, ...]
+    gpg: bool
+    cms: bool
+
+    def describe(self) -> str:
+        kinds = " and ".join(
+            k for k, on in (("GPG (<img>.sig)", self.gpg), ("CMS (<img>.cms.sig)", self.cms)) if on
+        )
+        return (
+            f"check the {kinds} signature of each of the {len(self.images)} image(s) against "
+            "the keys built into the initramfs, before any is used"
+        )
 
 
 # copytoram=auto copies only what is safe and useful, as archiso does (2e6dfe5, bedd24d).
@@ -245,11 +267,13 @@ class FetchHttp:
     arch: str
     root: str
     require_checksums: bool
+    signatures: tuple[str, ...] = ()  # suffixes of the signature files fetched beside each
 
     def describe(self) -> str:
+        signed = f" and {', '.join(self.signatures)} signatures" if self.signatures else ""
         return (
             f"fetch {self.url}{self.basedir}/aitab and the images for {self.arch} (and any), "
-            f"with their checksum files, into {self.root}; verify those that have one"
+            f"with their checksum files{signed}, into {self.root}; verify those that have one"
         )
 
 
@@ -276,7 +300,8 @@ class MountNfs:
 
 
 Step = (
-    BringUpNetwork
+    VerifySignatures
+    | BringUpNetwork
     | FetchHttp
     | AttachNbd
     | MountNfs
@@ -457,7 +482,12 @@ def network_medium_steps(options: Options, mount_medium: Mount) -> tuple[Step, .
             up,
             Mount("httpspace", BOOTMNT, "tmpfs", read_only=False, options=space),
             FetchHttp(
-                options.http_srv, options.basedir, str(options.arch), BOOTMNT, options.checksum
+                options.http_srv,
+                options.basedir,
+                str(options.arch),
+                BOOTMNT,
+                options.checksum,
+                signatures=(".sig",) * options.verify + (".cms.sig",) * options.cms_verify,
             ),
         )
     if options.nbd_srv is not None:
@@ -570,6 +600,16 @@ def plan_boot(
                 copy_to=COPYTORAM,
                 copy_size=options.copytoram_size,
                 verify=verify,
+                companions=(".sig",) * options.verify + (".cms.sig",) * options.cms_verify,
+            )
+        )
+    if options.verify or options.cms_verify:
+        steps.append(
+            VerifySignatures(
+                images=tuple(i.path for i in images),
+                lines=tuple(i.entry.line for i in images),
+                gpg=options.verify,
+                cms=options.cms_verify,
             )
         )
     snapshots = [i for i in images if i.entry.type.snapshot]

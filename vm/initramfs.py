@@ -41,6 +41,7 @@ PROJECT_HOOKS = REPO / "initcpio"
 #: Creates the i386 build root and runs commands in it.
 I386_ROOT_TOOL = REPO / "tools" / "i386-root"
 _NO_ENV: Mapping[str, str] = MappingProxyType({})
+_NO_FDS: Mapping[str, Path] = MappingProxyType({})
 
 
 class InitramfsError(RuntimeError):
@@ -58,6 +59,7 @@ def build_initramfs(
     compression: Literal["zstd", "none"] = "zstd",
     builddir: Path | None = None,
     chroot: Path | None = None,
+    fds: Mapping[str, Path] = _NO_FDS,
 ) -> Path:
     """Build `out` with HOOKS `hooks` for `kernel` and return `out`.
 
@@ -67,6 +69,9 @@ def build_initramfs(
     `run_hook`). `builddir` keeps the build root there (it must not exist or be empty).
     mkinitramfs's output (and the build time) is written next to the image as
     `<out>.log`.
+
+    `fds`: files handed to the install hooks as open descriptors, each named by its
+    variable (mkarchiso's ARCHISO_GNUPG_FD, ARCHISO_TLS_FD, ARCHISO_TLSCA_FD).
 
     `chroot` (a root made by `tools/i386-root create`) runs mkinitramfs in that root
     with this repository, the kernel's module tree, the hook directories, the output's
@@ -112,15 +117,21 @@ def build_initramfs(
             wrapper += ["-e", f"{name}={value}"]
         cmd = [*wrapper, "--", *cmd]
     started = time.monotonic()
-    proc = subprocess.run(
-        cmd,
-        env={**os.environ, **env, "LC_ALL": "C"},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        check=False,
-    )
+    opened = {name: os.open(path, os.O_RDONLY) for name, path in fds.items()}
+    try:
+        proc = subprocess.run(
+            cmd,
+            env={**os.environ, **env, **{k: str(fd) for k, fd in opened.items()}, "LC_ALL": "C"},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            check=False,
+            pass_fds=tuple(opened.values()),
+        )
+    finally:
+        for fd in opened.values():
+            os.close(fd)
     seconds = time.monotonic() - started
     log = out.with_name(out.name + ".log")
     log.write_text(

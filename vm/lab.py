@@ -40,6 +40,27 @@ def pxe_initramfs(
     return _staged_initramfs(kernel, PXE_HOOKS, out, env=env)
 
 
+def signing_initramfs(
+    kernel: Kernel,
+    out: Path,
+    *,
+    gpg_keys: Path | None = None,
+    cert: Path | None = None,
+    ca: Path | None = None,
+) -> Path:
+    """HOOKS=(base udev archiso) with the keys verify= and cms_verify= check signatures
+    against, handed to the install hook as mkarchiso hands them: open descriptors in
+    ARCHISO_GNUPG_FD (public keys), ARCHISO_TLS_FD and ARCHISO_TLSCA_FD."""
+    fds = {
+        name: path
+        for name, path in (
+            ("ARCHISO_GNUPG_FD", gpg_keys), ("ARCHISO_TLS_FD", cert), ("ARCHISO_TLSCA_FD", ca)
+        )
+        if path is not None
+    }  # fmt: skip
+    return _staged_initramfs(kernel, HOOKS, out, fds=fds)
+
+
 def archiso_initramfs_i686(kernel: Kernel, out: Path | None = None) -> Path:
     """HOOKS=(base udev archiso) for Debian's 686 `kernel`, built inside the i386 root
     (`make stage` makes it, tools/i386-root) as archiso builds i686 images in an i686
@@ -52,8 +73,10 @@ def _staged_initramfs(
     kernel: Kernel,
     hooks: tuple[str, ...],
     out: Path,
+    *,
     chroot: Path | None = None,
     env: Mapping[str, str] | None = None,
+    fds: Mapping[str, Path] | None = None,
 ) -> Path:
     staged_hook()
     return build_initramfs(
@@ -63,4 +86,5 @@ def _staged_initramfs(
         hook_dirs=[STAGE / "usr/lib/initcpio"],
         env={"ARCHISO_HOOK_SYSROOT": str(STAGE), **(env or {})},
         chroot=chroot,
+        fds=fds or {},
     )

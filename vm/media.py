@@ -10,7 +10,7 @@ from pathlib import Path
 
 import attrs
 
-from archiso_hook.builder import build, make_iso
+from archiso_hook.builder import Signing, build, make_iso
 from vm import REPO, lab_dir
 from vm.liveroot import make_liveroot, write_manifest
 
@@ -78,6 +78,7 @@ def build_media(
     basedir: str = "arch",
     edit: Callable[[Path], None] | None = None,
     checksum_layout: str = "image",
+    signing: Signing | None = None,
     log: Callable[[str], None] = lambda line: None,
 ) -> Media:
     """Build the images of `aitab` from `src` and an ISO of them in lab_dir()/media/<name>.
@@ -92,7 +93,13 @@ def build_media(
     (work / "aitab").write_text(aitab)
     tree = work / "tree"
     result = build(
-        work / "aitab", src, tree, basedir=basedir, checksum_layout=checksum_layout, log=log
+        work / "aitab",
+        src,
+        tree,
+        basedir=basedir,
+        checksum_layout=checksum_layout,
+        signing=signing,
+        log=log,
     )
     if edit is not None:
         edit(tree / basedir)

@@ -107,13 +107,13 @@ def test_keys_that_are_not_ours_are_ignored() -> None:
     assert options.warnings == ()
 
 
-def test_archiso_parameters_not_yet_supported_are_said_not_dropped() -> None:
-    options = parse_options("verify cms_verify cowspace_size=1G verify=y", machine_arch=X86)
+def test_signature_checks_are_asked_as_archiso_asks_them() -> None:
+    options = parse_options("verify cms_verify=y cowspace_size=1G", machine_arch=X86)
+    assert (options.verify, options.cms_verify) == (True, True)
     assert options.warnings == (
-        "verify= is not supported by this version of archiso-hook; ignored",
-        "cms_verify= is not supported by this version of archiso-hook; ignored",
         "cowspace_size= is an old archiso parameter; use cow_spacesize= instead",
     )
+    assert not parse_options("verify=n", machine_arch=X86).verify
 
 
 def test_old_archiso_parameters_are_honoured_or_said_what_to_use() -> None:

@@ -600,3 +600,20 @@ def test_archisos_2011_layout_on_a_server(
     with pytest.raises(HookError, match=rf"^{url}arch/aitab is corrupt: its md5 is "):
         httpfetch.fetch_medium(url, "arch", "x86_64", str(tmp_path / "o2"), log(),
                                require_checksums=False)  # fmt: skip
+
+
+def test_signature_files_are_fetched_beside_their_images(
+    server: tuple[str, type[Handler]], tmp_path: Path
+) -> None:
+    url, handler = server
+    medium(handler)
+    (handler.root / "arch/x86_64/root.fs.sfs.sig").write_bytes(b"a signature")
+    out = tmp_path / "out"
+    out.mkdir()
+    httpfetch.fetch_medium(
+        url, "arch", "x86_64", str(out), log(), require_checksums=False,
+        signatures=(".sig", ".cms.sig"),
+    )  # fmt: skip
+    assert (out / "arch/x86_64/root.fs.sfs.sig").read_bytes() == b"a signature"
+    # One the server lacks is for verify= to report, with the image's name.
+    assert not (out / "arch/x86_64/root.fs.sfs.cms.sig").exists()

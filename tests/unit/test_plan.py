@@ -22,6 +22,7 @@ from archiso_hook.plan import (
     Remount,
     SearchMedium,
     SizeCowFiles,
+    VerifySignatures,
     cow_need,
     cow_sizes,
     medium_steps,
@@ -167,6 +168,18 @@ def test_network_plans_are_json_too(cmdline: str) -> None:
     if "nfs" in cmdline:
         (nfs,) = [s for s in data["steps"] if s["step"] == "mount-nfs"]
         assert nfs["export"] == {"host": "10.0.2.2", "path": "/srv/archiso"}
+
+
+def test_signatures_are_checked_after_the_copy_and_before_anything_is_attached() -> None:
+    steps = plan("archisolabel=A verify cms_verify=y copytoram=y").steps
+    names = [type(s).__name__ for s in steps]
+    check = names.index("VerifySignatures")
+    assert names[check - 1] == "PrepareImages" and "AttachLoop" not in names[:check]
+    (verify,) = [s for s in steps if isinstance(s, VerifySignatures)]
+    assert (verify.gpg, verify.cms, len(verify.images)) == (True, True, 3)
+    prepare = steps[check - 1]
+    assert getattr(prepare, "companions", None) == (".sig", ".cms.sig")  # they go along
+    assert not any(isinstance(s, VerifySignatures) for s in plan("archisolabel=A").steps)
 
 
 def test_cow_need_covers_every_chunk_and_persistent_metadata() -> None:
