@@ -89,11 +89,13 @@ RECORDS: dict[str, dict[str, Check]] = {
            "cow": _device("loop"), "mode": _text, "chunk_sectors": _count, "table": _text,
            "cow_file": _path, "cow_need": _count},
     "net": {"interface": _text, "address": _text, "how": _text},
-    "nbd": {"device": _device("nbd"), "server": _text, "export": _text},
+    "nbd": {"device": _device("nbd"), "server": _text, "export": _text, "address": _text,
+            "port": _count, "size": _count, "timeout": _count},
     "file": {"path": _path, "apparent_bytes": _count, "kept": _flag},
 }  # fmt: skip
 # Older hooks did not record these; a record without them is still whole.
-OPTIONAL = {("mount", "read_only"), ("mount", "live_path")}
+OPTIONAL = {("mount", "read_only"), ("mount", "live_path"), ("nbd", "address"),
+            ("nbd", "port"), ("nbd", "size"), ("nbd", "timeout")}  # fmt: skip
 
 
 def check_record(record: Any) -> str | None:

@@ -15,7 +15,6 @@ own shutdown stops it before taking the snapshots down.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import signal
@@ -236,8 +235,14 @@ def nbd_records(state: State) -> list[dict[str, Any]]:
 
 
 def run_foreground(log: Log, interval: float) -> int:
-    with contextlib.suppress(FileNotFoundError):
+    try:
         state = State.load()
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as e:  # never a traceback: say it, and do nothing
+        log.error(f"watch: cannot read the boot's state, nothing to watch: {e}")
+        return 1
+    else:
         if not state.cow and not nbd_records(state):
             log.info("watch: no snapshot in RAM to watch, no NBD root to keep connected")
             return 0

@@ -109,3 +109,20 @@ def test_whatever_fails_the_shutdown_still_returns(monkeypatch: pytest.MonkeyPat
         out.getvalue()
     )
     assert os.getpid() != 1
+
+
+def test_the_watchdog_on_a_corrupt_state_says_so_and_stops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from archiso_hook import watch  # noqa: PLC0415
+    from archiso_hook.state import State  # noqa: PLC0415
+
+    def corrupt(path: str = "") -> None:
+        raise ValueError("/run/archiso/state.json is not a state file: it names no new root")
+
+    monkeypatch.setattr(State, "load", staticmethod(corrupt))
+    log, out = _log()
+    assert watch.run_foreground(log, 0.25) == 1
+    assert "watch: cannot read the boot's state, nothing to watch: /run/archiso/state.json is" in (
+        out.getvalue()
+    )
