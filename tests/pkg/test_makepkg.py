@@ -199,11 +199,13 @@ def test_package_metadata(built: Built) -> None:
     assert ("license", "GPL-3.0-or-later") in info
     assert ("arch", "x86_64") in info
     assert {v for k, v in info if k == "depend"} == {"glibc", "mkinitcpio", "systemd-libs"}
-    # what `archiso-hook build --iso` runs, as hosttools names its Arch packages
+    # what `archiso-hook build --iso` (and --sign-*) runs, as hosttools names its Arch
+    # packages; gnupg and openssl also put gpgv and openssl into a verifying initramfs
     optional = {v.split(":")[0] for k, v in info if k == "optdepend"}
     assert optional == {"squashfs-tools", "e2fsprogs", "libisoburn", "syslinux", "grub",
-                        "dosfstools", "mtools"}  # fmt: skip
-    for tool in ("mksquashfs", "mke2fs", "xorriso", "grub-mkimage", "mkfs.fat", "mcopy"):
+                        "dosfstools", "mtools", "gnupg", "openssl"}  # fmt: skip
+    for tool in ("mksquashfs", "mke2fs", "xorriso", "grub-mkimage", "mkfs.fat", "mcopy",
+                 "gpg", "openssl"):  # fmt: skip
         assert TOOL_PACKAGES[tool][1] in optional, tool
     assert ("conflict", "mkinitcpio-archiso") in info
     pyproject = (TREE / "pyproject.toml").read_text()
