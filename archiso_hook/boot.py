@@ -19,7 +19,7 @@ import attrs
 from archiso_hook import cowfile, dm, fsprobe, lookonly, loop, medium, syscalls
 from archiso_hook.aitab import parse_aitab
 from archiso_hook.cmdline import CopyMode, CowMode, Options
-from archiso_hook.errors import HookError, InputError, KernelError, printable
+from archiso_hook.errors import HookError, InputError, KernelError, exit_code, printable
 from archiso_hook.klog import KernelLogWindow
 from archiso_hook.log import Log
 from archiso_hook.mountopts import parse_mount_options
@@ -114,7 +114,7 @@ def report_failure(log: Log, exc: Exception, *, debug: bool) -> int:
             log.error(printable("the kernel said: " + " | ".join(exc.kernel_log[-3:])))
         if exc.hint:
             log.error(printable(f"hint: {exc.hint}"))
-        return 2 if isinstance(exc, InputError) else 1
+        return exit_code(exc)
     log.error(
         printable(
             f"internal error: {type(exc).__name__}: {exc} (please report it; with rd.debug on "
@@ -1036,24 +1036,24 @@ def _copy_small(source: str, destination: str, limit: int = 1 << 20) -> None:
 
 def _unmount(target: str) -> None:
     """Unmount; a briefly busy mount (udev probing) gets a few retries, then a lazy detach."""
-    for _ in range(5):
-        try:
-            syscalls.umount(target)
-            return
-        except KernelError as e:
-            if e.errno != errno.EBUSY:
-                raise
-            time.sleep(0.1)
-    syscalls.umount(target, syscalls.MNT_DETACH)
+    _busy_retried(
+        lambda: syscalls.umount(target), lambda: syscalls.umount(target, syscalls.MNT_DETACH)
+    )
 
 
 def _remove_mapping(mapper: dm.DeviceMapper, name: str) -> None:
+    """Remove; a briefly open device gets a few retries, then a deferred remove."""
+    _busy_retried(lambda: mapper.remove(name), lambda: mapper.remove(name, deferred=True))
+
+
+def _busy_retried(action: Callable[[], None], last_resort: Callable[[], None]) -> None:
+    """`action`, tried 5 times 0.1 s apart while the kernel says EBUSY; then `last_resort`."""
     for _ in range(5):
         try:
-            mapper.remove(name)
+            action()
             return
         except KernelError as e:
             if e.errno != errno.EBUSY:
                 raise
             time.sleep(0.1)
-    mapper.remove(name, deferred=True)
+    last_resort()

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from archiso_hook import __version__
-from archiso_hook.errors import HookError, InputError, printable
+from archiso_hook.errors import HookError, exit_code, printable
 
 
 def read_cmdline(path: str = "/proc/cmdline") -> str:
@@ -95,7 +95,7 @@ def fast(argv: Sequence[str]) -> int | None:
         code = mount(argv[1], argv[2:])
     except HookError as e:
         print(f"archiso-hook: error: {printable(str(e))}", file=sys.stderr)
-        code = 2 if isinstance(e, InputError) else 1
+        code = exit_code(e)
     except KeyboardInterrupt:
         code = 130
     except Exception as e:  # noqa: BLE001

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from archiso_hook import __version__
 from archiso_hook.bootcmd import read_cmdline
-from archiso_hook.errors import HookError, InputError, printable
+from archiso_hook.errors import HookError, InputError, exit_code, printable
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -536,7 +536,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except HookError as e:
         print(f"archiso-hook: error: {printable(str(e))}", file=sys.stderr)
-        return 2 if isinstance(e, InputError) else 1
+        return exit_code(e)
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # noqa: BLE001

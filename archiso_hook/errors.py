@@ -30,6 +30,11 @@ class InputError(HookError):
     """Bad input from the user: the command line, an aitab, an argument."""
 
 
+def exit_code(error: HookError) -> int:
+    """The status a command exits with for `error`: 2 for bad input, 1 for the rest."""
+    return 2 if isinstance(error, InputError) else 1
+
+
 class KernelError(HookError):
     """A system call or ioctl failed; carries the errno and what the kernel logged."""
 

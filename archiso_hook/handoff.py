@@ -16,6 +16,7 @@ import time
 
 from archiso_hook import pidfile
 from archiso_hook.log import Log
+from archiso_hook.plan import STATE_FILE
 from archiso_hook.sizes import human
 from archiso_hook.watch import ARGV0, PID_FILE, READY_FILE, run_foreground
 
@@ -23,7 +24,6 @@ SHUTDOWN_ROOT = "/run/initramfs"
 # Not needed to shut down: the modules are loaded by then (as mkinitcpio's shutdown).
 SKIP = ("/usr/lib/modules",)
 WATCH_INTERVAL = 0.25  # seconds, as `archiso-hook watch`
-STATE_FILE = "/run/archiso/state.json"
 # Written when `mount` did the handoff: the runtime hook's cleanup then has nothing to do.
 HANDED_OFF = "/run/archiso/handoff.done"
 

@@ -8,8 +8,9 @@ dependencies as `modprobe` would (`ModuleIndex.probe_list`) and hands each to th
 with finit_module(2) (`LiveKernel`). Everything but `LiveKernel` is pure: the kernel is
 injected, so resolution and load order are testable without loading anything.
 
-Not read, unlike modprobe: modprobe.d configuration (aliases, options, blacklists, install
-commands) and module options from the kernel command line.
+Module options given on the kernel command line (`loop.max_loop=16`) are applied as
+modprobe applies them (`cmdline_module_options`). Not read, unlike modprobe: modprobe.d
+configuration (aliases, options, blacklists, install commands).
 """
 
 from __future__ import annotations
