@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
@@ -13,6 +11,7 @@ from archiso_hook.bootcmd import read_cmdline
 from archiso_hook.errors import HookError, InputError, exit_code, printable
 
 if TYPE_CHECKING:
+    import argparse
     from pathlib import Path
 
     from archiso_hook.builder import Signing
@@ -70,21 +69,6 @@ More: /usr/share/doc/archiso-hook/README.md
 """
 
 
-class _Formatter(argparse.HelpFormatter):
-    """Text laid out by hand (examples) is kept as it is; the rest is wrapped."""
-
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        if "\n" in text:
-            return "".join(indent + line for line in text.splitlines(keepends=True))
-        return super()._fill_text(text, width, indent)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        """Bad usage is bad input: one line and exit 2, like every other input error."""
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
 def cmd_plan(args: argparse.Namespace) -> int:
     from archiso_hook.aitab import parse_aitab  # noqa: PLC0415
     from archiso_hook.cmdline import Arch, parse_options  # noqa: PLC0415
@@ -100,6 +84,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         raise InputError(f"cannot read {args.aitab}: {e.strerror}") from None
     plan = plan_boot(options, parse_aitab(text, args.aitab), newroot=args.newroot)
     if args.json:
+        import json  # noqa: PLC0415
+
         print(json.dumps(plan.to_json(), indent=2))
     else:
         for warning in options.warnings:
@@ -118,6 +104,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     from archiso_hook import status  # noqa: PLC0415
 
     report = status.collect(args.state)
+    import json  # noqa: PLC0415
+
     print(json.dumps(report, indent=2) if args.json else status.format_text(report))
     return 0
 
@@ -327,6 +315,21 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse  # noqa: PLC0415  (never on a boot's path: see boot_command)
+
+    class _Formatter(argparse.HelpFormatter):
+        """Text laid out by hand (examples) is kept as it is; the rest is wrapped."""
+
+        def _fill_text(self, text: str, width: int, indent: str) -> str:
+            if "\n" in text:
+                return "".join(indent + line for line in text.splitlines(keepends=True))
+            return super()._fill_text(text, width, indent)
+
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            """Bad usage is bad input: one line and exit 2, like every other input error."""
+            self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
     parser = _Parser(
         prog="archiso-hook",
         description="Early-userspace boot hook for archiso-style live media: finds the medium,\n"
@@ -403,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--interval",
         type=float,
-        default=0.25,
+        default=WATCH_INTERVAL,
         metavar="SECONDS",
         help="how often to look, besides device-mapper events (default 0.25)",
     )
@@ -423,9 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the snapshots and detach the loop devices, then power off, reboot or halt",
         EPILOG_SHUTDOWN,
     )
-    p.add_argument(
-        "verb", nargs="?", default="poweroff", choices=["poweroff", "reboot", "halt", "kexec"]
-    )
+    p.add_argument("verb", nargs="?", default="poweroff", choices=list(SHUTDOWN_VERBS))
 
     p = add(
         "transfer",
@@ -530,10 +531,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SHUTDOWN_VERBS = ("poweroff", "reboot", "halt", "kexec")
+
+
+def boot_command(argv: Sequence[str]) -> Callable[[], int] | None:
+    """The commands a boot runs, as the hooks run them, read without argparse (whose
+    import every boot would pay for arguments always given the same way); None for
+    anything else, which the full parser reads (with --help and its errors)."""
+    match list(argv):
+        case ["mount", newroot, *overrides] if not newroot.startswith("-") and all(
+            "=" in word and not word.startswith("-") for word in overrides
+        ):
+            from archiso_hook.bootcmd import mount  # noqa: PLC0415
+
+            return lambda: mount(newroot, overrides)
+        case ["handoff"]:
+            from archiso_hook import handoff  # noqa: PLC0415
+
+            return lambda: handoff.run(boot_log())
+        case ["shutdown", *verbs] if len(verbs) <= 1 and set(verbs) <= set(SHUTDOWN_VERBS):
+            from archiso_hook import shutdown  # noqa: PLC0415
+
+            verb = verbs[0] if verbs else "poweroff"
+            return lambda: shutdown.run(verb, boot_log())
+        case ["watch", "--foreground"]:
+            from archiso_hook import watch  # noqa: PLC0415
+
+            return lambda: watch.run_foreground(boot_log(), WATCH_INTERVAL)
+    return None
+
+
+WATCH_INTERVAL = 0.25  # seconds, `watch --interval`'s default
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = boot_command(argv)
+    if command is None:
+        args = build_parser().parse_args(argv)
+        command = lambda: args.func(args)  # noqa: E731
     try:
-        return int(args.func(args))
+        return int(command())
     except HookError as e:
         print(f"archiso-hook: error: {printable(str(e))}", file=sys.stderr)
         return exit_code(e)

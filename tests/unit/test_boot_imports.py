@@ -1,11 +1,21 @@
-"""What the boot and the watchdog load: never psutil (it costs the boot its import,
-about a quarter of a second under emulation, and the watchdog 2 MiB of RSS), nor
-pyroute2 on a disk boot. Only `archiso-hook status` loads psutil."""
+"""What a boot loads, by structure: the commands the hooks run (`mount`, `handoff`,
+`watch --foreground`, `shutdown VERB`) are read without argparse, and the modules they
+run import none of what a disk boot does not need. Each import costs every boot (under
+emulation a tenth of a second and more), and psutil the watchdog 2 MiB of RSS for the
+whole session; `archiso-hook status` is what loads psutil.
+
+The probe is a fresh interpreter without `site` (as the frozen hook starts: no .pth
+files, no editable-install finder importing pathlib), with the venv's packages on its
+path."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import sysconfig
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
 
 # Every module a disk boot runs, from `mount` to the handoff, the watchdog and the shutdown.
 BOOT_PATH = (
@@ -13,25 +23,49 @@ BOOT_PATH = (
     "archiso_hook.release", "archiso_hook.handoff", "archiso_hook.watch",
     "archiso_hook.shutdown", "archiso_hook.report",
 )  # fmt: skip
+# What a disk boot never needs: the builder and its tools, the network stack, psutil.
+FORBIDDEN = (
+    "argparse", "subprocess", "hashlib", "pathlib", "socket", "asyncio", "tempfile",
+    "shutil", "psutil", "pyroute2", "archiso_hook.builder", "archiso_hook.httpfetch",
+)  # fmt: skip
+BOOT_ARGV = (
+    ["mount", "/new_root"], ["mount", "/new_root", "archisobasedir=arch"], ["handoff"],
+    ["watch", "--foreground"], ["shutdown"], ["shutdown", "reboot"],
+)  # fmt: skip
 
 
 def loaded_after(code: str) -> set[str]:
-    """The top-level packages a fresh interpreter has loaded after running `code`."""
-    probe = f"{code}\nimport sys\nprint(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    """The modules a fresh interpreter without site has loaded after running `code`."""
+    probe = (
+        f"import sys\nsys.path[:0] = [{str(REPO)!r}, {sysconfig.get_paths()['purelib']!r}]\n"
+        f"{code}\nprint(' '.join(sorted(sys.modules)))"
+    )
     result = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+        [sys.executable, "-S", "-c", probe], capture_output=True, text=True, check=True
     )
     return set(result.stdout.split())
 
 
-def test_the_boot_path_loads_neither_psutil_nor_pyroute2() -> None:
-    loaded = loaded_after("\n".join(f"import {module}" for module in BOOT_PATH))
-    assert "archiso_hook" in loaded
-    assert "psutil" not in loaded
-    assert "pyroute2" not in loaded
+def test_the_boot_path_loads_nothing_a_disk_boot_does_not_need() -> None:
+    code = "\n".join(f"import {module}" for module in BOOT_PATH)
+    code += "\nfrom archiso_hook.cli import boot_command\n"
+    code += "\n".join(f"assert boot_command({argv!r}) is not None" for argv in BOOT_ARGV)
+    loaded = loaded_after(code)
+    assert "archiso_hook.boot" in loaded
+    assert [module for module in FORBIDDEN if module in loaded] == []
 
 
-def test_status_does() -> None:
-    # The same probe sees psutil when it is loaded: the test above can fail.
-    loaded = loaded_after("from archiso_hook import status\nstatus._system('/nonexistent')")
-    assert "psutil" in loaded
+def test_other_commands_and_usage_go_to_the_full_parser() -> None:
+    from archiso_hook.cli import boot_command  # noqa: PLC0415
+
+    for argv in (["mount"], ["mount", "--help"], ["mount", "/new_root", "-x"],
+                 ["shutdown", "sleep"], ["watch"], ["status"], ["handoff", "x"]):  # fmt: skip
+        assert boot_command(argv) is None, argv
+
+
+def test_the_probe_sees_what_is_loaded() -> None:
+    # The same probe sees argparse and psutil when they are loaded: the test above can fail.
+    loaded = loaded_after(
+        "from archiso_hook import cli, status\ncli.build_parser()\nstatus._system('/nonexistent')"
+    )
+    assert {"argparse", "psutil"} <= loaded
