@@ -20,6 +20,7 @@ import contextlib
 import enum
 import errno
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,7 +29,9 @@ from archiso_hook.errors import HookError, KernelError
 from archiso_hook.log import Log
 from archiso_hook.plan import DM_UUID_PREFIX
 
-ROUNDS = 6
+ROUNDS = 16
+PATIENCE = 4  # rounds without progress, WAIT apart, before a lazy unmount and the end
+WAIT = 0.2
 
 
 class Outcome(enum.Enum):
@@ -203,12 +206,15 @@ class Releaser:
 def release(
     records: list[dict[str, Any]], log: Log, moved: Sequence[tuple[str, str]] = ()
 ) -> list[dict[str, Any]]:
-    """Release every record, newest first, in rounds until a round changes nothing
-    (a mount goes before the loop under it, which may take a second round); the
-    records still set up at the end. Each record must have passed state.check_record."""
+    """Release every record, newest first, in rounds (a mount goes before the loop
+    under it, which may take a second round); a round that releases nothing is tried
+    again after WAIT (udev may hold a device for a moment), the last time unmounting
+    lazily. The records still set up at the end; each must have passed
+    state.check_record."""
     pending = list(records)
     releaser = Releaser(log, moved)
     reasons: dict[int, str] = {}
+    stuck = 0  # rounds in a row that released nothing
     try:
         for _ in range(ROUNDS):
             still, progress = [], False
@@ -227,10 +233,15 @@ def release(
                     still.append(record)
                     reasons[id(record)] = what
             pending = list(reversed(still))
-            if not pending or (not progress and releaser.lazy):
+            if not pending:
                 break
-            if not progress:  # one more round, unmounting lazily what is busy
+            stuck = 0 if progress else stuck + 1
+            if stuck > PATIENCE:
+                break
+            if stuck == PATIENCE:  # a last round, unmounting lazily what is still busy
                 releaser.lazy = True
+            elif stuck:  # busy for a moment (udev probing a device): wait, then again
+                time.sleep(WAIT)
         for record in pending:
             log.warning(f"could not release {reasons[id(record)]}")
         return pending

@@ -126,3 +126,27 @@ def test_the_watchdog_on_a_corrupt_state_says_so_and_stops(
     assert "watch: cannot read the boot's state, nothing to watch: /run/archiso/state.json is" in (
         out.getvalue()
     )
+
+
+def test_release_takes_only_what_is_still_the_hooks(tmp_path: Path) -> None:
+    """COW files and mounts, from their records: what a killed hook's retry releases."""
+    made, kept, link = tmp_path / "made.cow", tmp_path / "kept.cow", tmp_path / "link.cow"
+    made.write_bytes(b"x")
+    kept.write_bytes(b"y")
+    link.symlink_to(kept)
+    records = [
+        {"kind": "file", "path": str(kept), "apparent_bytes": 1, "kept": True},
+        {"kind": "file", "path": str(made), "apparent_bytes": 1, "kept": False},
+        {"kind": "file", "path": str(link), "apparent_bytes": 1, "kept": False},
+        {"kind": "file", "path": str(tmp_path / "gone.cow"), "apparent_bytes": 1, "kept": False},
+        {"kind": "mount", "target": str(tmp_path / "not-mounted"), "source": "/dev/loop9",
+         "fstype": "squashfs", "read_only": True, "live_path": None},
+    ]  # fmt: skip
+    log, out = _log()
+    assert release.release(records, log) == []
+    assert not made.exists()  # made by the hook: removed
+    assert kept.read_bytes() == b"y" and link.is_symlink()  # the user's, and not a file
+    assert f"released: removed {made}" in out.getvalue()
+    assert f"not releasing {link} (not a regular file): it is no longer the hook's" in (
+        out.getvalue()
+    )
