@@ -577,6 +577,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_code(e)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (`plan | head`): nothing to report
+        import os  # noqa: PLC0415
+
+        # What is still buffered for stdout must not fail again when Python exits.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a shell reports a command ended by SIGPIPE
     except Exception as e:  # noqa: BLE001
         print(
             f"archiso-hook: internal error: {type(e).__name__}: {e} (please report it)",

@@ -142,7 +142,10 @@ def start_watch(log: Log, *, from_copy: bool) -> None:
     if wait_ready(pid):
         log.info(f"started the watchdog (pid {pid}) in {time.monotonic() - start:.2f} s")
     else:
-        log.warning("the watchdog did not start: COW files will not grow, nor warn when they fill")
+        log.warning(
+            "the watchdog did not start: COW files will not grow, nor warn when they fill, "
+            "and an NBD root will not reconnect if its server restarts"
+        )
 
 
 def after_mount(log: Log) -> None:

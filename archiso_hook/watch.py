@@ -117,14 +117,12 @@ class Watchdog:
             threading.Thread(target=self._events, args=(snapshot.name,), daemon=True).start()
         for keeper in self.keepers:
             keeper.start()
-        self.log.info(
-            f"watching {len(self.snapshots)} snapshot(s); growth "
-            + (
-                f"up to {human(self.policy['grow_max'])} of RAM"
-                if self.policy.get("grow")
-                else "off"
-            )
+        growth = (
+            f"up to {human(self.policy['grow_max'])} of RAM" if self.policy.get("grow") else "off"
         )
+        what = [f"{len(self.snapshots)} snapshot(s); growth {growth}"] if self.snapshots else []
+        what += [f"{k.link.device} on {k.link.server}" for k in self.keepers]
+        self.log.info("watching " + ", ".join(what or ["nothing"]))
         while not self.stop:
             if self.root.follow():
                 self.log.info("watch: followed the switch into the live system")

@@ -110,3 +110,21 @@ def test_an_error_stays_one_line_whatever_the_value_holds(tmp_path: Path) -> Non
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "\x1b" not in result.stderr
     assert "cow_chunksize=7\\n\\x1b[2J is not valid" in result.stderr
+
+
+def test_a_reader_that_goes_away_is_not_an_error(tmp_path: Path) -> None:
+    """`archiso-hook plan | head`: stdout is a pipe whose reader has gone."""
+    aitab = tmp_path / "aitab"
+    aitab.write_text("root / x86_64 xz ext4 50%\n")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # gone before the first byte: every write fails with EPIPE
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "archiso_hook", "plan", "--aitab", str(aitab),
+             "--cmdline", "archisolabel=A"],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert result.stderr == ""  # no `internal error: BrokenPipeError`
+    assert result.returncode == 141
