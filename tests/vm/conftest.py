@@ -16,7 +16,7 @@ import pytest
 from vm import lab_dir
 from vm.initramfs import build_initramfs
 from vm.kernel import Kernel, fetch_kernel
-from vm.lab import archiso_initramfs, staged_hook
+from vm.lab import archiso_initramfs, pxe_initramfs, staged_hook
 from vm.media import STAGE, Media, build_media, make_sources
 from vm.qemu import SEABIOS, Drive, Firmware, Guest, Nic
 
@@ -97,6 +97,27 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     initrd = archiso_initramfs(kernel)
     src = make_sources(tmp_path_factory.mktemp("sources"), hook_tree=hook)
     yield Lab(kernel, initrd, src)
+
+
+@pytest.fixture(scope="module")
+def pxe(lab: Lab) -> Path:
+    """The initramfs with the network boot hooks (archiso_pxe_*)."""
+    return pxe_initramfs(lab.kernel)
+
+
+@pytest.fixture(scope="module")
+def media(lab: Lab) -> Media:
+    """The sample medium, as the network boots serve it."""
+    return lab.media("sample")
+
+
+#: What ends a network boot: the live root's verdict, or mkinitcpio's emergency shell.
+NET_DONE = r"LAB: (PASS|FAIL)|Falling back to interactive prompt"
+
+
+def hook_lines(output: str) -> list[str]:
+    """What the hook printed on the console, without its `archiso-hook: ` tag."""
+    return [m.group(1) for m in re.finditer(r"archiso-hook: (.*?)\r?$", output, re.M)]
 
 
 def status_reports(output: str) -> list[dict[str, Any]]:

@@ -9,11 +9,9 @@ shutdown take over what is recorded, and the machine always powers off.
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
-from tests.vm.conftest import SHELL_PROMPT, Lab, leak_report
+from tests.vm.conftest import SHELL_PROMPT, Lab, hook_lines, leak_report
 from vm.media import SAMPLE_LABEL
 from vm.qemu import Drive
 
@@ -29,10 +27,6 @@ KILL_HALF_WAY = (
     "until dmesg | grep -q 'archiso-hook: attached '; do usleep 20000; done; "
     "kill -9 $!; wait; echo KILLED-$((1+1))"
 )
-
-
-def hook_lines(output: str) -> list[str]:
-    return [m.group(1) for m in re.finditer(r"archiso-hook: (.*?)\r?$", output, re.M)]
 
 
 def test_the_hook_killed_half_way_then_mount_from_the_emergency_shell(lab: Lab) -> None:

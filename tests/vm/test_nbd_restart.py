@@ -12,30 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.vm.conftest import Lab, status_reports
-from vm.lab import pxe_initramfs
+from tests.vm.conftest import NET_DONE, Lab, hook_lines, status_reports
 from vm.media import Media
 from vm.qemu import SERVER_ADDR, Nic, lab_mac
 from vm.servers import NbdServer
 
 pytestmark = pytest.mark.vm
 
-DONE = r"LAB: (PASS|FAIL)|Falling back to interactive prompt"
 SERVER = rf"{re.escape(SERVER_ADDR)}:10809"
-
-
-@pytest.fixture(scope="module")
-def pxe(lab: Lab) -> Path:
-    return pxe_initramfs(lab.kernel)
-
-
-@pytest.fixture(scope="module")
-def media(lab: Lab) -> Media:
-    return lab.media("sample")
-
-
-def hook_lines(output: str) -> list[str]:
-    return [m.group(1) for m in re.finditer(r"archiso-hook: (.*?)\r?$", output, re.M)]
 
 
 def test_an_nbd_root_survives_its_server_restarting(lab: Lab, pxe: Path, media: Media) -> None:
@@ -66,7 +50,7 @@ def test_an_nbd_root_survives_its_server_restarting(lab: Lab, pxe: Path, media: 
                 r"\(\d+ attempt\(s\)\): export 'archiso', [0-9.]+ MiB as at boot",
                 timeout=120,
             )
-            guest.expect(DONE, timeout=300)
+            guest.expect(NET_DONE, timeout=300)
             output = guest.output
         opened = server.connections().count("open")
     assert "LAB: PASS" in output, output[-3000:]

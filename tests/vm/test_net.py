@@ -22,9 +22,11 @@ from pathlib import Path
 import pytest
 
 from tests.vm.conftest import (
+    NET_DONE,
     SHELL_PROMPT,
     Lab,
     fails_cleanly,
+    hook_lines,
     leak_report,
     power_off,
     status_reports,
@@ -39,17 +41,6 @@ from vm.tlsca import CertificateAuthority
 pytestmark = pytest.mark.vm
 
 CHECKS = "lab.check=files,status"
-DONE = r"LAB: (PASS|FAIL)|Falling back to interactive prompt"
-
-
-@pytest.fixture(scope="module")
-def pxe(lab: Lab) -> Path:
-    return pxe_initramfs(lab.kernel)
-
-
-@pytest.fixture(scope="module")
-def media(lab: Lab) -> Media:
-    return lab.media("sample")
 
 
 def _image_files(initrd: Path) -> set[str]:
@@ -75,12 +66,8 @@ def test_openssl_is_only_in_images_that_boot_from_the_network(lab: Lab, pxe: Pat
     assert "usr/lib/udev/rules.d/59-archiso-hook-loop.rules" in disk & network
 
 
-def hook_lines(output: str) -> list[str]:
-    return [m.group(1) for m in re.finditer(r"archiso-hook: (.*?)\r?$", output, re.M)]
-
-
 def boot_ok(guest: Guest, timeout: float = 360) -> list[str]:
-    guest.expect(DONE, timeout=timeout)
+    guest.expect(NET_DONE, timeout=timeout)
     output = guest.output
     assert "LAB: PASS" in output, output[-3000:]
     return hook_lines(output)
