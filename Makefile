@@ -87,7 +87,7 @@ CJK_CODECS := big5 big5hkscs cp932 cp949 cp950 euc_jis_2004 euc_jisx0213 euc_jp 
 # PyInstaller --onedir: a directory tree, no unpacking at each start (see README).
 # Modules the hook never imports at boot are excluded to keep the initramfs small
 # (not unittest: pyroute2's rtnetlink socket imports unittest.mock at its top). pyroute2's
-# package __init__ is never run (archiso_hook/net.py), so the parts only it imports (NDB,
+# package __init__ is never run (archiso_hook/boot/net.py), so the parts only it imports (NDB,
 # nftables, wireless, socket diagnostics with psutil, ...) are left out too.
 # The same options for every architecture. PYTHONPATH: this tree's archiso_hook, also when
 # the venv's editable install points to another copy (makepkg builds in its srcdir).
@@ -123,15 +123,15 @@ $(shell mkdir -p $(BUILD) && { echo '$(PYINSTALLER_OPTS)' | cmp -s - $(PYI_OPTIO
 # not deflated: the initramfs's own compression does better over the whole (7.9 rather
 # than 8.2 MiB) and nothing is inflated at each start.
 # attrs-methods.marshal: the methods attrs generates, compiled by the interpreter that is
-# frozen (archiso_hook/precompiled.py), with -OO as the frozen hook runs.
+# frozen (archiso_hook/boot/precompiled.py), with -OO as the frozen hook runs.
 $(FROZEN)/archiso-hook: $(VENV)/.stamp $(PY_SOURCES) $(PYI_HOOKS)
 	rm -rf $(FROZEN) $(BUILD)/pyinstaller
 	mkdir -p $(BUILD)/pyinstaller
 	PYTHONHASHSEED=0 PYTHONPATH=$(CURDIR) PYTHONDONTWRITEBYTECODE=1 $(VENV)/bin/python -OO \
-		-m archiso_hook.precompiled $(BUILD)/pyinstaller/attrs-methods.marshal
+		-m archiso_hook.boot.precompiled $(BUILD)/pyinstaller/attrs-methods.marshal
 	PYTHONHASHSEED=0 PYINSTALLER_ZLIB_COMPRESSION_LEVEL=0 PYTHONPATH=$(CURDIR) \
 		$(VENV)/bin/pyinstaller $(PYINSTALLER_OPTS) \
-		--add-data $(CURDIR)/$(BUILD)/pyinstaller/attrs-methods.marshal:archiso_hook \
+		--add-data $(CURDIR)/$(BUILD)/pyinstaller/attrs-methods.marshal:archiso_hook/boot \
 		--distpath $(BUILD)/frozen --workpath $(BUILD)/pyinstaller \
 		--specpath $(BUILD)/pyinstaller archiso_hook/__main__.py
 	@touch $@
@@ -151,12 +151,12 @@ $(FROZEN_I686)/archiso-hook: $(I386_ROOT)/.complete $(PY_SOURCES) $(PYI_HOOKS)
 	tools/i386-root run $(I386_ROOT) -b $(CURDIR) -C $(CURDIR) -e PYTHONHASHSEED=0 \
 		-e PYTHONPATH=$(CURDIR) -e PYTHONDONTWRITEBYTECODE=1 -- \
 		/opt/archiso-hook-venv/bin/python -OO \
-		-m archiso_hook.precompiled $(BUILD)/pyinstaller-i686/attrs-methods.marshal
+		-m archiso_hook.boot.precompiled $(BUILD)/pyinstaller-i686/attrs-methods.marshal
 	tools/i386-root run $(I386_ROOT) -b $(CURDIR) -C $(CURDIR) -e PYTHONHASHSEED=0 \
 		-e SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) -e PYTHONPATH=$(CURDIR) \
 		-e PYINSTALLER_ZLIB_COMPRESSION_LEVEL=0 -- \
 		/opt/archiso-hook-venv/bin/pyinstaller $(PYINSTALLER_OPTS) \
-		--add-data $(CURDIR)/$(BUILD)/pyinstaller-i686/attrs-methods.marshal:archiso_hook \
+		--add-data $(CURDIR)/$(BUILD)/pyinstaller-i686/attrs-methods.marshal:archiso_hook/boot \
 		--distpath $(BUILD)/frozen-i686 --workpath $(BUILD)/pyinstaller-i686 \
 		--specpath $(BUILD)/pyinstaller-i686 archiso_hook/__main__.py
 	@touch $@

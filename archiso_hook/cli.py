@@ -7,14 +7,14 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from archiso_hook import __version__
-from archiso_hook.bootcmd import read_cmdline
+from archiso_hook.boot.bootcmd import read_cmdline
 from archiso_hook.errors import HookError, InputError, exit_code, printable
 
 if TYPE_CHECKING:
     import argparse
     from pathlib import Path
 
-    from archiso_hook.builder import Signing
+    from archiso_hook.build.builder import Signing
     from archiso_hook.log import Log
 
 EPILOG_PLAN = """example:
@@ -95,13 +95,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    from archiso_hook.bootcmd import mount  # noqa: PLC0415
+    from archiso_hook.boot.bootcmd import mount  # noqa: PLC0415
 
     return mount(args.newroot, args.set)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from archiso_hook import status  # noqa: PLC0415
+    from archiso_hook.live import status  # noqa: PLC0415
 
     report = status.collect(args.state)
     import json  # noqa: PLC0415
@@ -113,7 +113,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     from pathlib import Path  # noqa: PLC0415
 
-    from archiso_hook.builder import BootOptions, build  # noqa: PLC0415
+    from archiso_hook.build.builder import BootOptions, build  # noqa: PLC0415
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -158,7 +158,7 @@ def _signing(args: argparse.Namespace) -> Signing | None:
     import os  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
-    from archiso_hook.builder import Signing  # noqa: PLC0415
+    from archiso_hook.build.builder import Signing  # noqa: PLC0415
 
     if args.sign_gpg is None and args.sign_cms is None:
         return None
@@ -190,7 +190,7 @@ def _transfer_urls(args: argparse.Namespace, log: Log) -> int:
     import os  # noqa: PLC0415
     import time  # noqa: PLC0415
 
-    from archiso_hook import httpfetch  # noqa: PLC0415
+    from archiso_hook.boot import httpfetch  # noqa: PLC0415
     from archiso_hook.sizes import human  # noqa: PLC0415
 
     if not all("://" in image for image in args.images):
@@ -247,19 +247,19 @@ def boot_log() -> Log:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from archiso_hook import watch  # noqa: PLC0415
+    from archiso_hook.live import watch  # noqa: PLC0415
 
     return watch.run_foreground(boot_log(), args.interval)
 
 
 def cmd_handoff(args: argparse.Namespace) -> int:
-    from archiso_hook import handoff  # noqa: PLC0415
+    from archiso_hook.boot import handoff  # noqa: PLC0415
 
     return handoff.run(boot_log())
 
 
 def cmd_shutdown(args: argparse.Namespace) -> int:
-    from archiso_hook import shutdown  # noqa: PLC0415
+    from archiso_hook.live import shutdown  # noqa: PLC0415
 
     return shutdown.run(args.verb, boot_log())
 
@@ -268,7 +268,8 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     import os  # noqa: PLC0415
     import time  # noqa: PLC0415
 
-    from archiso_hook import checksums, transfer  # noqa: PLC0415
+    from archiso_hook import checksums  # noqa: PLC0415
+    from archiso_hook.boot import transfer  # noqa: PLC0415
     from archiso_hook.log import Log  # noqa: PLC0415
     from archiso_hook.sizes import human  # noqa: PLC0415
 
@@ -542,20 +543,20 @@ def boot_command(argv: Sequence[str]) -> Callable[[], int] | None:
         case ["mount", newroot, *overrides] if not newroot.startswith("-") and all(
             "=" in word and not word.startswith("-") for word in overrides
         ):
-            from archiso_hook.bootcmd import mount  # noqa: PLC0415
+            from archiso_hook.boot.bootcmd import mount  # noqa: PLC0415
 
             return lambda: mount(newroot, overrides)
         case ["handoff"]:
-            from archiso_hook import handoff  # noqa: PLC0415
+            from archiso_hook.boot import handoff  # noqa: PLC0415
 
             return lambda: handoff.run(boot_log())
         case ["shutdown", *verbs] if len(verbs) <= 1 and set(verbs) <= set(SHUTDOWN_VERBS):
-            from archiso_hook import shutdown  # noqa: PLC0415
+            from archiso_hook.live import shutdown  # noqa: PLC0415
 
             verb = verbs[0] if verbs else "poweroff"
             return lambda: shutdown.run(verb, boot_log())
         case ["watch", "--foreground"]:
-            from archiso_hook import watch  # noqa: PLC0415
+            from archiso_hook.live import watch  # noqa: PLC0415
 
             return lambda: watch.run_foreground(boot_log(), WATCH_INTERVAL)
     return None

@@ -156,7 +156,7 @@ class Mount:
     options: str | None = None
     live_path: str | None = None  # where the live system sees it after switch_root
     # Another system's disk, mounted only to read from: no journal replayed, the device
-    # read-only during the mount (archiso_hook.lookonly).
+    # read-only during the mount (archiso_hook.boot.lookonly).
     look_only: bool = False
 
     def describe(self) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import attrs
 
-from archiso_hook.builder import Signing, build, make_iso
+from archiso_hook.build.builder import Signing, build, make_iso
 from vm import REPO, lab_dir
 from vm.liveroot import make_liveroot, write_manifest
 

@@ -24,7 +24,7 @@ import attrs
 import pytest
 
 from archiso_hook import __version__
-from archiso_hook.hosttools import TOOL_PACKAGES
+from archiso_hook.build.hosttools import TOOL_PACKAGES
 from tests.lend import Lent
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run makepkg as a user")

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from archiso_hook import bootfiles, dm, kmod, lookonly, loop
-from archiso_hook.ioctl import GENERIC, POWERPC_MIPS_SPARC, layout_for
+from archiso_hook.boot import lookonly
+from archiso_hook.build import bootfiles
+from archiso_hook.kernel import dm, kmod, loop
+from archiso_hook.kernel.ioctl import GENERIC, POWERPC_MIPS_SPARC, layout_for
 
 C_PROGRAM = r"""
 #include <linux/dm-ioctl.h>

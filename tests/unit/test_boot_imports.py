@@ -19,14 +19,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 # Every module a disk boot runs, from `mount` to the handoff, the watchdog and the shutdown.
 BOOT_PATH = (
-    "archiso_hook.cli", "archiso_hook.bootcmd", "archiso_hook.boot", "archiso_hook.medium",
-    "archiso_hook.release", "archiso_hook.handoff", "archiso_hook.watch",
-    "archiso_hook.shutdown", "archiso_hook.report",
+    "archiso_hook.cli", "archiso_hook.boot.bootcmd", "archiso_hook.boot.executor",
+    "archiso_hook.boot.medium",
+    "archiso_hook.boot.release", "archiso_hook.boot.handoff", "archiso_hook.live.watch",
+    "archiso_hook.live.shutdown", "archiso_hook.boot.report",
 )  # fmt: skip
 # What a disk boot never needs: the builder and its tools, the network stack, psutil.
 FORBIDDEN = (
     "argparse", "subprocess", "hashlib", "pathlib", "socket", "asyncio", "tempfile",
-    "shutil", "psutil", "pyroute2", "archiso_hook.builder", "archiso_hook.httpfetch",
+    "shutil", "psutil", "pyroute2", "archiso_hook.build", "archiso_hook.boot.httpfetch",
 )  # fmt: skip
 BOOT_ARGV = (
     ["mount", "/new_root"], ["mount", "/new_root", "archisobasedir=arch"], ["handoff"],
@@ -51,7 +52,7 @@ def test_the_boot_path_loads_nothing_a_disk_boot_does_not_need() -> None:
     code += "\nfrom archiso_hook.cli import boot_command\n"
     code += "\n".join(f"assert boot_command({argv!r}) is not None" for argv in BOOT_ARGV)
     loaded = loaded_after(code)
-    assert "archiso_hook.boot" in loaded
+    assert "archiso_hook.boot.executor" in loaded
     assert [module for module in FORBIDDEN if module in loaded] == []
 
 
@@ -66,6 +67,7 @@ def test_other_commands_and_usage_go_to_the_full_parser() -> None:
 def test_the_probe_sees_what_is_loaded() -> None:
     # The same probe sees argparse and psutil when they are loaded: the test above can fail.
     loaded = loaded_after(
-        "from archiso_hook import cli, status\ncli.build_parser()\nstatus._system('/nonexistent')"
+        "from archiso_hook import cli\nfrom archiso_hook.live import status\n"
+        "cli.build_parser()\nstatus._system('/nonexistent')"
     )
     assert {"argparse", "psutil"} <= loaded

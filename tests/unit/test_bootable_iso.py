@@ -14,8 +14,8 @@ from pathlib import Path
 import attrs
 import pytest
 
-from archiso_hook import loaders
-from archiso_hook.builder import BootOptions, BuildResult, build
+from archiso_hook.build import loaders
+from archiso_hook.build.builder import BootOptions, BuildResult, build
 from archiso_hook.cli import main as cli_main
 from archiso_hook.errors import InputError
 from tests.unit.fake_boot import write_boot_pair

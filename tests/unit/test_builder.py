@@ -17,9 +17,9 @@ from pathlib import Path
 import attrs
 import pytest
 
-from archiso_hook import builder, hosttools
 from archiso_hook.aitab import ImageType
-from archiso_hook.builder import (
+from archiso_hook.build import builder, hosttools
+from archiso_hook.build.builder import (
     BLOCK,
     BuildResult,
     TreeUsage,
@@ -36,8 +36,8 @@ from archiso_hook.builder import (
     source_date_epoch,
     used_inodes,
 )
+from archiso_hook.build.hosttools import run_tool
 from archiso_hook.errors import HookError, InputError
-from archiso_hook.hosttools import run_tool
 from archiso_hook.sizes import MiB
 from tests.lend import Lent
 from tests.unit.fake_boot import write_boot_pair
@@ -473,7 +473,7 @@ def test_keeps_owners_when_root(tmp_path: Path) -> None:
 _NON_ROOT_SCRIPT = """
 import sys
 from pathlib import Path
-from archiso_hook.builder import BootOptions, build
+from archiso_hook.build.builder import BootOptions, build
 top = Path(sys.argv[1])
 files = {a: (top / f"k/vmlinuz-{a}", top / f"k/initramfs-{a}.img") for a in ("x86_64", "i686")}
 build(top / "aitab", top / "src", top / "out", iso=top / "live.iso", label="NONROOT",

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from archiso_hook import checksums
-from archiso_hook.builder import build
+from archiso_hook.build.builder import build
 from archiso_hook.checksums import Source
 from archiso_hook.errors import HookError, InputError
 

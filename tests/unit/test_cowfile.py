@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from archiso_hook.cowfile import (
+from archiso_hook.boot.cowfile import (
     SNAP_MAGIC,
     CowHeader,
     Usage,

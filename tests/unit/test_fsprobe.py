@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from archiso_hook.fsprobe import probe
+from archiso_hook.boot.fsprobe import probe
 
 
 def _run(*cmd: str) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from archiso_hook.fsprobe import declared_size, probe_bytes, read_head
+from archiso_hook.boot.fsprobe import declared_size, probe_bytes, read_head
 
 
 def _run(*cmd: str) -> None:

@@ -32,10 +32,12 @@ import pytest
 from hypothesis import example, given, note
 from hypothesis import strategies as st
 
-from archiso_hook import checksums, cmdline, dm, netconf
+from archiso_hook import checksums, cmdline, netconf
 from archiso_hook.aitab import ARCHES, COMPRESSIONS, FILESYSTEMS, AitabEntry, ImageType, parse_aitab
+from archiso_hook.boot.state import RECORDS, State, check_record
 from archiso_hook.cmdline import Arch, CowMode, Options, parse_options, split_cmdline, udev_encode
 from archiso_hook.errors import InputError
+from archiso_hook.kernel import dm
 from archiso_hook.mountopts import MountOptions, parse_mount_options
 from archiso_hook.plan import (
     DM_NAME_MAX,
@@ -46,7 +48,6 @@ from archiso_hook.plan import (
     plan_boot,
 )
 from archiso_hook.sizes import MiB, Size, parse_size
-from archiso_hook.state import RECORDS, State, check_record
 
 # --- counting examples (tests/conftest.py prints the total) --------------------------------
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from archiso_hook import httpfetch
+from archiso_hook.boot import httpfetch
 from archiso_hook.cli import main as cli_main
 from archiso_hook.errors import HookError
 from archiso_hook.log import Log

@@ -1,4 +1,4 @@
-"""archiso_hook.kmod against kmod itself: depmod's text files say what the binary indexes
+"""archiso_hook.kernel.kmod against kmod itself: depmod's text files say what the binary indexes
 hold, and modprobe (-R, --show-depends) what a name resolves to and in which order.
 
 A small index set of a real kernel is checked in (tests/unit/data/kmod/README.md); the
@@ -27,7 +27,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from archiso_hook.errors import HookError
-from archiso_hook.kmod import (
+from archiso_hook.kernel.kmod import (
     MODULE_INIT_COMPRESSED_FILE,
     BinaryIndex,
     LiveKernel,

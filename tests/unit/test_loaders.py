@@ -10,9 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from archiso_hook import loaders
+from archiso_hook.build import loaders
+from archiso_hook.build.loaders import (
+    BootKernel,
+    Menu,
+    grub_cfg,
+    grub_quote,
+    make_menu,
+    syslinux_cfg,
+)
 from archiso_hook.errors import HookError, InputError
-from archiso_hook.loaders import BootKernel, Menu, grub_cfg, grub_quote, make_menu, syslinux_cfg
 
 X64 = BootKernel("x86_64", mixed_mode=True)
 X64_ONLY = BootKernel("x86_64", mixed_mode=False)

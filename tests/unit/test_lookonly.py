@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from archiso_hook import fsprobe, lookonly, loop
+from archiso_hook.boot import fsprobe, lookonly
+from archiso_hook.boot.lookonly import look_only_data, no_replay_option
 from archiso_hook.errors import KernelError
-from archiso_hook.ioctl import GENERIC, POWERPC_MIPS_SPARC
-from archiso_hook.lookonly import look_only_data, no_replay_option
+from archiso_hook.kernel import loop
+from archiso_hook.kernel.ioctl import GENERIC, POWERPC_MIPS_SPARC
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from archiso_hook import loop
 from archiso_hook.errors import KernelError
+from archiso_hook.kernel import loop
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not os.path.exists("/dev/loop-control"),

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from archiso_hook import nbd, nbdkeep
+from archiso_hook.kernel import nbd
+from archiso_hook.live import nbdkeep
 
 needs_nbd_server = pytest.mark.skipif(
     shutil.which("nbd-server") is None, reason="nbd-server is installed by make setup"

@@ -244,7 +244,7 @@ def test_dhcp_names_are_checked_before_they_reach_resolv_conf(
 
 
 def test_resolv_conf_never_carries_a_line_the_server_smuggled(tmp_path: Path) -> None:
-    from archiso_hook.net import Lease, write_resolv_conf  # noqa: PLC0415  (pyroute2 lazily)
+    from archiso_hook.boot.net import Lease, write_resolv_conf  # noqa: PLC0415  (pyroute2 lazily)
 
     path = tmp_path / "etc" / "resolv.conf"
     dns = (IPv4Address("10.0.2.3"),)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from archiso_hook import precompiled
+from archiso_hook.boot import precompiled
 
 ENV = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
 
@@ -21,7 +21,7 @@ def python(*args: str, env: dict[str, str] = ENV) -> subprocess.CompletedProcess
 
 
 def make_table(path: Path) -> None:
-    run = python("-m", "archiso_hook.precompiled", str(path))
+    run = python("-m", "archiso_hook.boot.precompiled", str(path))
     assert run.returncode == 0, run.stderr
     assert "compilations of attrs" in run.stdout
 
@@ -30,9 +30,10 @@ def make_table(path: Path) -> None:
 # compiled from source with postponed annotations (inherited by compile() from its caller).
 USE = """from __future__ import annotations
 import json, sys
-from archiso_hook import precompiled
+from archiso_hook.boot import precompiled
 stats = precompiled.install(sys.argv[1])
-from archiso_hook import boot, cmdline, plan
+from archiso_hook import cmdline, plan
+from archiso_hook.boot import executor as boot
 from archiso_hook.aitab import parse_aitab
 entries = parse_aitab("root / x86_64 xz ext4 64\\n", source="aitab")
 again = parse_aitab("root / x86_64 xz ext4 64\\n", source="aitab")
@@ -94,9 +95,11 @@ def test_a_damaged_table_is_ignored(tmp_path: Path) -> None:
 
 def test_recording_needs_the_frozen_hooks_seed_and_optimisation(tmp_path: Path) -> None:
     env = {**ENV, "PYTHONHASHSEED": "random"}
-    assert python("-m", "archiso_hook.precompiled", str(tmp_path / "t"), env=env).returncode == 2
+    assert (
+        python("-m", "archiso_hook.boot.precompiled", str(tmp_path / "t"), env=env).returncode == 2
+    )
     run = subprocess.run(
-        [sys.executable, "-m", "archiso_hook.precompiled", str(tmp_path / "t")],
+        [sys.executable, "-m", "archiso_hook.boot.precompiled", str(tmp_path / "t")],
         capture_output=True,
         env=ENV,
         check=False,
@@ -107,5 +110,5 @@ def test_recording_needs_the_frozen_hooks_seed_and_optimisation(tmp_path: Path) 
 def test_hook_modules_are_every_module_but_the_entry_point() -> None:
     modules = precompiled.hook_modules()
     assert modules[:2] == ["attr", "attrs"]
-    assert "archiso_hook.plan" in modules and "archiso_hook.precompiled" in modules
+    assert "archiso_hook.plan" in modules and "archiso_hook.boot.precompiled" in modules
     assert "archiso_hook.__main__" not in modules and "archiso_hook.__init__" not in modules

@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from archiso_hook import report
 from archiso_hook.aitab import parse_aitab
-from archiso_hook.boot import Boot
+from archiso_hook.boot import report
+from archiso_hook.boot.executor import Boot
+from archiso_hook.boot.report import MediumReport, build_report, found_by
 from archiso_hook.cmdline import Arch, parse_options
 from archiso_hook.log import Log
 from archiso_hook.plan import BOOTMNT, BootPlan, plan_boot
-from archiso_hook.report import MediumReport, build_report, found_by
 
 AITAB = "root / x86_64 xz ext4 50%\nshare /usr/share any xz none 0\n"
 COW = "/run/archiso/cowspace/persistent_LIVE/x86_64/root.cow"

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from archiso_hook.boot.rootpath import resolve_in_root
 from archiso_hook.errors import HookError
-from archiso_hook.rootpath import resolve_in_root
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from archiso_hook import pidfile, release, shutdown
+from archiso_hook.boot import pidfile, release
+from archiso_hook.live import shutdown
 from archiso_hook.log import Log
 
 MOVED = (("/run/", "/oldroot/run/"), ("/run/", "/oldrun/"))
@@ -114,8 +115,8 @@ def test_whatever_fails_the_shutdown_still_returns(monkeypatch: pytest.MonkeyPat
 def test_the_watchdog_on_a_corrupt_state_says_so_and_stops(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from archiso_hook import watch  # noqa: PLC0415
-    from archiso_hook.state import State  # noqa: PLC0415
+    from archiso_hook.boot.state import State  # noqa: PLC0415
+    from archiso_hook.live import watch  # noqa: PLC0415
 
     def corrupt(path: str = "") -> None:
         raise ValueError("/run/archiso/state.json is not a state file: it names no new root")

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from archiso_hook import signatures
-from archiso_hook.builder import Signing, sign_image
-from archiso_hook.signatures import GpgVerdict, SignatureError, gpg_verdict
+from archiso_hook.boot import signatures
+from archiso_hook.boot.signatures import GpgVerdict, SignatureError, gpg_verdict
+from archiso_hook.build.builder import Signing, sign_image
 
 GOOD = (
     "[GNUPG:] NEWSIG\n"

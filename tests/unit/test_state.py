@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from archiso_hook.state import RECORDS, VERSION, State, StateBusyError, check_record, locked
+from archiso_hook.boot.state import RECORDS, VERSION, State, StateBusyError, check_record, locked
 
 LOOP0 = {"device": "/dev/loop0", "backing": "/run/archiso/bootmnt/a.sfs", "read_only": True}
 LOOP1 = {"device": "/dev/loop1", "backing": "/run/archiso/bootmnt/b.sfs", "read_only": True}
@@ -114,8 +114,8 @@ def test_a_record_is_checked_field_by_field(record: object, why: str) -> None:
 
 
 def test_every_kind_the_hook_records_is_declared() -> None:
-    # boot.py's _record() and add_saved() calls: each kind has its fields in RECORDS.
-    source = (Path(__file__).parents[2] / "archiso_hook" / "boot.py").read_text()
+    # boot/executor.py's _record() and add_saved() calls: each kind has its fields in RECORDS.
+    source = (Path(__file__).parents[2] / "archiso_hook" / "boot" / "executor.py").read_text()
     kinds = set(re.findall(r'_record\(\s*"(\w+)"', source))
     kinds |= set(re.findall(r'add_saved\(\s*self\.state_file,\s*"(\w+)"', source))
     assert kinds == set(RECORDS)

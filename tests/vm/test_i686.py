@@ -107,7 +107,7 @@ def test_dual_iso_on_an_x86_64_kernel_mounts_the_x86_64_root_and_the_shared_imag
 
 def assert_attrs_methods_precompiled(output: str) -> None:
     """Each tree's table, made by its own interpreter, answered every class the boot
-    defined (archiso_hook/precompiled.py); rd.debug prints the count."""
+    defined (archiso_hook/boot/precompiled.py); rd.debug prints the count."""
     found = re.findall(r"methods attrs generated so far: (\d+) precompiled, (\d+) compiled", output)
     assert found, output[-3000:]
     (precompiled, compiled), *_ = found

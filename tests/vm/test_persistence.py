@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from archiso_hook.cowfile import SNAP_MAGIC
+from archiso_hook.boot.cowfile import SNAP_MAGIC
 from tests.vm.conftest import Lab, fails_cleanly, power_off, status_reports
 from vm.disks import DiskLayout, Partition, make_disk, make_ext4, make_vfat, read_file_from_ext4
 from vm.media import SAMPLE_LABEL

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from archiso_hook.cowfile import SNAP_MAGIC
+from archiso_hook.boot.cowfile import SNAP_MAGIC
 from tests.vm.conftest import Lab, status_reports
 from vm.disks import Partition, ext4_needs_recovery, make_disk, make_ext4, read_file_from_ext4
 from vm.media import SAMPLE_LABEL

@@ -27,9 +27,9 @@ import os
 import struct
 from collections.abc import Iterator
 
-from archiso_hook import syscalls
 from archiso_hook.errors import KernelError
-from archiso_hook.ioctl import IocLayout, layout_for
+from archiso_hook.kernel import syscalls
+from archiso_hook.kernel.ioctl import IocLayout, layout_for
 
 # The option of each filesystem type (as mount(2) names it) that mounts it without
 # replaying its journal; None: it replays nothing on a read-only mount.

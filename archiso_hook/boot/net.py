@@ -113,7 +113,7 @@ def describe_interfaces() -> str:
 def choose_interface(config: IpConfig, bootif: str | None, timeout: float, log: Log) -> str:
     """The interface to configure: ip='s device, else the one with BOOTIF's MAC, else the
     first Ethernet interface; waiting for its driver to make it appear (udev events)."""
-    from archiso_hook import medium  # noqa: PLC0415
+    from archiso_hook.boot import medium  # noqa: PLC0415
 
     def find() -> str | None:
         with _iproute() as ipr:

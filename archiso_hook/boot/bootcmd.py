@@ -28,7 +28,7 @@ def read_cmdline(path: str = "/proc/cmdline") -> str:
 
 def mount(newroot: str, words: Sequence[str]) -> int:
     """Mount the live root at `newroot`; `words` (KEY=VALUE) replace kernel parameters."""
-    from archiso_hook.boot import (  # noqa: PLC0415
+    from archiso_hook.boot.executor import (  # noqa: PLC0415
         Boot,
         BootFailedError,
         already_mounted,
@@ -60,7 +60,7 @@ def mount(newroot: str, words: Sequence[str]) -> int:
     )
     for warning in options.warnings:
         log.warning(warning)
-    from archiso_hook import precompiled  # noqa: PLC0415
+    from archiso_hook.boot import precompiled  # noqa: PLC0415
 
     if precompiled.installed is not None:
         log.debug(f"methods attrs generated so far: {precompiled.installed}")
@@ -68,7 +68,7 @@ def mount(newroot: str, words: Sequence[str]) -> int:
         Boot(options, newroot, log).run()
     except BootFailedError as e:
         return e.code
-    from archiso_hook import handoff  # noqa: PLC0415
+    from archiso_hook.boot import handoff  # noqa: PLC0415
 
     try:
         handoff.after_mount(log)

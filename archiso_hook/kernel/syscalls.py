@@ -10,7 +10,7 @@ import os
 from typing import Any
 
 from archiso_hook.errors import KernelError
-from archiso_hook.klog import KernelLogWindow
+from archiso_hook.kernel.klog import KernelLogWindow
 
 # include/uapi/linux/mount.h
 MS_RDONLY = 1

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from archiso_hook import dm, pidfile, syscalls
+from archiso_hook.boot import pidfile
+from archiso_hook.boot.state import State
 from archiso_hook.errors import HookError
+from archiso_hook.kernel import dm, syscalls
 from archiso_hook.plan import COWSPACE, STATE_FILE
 from archiso_hook.sizes import human
-from archiso_hook.state import State
 
 
 def collect(state_file: str = STATE_FILE) -> dict[str, Any]:

@@ -31,8 +31,8 @@ from typing import IO, Protocol
 
 import attrs
 
+from archiso_hook.build.hosttools import BASE_ENV, find_tool
 from archiso_hook.errors import InputError
-from archiso_hook.hosttools import BASE_ENV, find_tool
 
 #: The architectures a medium boots, and how a boot loader names each.
 BOOT_ARCHES = ("x86_64", "i686")

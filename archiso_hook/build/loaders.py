@@ -35,10 +35,10 @@ from pathlib import Path
 
 import attrs
 
-from archiso_hook.bootfiles import BOOT_ARCHES
+from archiso_hook.build.bootfiles import BOOT_ARCHES
+from archiso_hook.build.hosttools import Log, find_tool, packages_hint, run_tool
 from archiso_hook.cmdline import cmdline_words, parse_options
 from archiso_hook.errors import HookError, InputError
-from archiso_hook.hosttools import Log, find_tool, packages_hint, run_tool
 
 KERNEL_NAME = "vmlinuz"
 INITRAMFS_NAME = "archiso.img"

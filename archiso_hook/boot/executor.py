@@ -16,11 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from archiso_hook import cowfile, dm, fsprobe, lookonly, loop, medium, syscalls
 from archiso_hook.aitab import parse_aitab
+from archiso_hook.boot import cowfile, fsprobe, lookonly, medium
+from archiso_hook.boot.rootpath import resolve_in_root
+from archiso_hook.boot.state import State, StateBusyError, locked
 from archiso_hook.cmdline import CopyMode, CowMode, Options
 from archiso_hook.errors import HookError, InputError, KernelError, exit_code, printable
-from archiso_hook.klog import KernelLogWindow
+from archiso_hook.kernel import dm, loop, syscalls
+from archiso_hook.kernel.klog import KernelLogWindow
 from archiso_hook.log import Log
 from archiso_hook.mountopts import parse_mount_options
 from archiso_hook.netconf import with_server
@@ -56,9 +59,7 @@ from archiso_hook.plan import (
     medium_steps,
     plan_boot,
 )
-from archiso_hook.rootpath import resolve_in_root
 from archiso_hook.sizes import human
-from archiso_hook.state import State, StateBusyError, locked
 
 if TYPE_CHECKING:
     from archiso_hook import checksums
@@ -172,7 +173,7 @@ class UndoStack:
 
 
 def _load_modules(names: tuple[str, ...], log: Log) -> None:
-    from archiso_hook.kmod import ensure_modules  # noqa: PLC0415  (reads indexes: boot only)
+    from archiso_hook.kernel.kmod import ensure_modules  # noqa: PLC0415  (reads indexes: boot only)
 
     loaded = ensure_modules(*names)
     if loaded:
@@ -293,7 +294,7 @@ class Boot:
         if peak is not None:
             self.state.timings["peak_rss_bytes"] = peak
         self.state.save(self.state_file)
-        from archiso_hook import report  # noqa: PLC0415  (only once the root is ready)
+        from archiso_hook.boot import report  # noqa: PLC0415  (only once the root is ready)
 
         report.save_for(self, plan)  # /run/archiso/report.json; a failure only warns
         self.log.info(
@@ -384,7 +385,7 @@ class Boot:
         records = earlier.every_record()
         if not records:
             return
-        from archiso_hook import release  # noqa: PLC0415  (only after a failed attempt)
+        from archiso_hook.boot import release  # noqa: PLC0415  (only after a failed attempt)
 
         self.log.warning(
             f"an earlier attempt left {len(records)} thing(s) set up: releasing them first"
@@ -558,7 +559,7 @@ class Boot:
         copy = step.copy is not CopyMode.N and self._copy_is_possible(step, sum(sizes))
         if not copy and not step.verify:
             return
-        from archiso_hook import transfer  # noqa: PLC0415  (hashlib, threads: only to copy or verify)
+        from archiso_hook.boot import transfer  # noqa: PLC0415  (hashlib, threads: only to copy or verify)
 
         jobs = []
         if copy:
@@ -608,7 +609,7 @@ class Boot:
     def _verify_signatures(self, step: VerifySignatures) -> None:
         """verify=/cms_verify=: every image, as it will be used (its copy in RAM if one
         was made), before anything is mounted from it."""
-        from archiso_hook import signatures  # noqa: PLC0415  (only with verify= or cms_verify=)
+        from archiso_hook.boot import signatures  # noqa: PLC0415  (only with verify= or cms_verify=)
 
         start = time.monotonic()
         for image in step.images:
@@ -730,7 +731,7 @@ class Boot:
     # --- network boot ---
 
     def _bring_up_network(self, step: BringUpNetwork) -> None:
-        from archiso_hook import net  # noqa: PLC0415  (pyroute2: only on a network boot)
+        from archiso_hook.boot import net  # noqa: PLC0415  (pyroute2: only on a network boot)
 
         self.lease = lease = net.bring_up(step.config, step.bootif, step.timeout, self.log)
         if net.write_resolv_conf(lease):
@@ -759,7 +760,7 @@ class Boot:
         return with_server(text, server, name)
 
     def _fetch_http(self, step: FetchHttp) -> None:
-        from archiso_hook import httpfetch  # noqa: PLC0415
+        from archiso_hook.boot import httpfetch  # noqa: PLC0415
 
         url = self._server(step.url, "archiso_http_srv")
         start = time.monotonic()
@@ -782,7 +783,7 @@ class Boot:
         self._network_done()
 
     def _attach_nbd(self, step: AttachNbd) -> None:
-        from archiso_hook import nbd  # noqa: PLC0415
+        from archiso_hook.kernel import nbd  # noqa: PLC0415
 
         host = self._server(step.host, "archiso_nbd_srv")
         attached = nbd.attach(host, step.port, step.name, timeout=NBD_TIMEOUT)
@@ -844,7 +845,7 @@ class Boot:
         )
 
     def _copy_resolv_conf(self) -> None:
-        from archiso_hook import net  # noqa: PLC0415
+        from archiso_hook.boot import net  # noqa: PLC0415
 
         path = resolve_in_root(self.newroot, "/etc/resolv.conf")
         if os.path.islink(f"{self.newroot}/etc/resolv.conf"):

@@ -22,8 +22,8 @@ import threading
 import time
 from typing import Any
 
-from archiso_hook import nbd
 from archiso_hook.errors import HookError
+from archiso_hook.kernel import nbd
 from archiso_hook.log import Log
 from archiso_hook.sizes import human
 

@@ -25,16 +25,16 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from archiso_hook import dm, loop, syscalls
+from archiso_hook.boot.state import State, locked
 from archiso_hook.errors import HookError
-from archiso_hook.growth import RateMeter, Usage, grow_to, warning_level
+from archiso_hook.kernel import dm, loop, syscalls
+from archiso_hook.live.growth import RateMeter, Usage, grow_to, warning_level
 from archiso_hook.log import Log
 from archiso_hook.plan import STATE_FILE
 from archiso_hook.sizes import human
-from archiso_hook.state import State, locked
 
 if TYPE_CHECKING:
-    from archiso_hook.nbdkeep import LinkKeeper
+    from archiso_hook.live.nbdkeep import LinkKeeper
 
 PID_FILE = "/run/archiso/watch.pid"
 READY_FILE = "/run/archiso/watch.ready"
@@ -108,7 +108,7 @@ class Watchdog:
         # An NBD root (copytoram=n): kept connected when its server restarts.
         self.keepers: list[LinkKeeper] = []
         if nbd_records(self.state):
-            from archiso_hook import nbdkeep  # noqa: PLC0415  (only with an NBD root)
+            from archiso_hook.live import nbdkeep  # noqa: PLC0415  (only with an NBD root)
 
             self.keepers = nbdkeep.keepers(nbd_records(self.state), log)
 

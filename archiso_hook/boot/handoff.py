@@ -14,11 +14,11 @@ import os
 import stat
 import time
 
-from archiso_hook import pidfile
+from archiso_hook.boot import pidfile
+from archiso_hook.live.watch import ARGV0, PID_FILE, READY_FILE, run_foreground
 from archiso_hook.log import Log
 from archiso_hook.plan import STATE_FILE
 from archiso_hook.sizes import human
-from archiso_hook.watch import ARGV0, PID_FILE, READY_FILE, run_foreground
 
 SHUTDOWN_ROOT = "/run/initramfs"
 # Not needed to shut down: the modules are loaded by then (as mkinitcpio's shutdown).

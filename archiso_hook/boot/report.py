@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from archiso_hook import __version__, loop
+from archiso_hook import __version__
 from archiso_hook.cmdline import Options
+from archiso_hook.kernel import loop
 from archiso_hook.plan import BOOTMNT, BootPlan, ImagePlan
 
 if TYPE_CHECKING:
-    from archiso_hook.boot import Boot
+    from archiso_hook.boot.executor import Boot
 
 VERSION = 1
 REPORT_NAME = "report.json"

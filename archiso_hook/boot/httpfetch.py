@@ -39,10 +39,10 @@ import attrs
 
 from archiso_hook import checksums
 from archiso_hook.aitab import AitabEntry, parse_aitab
+from archiso_hook.boot.transfer import Progress
 from archiso_hook.errors import HookError
 from archiso_hook.log import Log
 from archiso_hook.sizes import human
-from archiso_hook.transfer import Progress
 
 CHUNK = 1 << 20
 TIMEOUT = 20.0  # seconds without a byte before a connection counts as broken

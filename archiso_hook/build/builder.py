@@ -45,11 +45,11 @@ from pathlib import Path
 
 import attrs
 
-from archiso_hook import loaders
 from archiso_hook.aitab import ARCHES, AitabEntry, ImageType, parse_aitab
-from archiso_hook.bootfiles import BOOT_ARCHES, BootFiles, check_boot_files, find_boot_files
+from archiso_hook.build import loaders
+from archiso_hook.build.bootfiles import BOOT_ARCHES, BootFiles, check_boot_files, find_boot_files
+from archiso_hook.build.hosttools import Log, run_tool, search_path, tool_failure
 from archiso_hook.errors import HookError, InputError
-from archiso_hook.hosttools import Log, run_tool, search_path, tool_failure
 from archiso_hook.sizes import MiB, Size, human
 
 # --------------------------------------------------------------------------- results

@@ -3,7 +3,7 @@
 attrs writes each class's `__init__`, `__eq__`, ... as Python source and compiles it
 when the class is defined, at import: a quarter of the instructions the frozen hook
 runs before its first line (callgrind). The build runs `python -OO -m
-archiso_hook.precompiled TABLE`, which imports every module of the hook and keeps what
+archiso_hook.boot.precompiled TABLE`, which imports every module of the hook and keeps what
 attrs compiled, keyed by the file name, mode, compiler flags and the SHA-256 of the
 exact source (the sources themselves would make the table half as big again); the
 frozen hook's `install()` looks each compilation up there first. Anything not found is
@@ -135,20 +135,24 @@ def record(modules: list[str]) -> dict[Key, CodeType]:
 
 
 def hook_modules() -> list[str]:
-    """attrs itself and every module of the hook, as found next to this one."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    names = sorted(
-        f"archiso_hook.{entry[:-3]}"
-        for entry in os.listdir(here)
-        if entry.endswith(".py") and entry not in ("__init__.py", "__main__.py")
-    )
-    return ["attr", "attrs", *names]
+    """attrs itself and every module of the hook, as found in its package tree."""
+    top = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    names = []
+    for directory, subdirs, files in os.walk(top):
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith(("_", ".")))
+        package = os.path.relpath(directory, os.path.dirname(top)).replace(os.sep, ".")
+        names += [
+            f"{package}.{entry[:-3]}"
+            for entry in files
+            if entry.endswith(".py") and entry not in ("__init__.py", "__main__.py")
+        ]
+    return ["attr", "attrs", *sorted(names)]
 
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1 or sys.flags.optimize != 2 or sys.flags.hash_randomization:
         print(
-            "usage: PYTHONHASHSEED=0 python -OO -m archiso_hook.precompiled TABLE "
+            "usage: PYTHONHASHSEED=0 python -OO -m archiso_hook.boot.precompiled TABLE "
             "(the seed and -OO of the frozen hook)",
             file=sys.stderr,
         )

@@ -24,8 +24,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from archiso_hook import dm, loop, syscalls
 from archiso_hook.errors import HookError, KernelError
+from archiso_hook.kernel import dm, loop, syscalls
 from archiso_hook.log import Log
 from archiso_hook.plan import DM_UUID_PREFIX
 
@@ -162,7 +162,7 @@ class Releaser:
         with contextlib.suppress(OSError):
             if os.listdir(f"/sys/block/{name}/holders"):
                 return Outcome.BUSY, f"{device}: still in use"
-        from archiso_hook import nbd  # noqa: PLC0415  (only when there is one)
+        from archiso_hook.kernel import nbd  # noqa: PLC0415  (only when there is one)
 
         try:
             nbd.detach(int(name.removeprefix("nbd")))
@@ -174,7 +174,7 @@ class Releaser:
         name = r["interface"]
         if not os.path.exists(f"/sys/class/net/{name}"):
             return Outcome.GONE, name
-        from archiso_hook import net  # noqa: PLC0415  (pyroute2: only when there is one)
+        from archiso_hook.boot import net  # noqa: PLC0415  (pyroute2: only when there is one)
 
         try:
             net.take_down(name)

@@ -21,10 +21,11 @@ import os
 import signal
 import time
 
-from archiso_hook import dm, pidfile, release, syscalls
+from archiso_hook.boot import pidfile, release
+from archiso_hook.boot.state import State, locked
 from archiso_hook.errors import HookError, KernelError
+from archiso_hook.kernel import dm, syscalls
 from archiso_hook.log import Log
-from archiso_hook.state import State, locked
 
 OLDROOT = "/oldroot"
 REBOOT = {"poweroff": 0x4321FEDC, "reboot": 0x01234567, "halt": 0xCDEF0123,
@@ -187,7 +188,7 @@ def _detach_nbd(ours: list[dict[str, str]], log: Log) -> list[str]:
         if not os.path.exists(f"/sys/block/{os.path.basename(device)}/pid"):
             continue  # not connected
         try:
-            from archiso_hook import nbd  # noqa: PLC0415
+            from archiso_hook.kernel import nbd  # noqa: PLC0415
 
             nbd.detach(int(device.removeprefix("/dev/nbd")))
         except (OSError, HookError) as e:

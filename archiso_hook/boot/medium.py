@@ -10,9 +10,9 @@ import time
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
+from archiso_hook.boot.fsprobe import journal_needs_recovery, probe, read_head
 from archiso_hook.cmdline import device_path
 from archiso_hook.errors import HookError
-from archiso_hook.fsprobe import journal_needs_recovery, probe, read_head
 from archiso_hook.log import Log
 from archiso_hook.sizes import human
 
@@ -225,7 +225,8 @@ def _holds_file(device: str, fstype: str, filename: str, log: Log) -> bool:
     """Mount for a moment and look, writing nothing to the device: read-only, without
     replaying a journal, the device itself read-only meanwhile (see lookonly). A device
     that cannot be mounted so, or made read-only, does not hold the file."""
-    from archiso_hook import kmod, lookonly, syscalls  # noqa: PLC0415
+    from archiso_hook.boot import lookonly  # noqa: PLC0415
+    from archiso_hook.kernel import kmod, syscalls  # noqa: PLC0415
 
     os.makedirs(SEARCH_MNT, mode=0o700, exist_ok=True)
     with contextlib.ExitStack() as stack:

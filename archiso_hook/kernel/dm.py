@@ -17,9 +17,9 @@ from types import TracebackType
 import attrs
 
 from archiso_hook.errors import KernelError
-from archiso_hook.ioctl import IocLayout, layout_for
-from archiso_hook.klog import KernelLogWindow
-from archiso_hook.syscalls import ioctl
+from archiso_hook.kernel.ioctl import IocLayout, layout_for
+from archiso_hook.kernel.klog import KernelLogWindow
+from archiso_hook.kernel.syscalls import ioctl
 
 DM_IOCTL_TYPE = 0xFD
 DM_VERSION = (4, 0, 0)  # the oldest 4.x ABI: everything we send exists since then
