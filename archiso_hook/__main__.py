@@ -5,7 +5,7 @@ from archiso_hook.boot import precompiled
 # Before anything imports attrs: its generated methods come compiled (precompiled.py).
 precompiled.install()
 
-from archiso_hook.boot.bootcmd import fast  # noqa: E402
+from archiso_hook.bootcmd import fast  # noqa: E402
 
 # What the boot runs, `mount NEWROOT`, without the command line's parser (bootcmd).
 if fast(sys.argv[1:]) is None:

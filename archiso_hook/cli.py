@@ -7,8 +7,9 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from archiso_hook import __version__
-from archiso_hook.boot.bootcmd import read_cmdline
+from archiso_hook.bootcmd import read_cmdline
 from archiso_hook.errors import HookError, InputError, exit_code, printable
+from archiso_hook.paths import STATE_FILE
 
 if TYPE_CHECKING:
     import argparse
@@ -95,7 +96,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    from archiso_hook.boot.bootcmd import mount  # noqa: PLC0415
+    from archiso_hook.bootcmd import mount  # noqa: PLC0415
 
     return mount(args.newroot, args.set)
 
@@ -253,7 +254,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_handoff(args: argparse.Namespace) -> int:
-    from archiso_hook.boot import handoff  # noqa: PLC0415
+    from archiso_hook.live import handoff  # noqa: PLC0415
 
     return handoff.run(boot_log())
 
@@ -394,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
         EPILOG_STATUS,
     )
     p.add_argument("--json", action="store_true", help="print as JSON")
-    p.add_argument("--state", default="/run/archiso/state.json", help=argparse.SUPPRESS)
+    p.add_argument("--state", default=STATE_FILE, help=argparse.SUPPRESS)
 
     p = add(
         "watch",
@@ -543,11 +544,11 @@ def boot_command(argv: Sequence[str]) -> Callable[[], int] | None:
         case ["mount", newroot, *overrides] if not newroot.startswith("-") and all(
             "=" in word and not word.startswith("-") for word in overrides
         ):
-            from archiso_hook.boot.bootcmd import mount  # noqa: PLC0415
+            from archiso_hook.bootcmd import mount  # noqa: PLC0415
 
             return lambda: mount(newroot, overrides)
         case ["handoff"]:
-            from archiso_hook.boot import handoff  # noqa: PLC0415
+            from archiso_hook.live import handoff  # noqa: PLC0415
 
             return lambda: handoff.run(boot_log())
         case ["shutdown", *verbs] if len(verbs) <= 1 and set(verbs) <= set(SHUTDOWN_VERBS):

@@ -19,19 +19,20 @@ from archiso_hook.cmdline import CopyMode, CowMode, Options
 from archiso_hook.errors import InputError
 from archiso_hook.mountopts import parse_mount_options
 from archiso_hook.netconf import Autoconf, IpConfig, NfsExport, boot_config
+from archiso_hook.paths import (
+    BOOTMNT,
+    COPYTORAM,
+    COWSPACE,
+    DM_NAME_MAX,
+    DM_UUID_LEN,
+    DM_UUID_PREFIX,
+    IMG_DEV_MNT,
+    SFS_DIR,
+)
 from archiso_hook.sizes import MiB, Size
 
-RUN_DIR = "/run/archiso"
-BOOTMNT = f"{RUN_DIR}/bootmnt"
-COWSPACE = f"{RUN_DIR}/cowspace"
-COPYTORAM = f"{RUN_DIR}/copytoram"
-SFS_DIR = f"{RUN_DIR}/sfs"
-STATE_FILE = f"{RUN_DIR}/state.json"
-# Each snapshot is named PREFIX_IMAGE with the uuid ARCHISO-PREFIX_IMAGE, which the
-# teardown checks before removing it; DM_UUID_LEN (linux/dm-ioctl.h) counts the NUL.
-DM_UUID_PREFIX = "ARCHISO-"
-DM_UUID_LEN = 129
-DM_NAME_MAX = DM_UUID_LEN - 1 - len(DM_UUID_PREFIX)  # 120, within DM_NAME_LEN's 127
+# Each snapshot is named PREFIX_IMAGE with the uuid ARCHISO-PREFIX_IMAGE (paths.py), which
+# the teardown checks before removing it.
 
 
 @attrs.frozen
@@ -409,9 +410,6 @@ def _json_value(value: Any) -> Any:
     if attrs.has(type(value)):
         return {k: _json_value(v) for k, v in attrs.asdict(value, recurse=False).items()}
     return value
-
-
-IMG_DEV_MNT = f"{RUN_DIR}/img_dev"
 
 
 def medium_steps(options: Options) -> tuple[Step, ...]:

@@ -27,15 +27,11 @@ from archiso_hook.kernel.klog import KernelLogWindow
 from archiso_hook.log import Log
 from archiso_hook.mountopts import parse_mount_options
 from archiso_hook.netconf import with_server
+from archiso_hook.paths import BOOTMNT, COWSPACE, DM_UUID_PREFIX, IMG_DEV_MNT, STATE_FILE
 from archiso_hook.plan import (
     AUTO_MAX_IMAGES,
     AUTO_RESERVE,
-    BOOTMNT,
     COPY_RESERVE,
-    COWSPACE,
-    DM_UUID_PREFIX,
-    IMG_DEV_MNT,
-    STATE_FILE,
     AttachLoop,
     AttachNbd,
     BootPlan,

@@ -14,6 +14,7 @@ from archiso_hook.boot.fsprobe import journal_needs_recovery, probe, read_head
 from archiso_hook.cmdline import device_path
 from archiso_hook.errors import HookError
 from archiso_hook.log import Log
+from archiso_hook.paths import SEARCH_MNT
 from archiso_hook.sizes import human
 
 # pyudev loads libudev with ctypes.util.find_library(), which runs ldconfig or gcc:
@@ -216,9 +217,6 @@ def _sysfs_int(path: str) -> int:
             return int(f.read())
     except (OSError, ValueError):
         return 0
-
-
-SEARCH_MNT = "/run/archiso/search"
 
 
 def _holds_file(device: str, fstype: str, filename: str, log: Log) -> bool:

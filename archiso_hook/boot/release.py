@@ -27,7 +27,7 @@ from typing import Any
 from archiso_hook.errors import HookError, KernelError
 from archiso_hook.kernel import dm, loop, syscalls
 from archiso_hook.log import Log
-from archiso_hook.plan import DM_UUID_PREFIX
+from archiso_hook.paths import DM_UUID_PREFIX
 
 ROUNDS = 16
 PATIENCE = 4  # rounds without progress, WAIT apart, before a lazy unmount and the end

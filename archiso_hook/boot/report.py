@@ -25,13 +25,14 @@ import attrs
 from archiso_hook import __version__
 from archiso_hook.cmdline import Options
 from archiso_hook.kernel import loop
-from archiso_hook.plan import BOOTMNT, BootPlan, ImagePlan
+from archiso_hook.paths import BOOTMNT, REPORT_FILE
+from archiso_hook.plan import BootPlan, ImagePlan
 
 if TYPE_CHECKING:
     from archiso_hook.boot.executor import Boot
 
 VERSION = 1
-REPORT_NAME = "report.json"
+REPORT_NAME = os.path.basename(REPORT_FILE)  # beside the state file
 
 
 @attrs.frozen

@@ -29,7 +29,7 @@ from typing import Any
 import attrs
 
 from archiso_hook.errors import HookError
-from archiso_hook.plan import STATE_FILE
+from archiso_hook.paths import STATE_FILE
 
 VERSION = 1
 

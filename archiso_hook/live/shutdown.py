@@ -21,13 +21,14 @@ import os
 import signal
 import time
 
-from archiso_hook.boot import pidfile, release
+from archiso_hook.boot import release
 from archiso_hook.boot.state import State, locked
 from archiso_hook.errors import HookError, KernelError
 from archiso_hook.kernel import dm, syscalls
+from archiso_hook.live import pidfile
 from archiso_hook.log import Log
+from archiso_hook.paths import OLDROOT, OLDRUN, PID_FILE, RUN_DIR, STATE_FILE
 
-OLDROOT = "/oldroot"
 REBOOT = {"poweroff": 0x4321FEDC, "reboot": 0x01234567, "halt": 0xCDEF0123,
           "kexec": 0x45584543}  # fmt: skip
 _API_FILESYSTEMS = (("proc", "/proc", "proc"), ("sysfs", "/sys", "sysfs"),
@@ -50,7 +51,7 @@ def stop_watchdog(log: Log, root: str = OLDROOT) -> None:
     """The watchdog holds files open on /run: it must go before /run can be unmounted.
     Its pid file is a claim too: only the process it names, started when it says (not
     another given the same pid since), gets a signal."""
-    for pid_file in (f"{root}/run/archiso/watch.pid", "/run/archiso/watch.pid"):
+    for pid_file in (f"{root}{PID_FILE}", PID_FILE):
         try:
             pid, start = pidfile.read(pid_file)
         except FileNotFoundError:
@@ -86,8 +87,7 @@ def _gone(pid: int) -> bool:
 
 def state_paths(root: str = OLDROOT) -> tuple[str, ...]:
     """Where the boot's state file may be: the live system's /run, moved aside or not."""
-    return (f"{root}/run/archiso/state.json", f"{OLDRUN}/archiso/state.json",
-            "/run/archiso/state.json")  # fmt: skip
+    return (f"{root}{STATE_FILE}", f"{OLDRUN}{STATE_FILE.removeprefix('/run')}", STATE_FILE)
 
 
 def find_state(log: Log, paths: tuple[str, ...] | None = None) -> State | None:
@@ -112,9 +112,6 @@ def _holders(name: str, devno: str) -> list[str]:
         return os.listdir(f"/sys/block/dm-{minor}/holders")
     except OSError:
         return []
-
-
-OLDRUN = "/oldrun"
 
 
 def move_run_aside(log: Log, root: str = OLDROOT) -> None:
@@ -303,9 +300,9 @@ def take_apart(verb: str, log: Log) -> list[str]:
     stop_watchdog(log)
     state = None
     try:
-        if not os.path.isdir(f"{OLDROOT}/run/archiso"):
+        if not os.path.isdir(f"{OLDROOT}{RUN_DIR}"):
             raise FileNotFoundError  # no state there: no lock to take either
-        with locked(f"{OLDROOT}/run/archiso/state.json", command="shutdown", wait=2.0):
+        with locked(f"{OLDROOT}{STATE_FILE}", command="shutdown", wait=2.0):
             state = find_state(log)
     except (OSError, HookError) as e:  # no lock to be had: read it all the same
         if not isinstance(e, FileNotFoundError):

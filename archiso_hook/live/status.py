@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from archiso_hook.boot import pidfile
 from archiso_hook.boot.state import State
 from archiso_hook.errors import HookError
 from archiso_hook.kernel import dm, syscalls
-from archiso_hook.plan import COWSPACE, STATE_FILE
+from archiso_hook.live import pidfile
+from archiso_hook.paths import COWSPACE, PID_FILE, STATE_FILE
 from archiso_hook.sizes import human
 
 
@@ -78,7 +78,7 @@ def collect(state_file: str = STATE_FILE) -> dict[str, Any]:
     return out
 
 
-def _watchdog(pid_file: str = "/run/archiso/watch.pid") -> dict[str, Any]:
+def _watchdog(pid_file: str = PID_FILE) -> dict[str, Any]:
     """The watchdog's pid, whether it runs, and what it costs: its memory (RSS), CPU
     time and scheduler state, from psutil."""
     import psutil  # noqa: PLC0415  (status only: the boot and the watchdog never load it)

@@ -30,14 +30,12 @@ from archiso_hook.errors import HookError
 from archiso_hook.kernel import dm, loop, syscalls
 from archiso_hook.live.growth import RateMeter, Usage, grow_to, warning_level
 from archiso_hook.log import Log
-from archiso_hook.plan import STATE_FILE
+from archiso_hook.paths import READY_FILE, STATE_FILE
 from archiso_hook.sizes import human
 
 if TYPE_CHECKING:
     from archiso_hook.live.nbdkeep import LinkKeeper
 
-PID_FILE = "/run/archiso/watch.pid"
-READY_FILE = "/run/archiso/watch.ready"
 ARGV0 = "@archiso-hook"
 
 

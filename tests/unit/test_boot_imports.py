@@ -19,9 +19,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 # Every module a disk boot runs, from `mount` to the handoff, the watchdog and the shutdown.
 BOOT_PATH = (
-    "archiso_hook.cli", "archiso_hook.boot.bootcmd", "archiso_hook.boot.executor",
+    "archiso_hook.cli", "archiso_hook.bootcmd", "archiso_hook.boot.executor",
     "archiso_hook.boot.medium",
-    "archiso_hook.boot.release", "archiso_hook.boot.handoff", "archiso_hook.live.watch",
+    "archiso_hook.boot.release", "archiso_hook.live.handoff", "archiso_hook.live.watch",
     "archiso_hook.live.shutdown", "archiso_hook.boot.report",
 )  # fmt: skip
 # What a disk boot never needs: the builder and its tools, the network stack, psutil.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from archiso_hook.boot.bootcmd import is_plain_mount
+from archiso_hook.bootcmd import is_plain_mount
 
 
 @pytest.mark.parametrize(

@@ -39,14 +39,8 @@ from archiso_hook.cmdline import Arch, CowMode, Options, parse_options, split_cm
 from archiso_hook.errors import InputError
 from archiso_hook.kernel import dm
 from archiso_hook.mountopts import MountOptions, parse_mount_options
-from archiso_hook.plan import (
-    DM_NAME_MAX,
-    DM_UUID_PREFIX,
-    BootPlan,
-    cow_need,
-    cow_sizes,
-    plan_boot,
-)
+from archiso_hook.paths import DM_NAME_MAX, DM_UUID_PREFIX
+from archiso_hook.plan import BootPlan, cow_need, cow_sizes, plan_boot
 from archiso_hook.sizes import MiB, Size, parse_size
 
 # --- counting examples (tests/conftest.py prints the total) --------------------------------

@@ -17,7 +17,8 @@ from archiso_hook.boot.executor import Boot
 from archiso_hook.boot.report import MediumReport, build_report, found_by
 from archiso_hook.cmdline import Arch, parse_options
 from archiso_hook.log import Log
-from archiso_hook.plan import BOOTMNT, BootPlan, plan_boot
+from archiso_hook.paths import BOOTMNT
+from archiso_hook.plan import BootPlan, plan_boot
 
 AITAB = "root / x86_64 xz ext4 50%\nshare /usr/share any xz none 0\n"
 COW = "/run/archiso/cowspace/persistent_LIVE/x86_64/root.cow"

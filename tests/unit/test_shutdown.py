@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from archiso_hook.boot import pidfile, release
-from archiso_hook.live import shutdown
+from archiso_hook.boot import release
+from archiso_hook.live import pidfile, shutdown
 from archiso_hook.log import Log
 
 MOVED = (("/run/", "/oldroot/run/"), ("/run/", "/oldrun/"))

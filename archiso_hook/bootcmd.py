@@ -68,7 +68,7 @@ def mount(newroot: str, words: Sequence[str]) -> int:
         Boot(options, newroot, log).run()
     except BootFailedError as e:
         return e.code
-    from archiso_hook.boot import handoff  # noqa: PLC0415
+    from archiso_hook.live import handoff  # noqa: PLC0415
 
     try:
         handoff.after_mount(log)

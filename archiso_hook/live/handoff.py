@@ -14,18 +14,15 @@ import os
 import stat
 import time
 
-from archiso_hook.boot import pidfile
-from archiso_hook.live.watch import ARGV0, PID_FILE, READY_FILE, run_foreground
+from archiso_hook.live import pidfile
+from archiso_hook.live.watch import ARGV0, run_foreground
 from archiso_hook.log import Log
-from archiso_hook.plan import STATE_FILE
+from archiso_hook.paths import HANDED_OFF, PID_FILE, READY_FILE, SHUTDOWN_ROOT, STATE_FILE
 from archiso_hook.sizes import human
 
-SHUTDOWN_ROOT = "/run/initramfs"
 # Not needed to shut down: the modules are loaded by then (as mkinitcpio's shutdown).
 SKIP = ("/usr/lib/modules",)
 WATCH_INTERVAL = 0.25  # seconds, as `archiso-hook watch`
-# Written when `mount` did the handoff: the runtime hook's cleanup then has nothing to do.
-HANDED_OFF = "/run/archiso/handoff.done"
 
 
 def copy_initramfs(dest: str = SHUTDOWN_ROOT, source: str = "/") -> int:
