@@ -28,12 +28,9 @@ def read_cmdline(path: str = "/proc/cmdline") -> str:
 
 def mount(newroot: str, words: Sequence[str]) -> int:
     """Mount the live root at `newroot`; `words` (KEY=VALUE) replace kernel parameters."""
-    from archiso_hook.boot.executor import (  # noqa: PLC0415
-        Boot,
-        BootFailedError,
-        already_mounted,
-        report_failure,
-    )
+    from archiso_hook.boot.executor import Boot  # noqa: PLC0415
+    from archiso_hook.boot.failure import BootFailedError, report_failure  # noqa: PLC0415
+    from archiso_hook.boot.state import already_mounted  # noqa: PLC0415
     from archiso_hook.cmdline import parse_options  # noqa: PLC0415
     from archiso_hook.log import Log  # noqa: PLC0415
 

@@ -7,9 +7,9 @@ report stays there, readable by every user (mode 0644; it holds nothing secret).
 the state file (root only, added to at every step, for `status` and the teardown), it is
 written once and never changes.
 
-`build_report` is pure: everything comes in as arguments. `save_for` gathers them from a
-finished `Boot` and writes the file; a report that cannot be written is a warning, never
-a failed boot.
+`build_report` and `medium_report` are pure: everything comes in as arguments. The
+executor gathers them when the live root is ready and `write`s the file; a report that
+cannot be written is a warning, never a failed boot.
 """
 
 from __future__ import annotations
@@ -18,18 +18,16 @@ import contextlib
 import json
 import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 
 from archiso_hook import __version__
+from archiso_hook.boot import procfs
 from archiso_hook.cmdline import Options
-from archiso_hook.kernel import loop
+from archiso_hook.log import Log
 from archiso_hook.paths import BOOTMNT, REPORT_FILE
 from archiso_hook.plan import BootPlan, ImagePlan
-
-if TYPE_CHECKING:
-    from archiso_hook.boot.executor import Boot
 
 VERSION = 1
 REPORT_NAME = os.path.basename(REPORT_FILE)  # beside the state file
@@ -162,24 +160,20 @@ def write(path: str, report: Mapping[str, Any]) -> None:
         raise
 
 
-def _uptime() -> float | None:
-    try:
-        with open("/proc/uptime", encoding="ascii") as f:
-            return float(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _medium(boot: Boot) -> MediumReport:
-    mount = _find(boot.state.resources, "mount", target=BOOTMNT)
-    ref = boot.refs.get("medium")  # its device path, or the loop device of an ISO file
-    isodev = boot.refs.get("isodev")
+def medium_report(
+    options: Options, resources: Sequence[Mapping[str, Any]], medium: Any, isodev: Any
+) -> MediumReport:
+    """Where the images came from: `medium` is the medium's device path, or the loop
+    device of an ISO file (with .path and .backing), or None; `isodev` the device that
+    holds the ISO file."""
+    mount = _find(resources, "mount", target=BOOTMNT)
     # Another hook mounted BOOTMNT (the boot from a server keeps no ref of it).
-    premounted = ref is None and isodev is None and not boot.options.network_source
-    device, iso_file = (ref.path, ref.backing) if isinstance(ref, loop.LoopDevice) else (ref, None)
+    premounted = medium is None and isodev is None and not options.network_source
+    device, iso_file = (medium, None) if medium is None or isinstance(medium, str) else (
+        medium.path, medium.backing)  # fmt: skip
     device = mount.get("source") or device
     return MediumReport(
-        found_by=found_by(boot.options, premounted=premounted),
+        found_by=found_by(options, premounted=premounted),
         device=None if device is None else str(device),
         fstype=mount.get("fstype"),
         iso_file=iso_file,
@@ -188,23 +182,34 @@ def _medium(boot: Boot) -> MediumReport:
     )
 
 
-def save_for(boot: Boot, plan: BootPlan) -> None:
-    """Write the report of the boot that just succeeded beside its state file."""
-    path = os.path.join(os.path.dirname(boot.state_file), REPORT_NAME)
+def save(
+    path: str,
+    *,
+    options: Options,
+    plan: BootPlan,
+    state: Any,
+    medium: MediumReport,
+    copies: Mapping[str, str],
+    log: Log,
+) -> None:
+    """Write the report of the boot that just succeeded (`state`: its boot/state.State);
+    a failure only warns: the live root is ready, and a report never fails it."""
     try:
-        timings = dict(boot.state.timings)
-        uptime = _uptime()
+        timings = dict(state.timings)
+        uptime = procfs.uptime()
         if uptime is not None:  # since the kernel started: when the live root was ready
             timings["uptime_seconds"] = round(uptime, 3)
-        report = build_report(
-            boot.options,
-            plan,
-            medium=_medium(boot),
-            resources=boot.state.resources,
-            copies=boot.image_paths,
-            timings=timings,
-            cow=boot.state.cow,
+        write(
+            path,
+            build_report(
+                options,
+                plan,
+                medium=medium,
+                resources=state.resources,
+                copies=copies,
+                timings=timings,
+                cow=state.cow,
+            ),
         )
-        write(path, report)
-    except Exception as e:  # noqa: BLE001  (the live root is ready: a report never fails it)
-        boot.log.warning(f"could not write the boot report {path}: {e}")
+    except Exception as e:  # noqa: BLE001
+        log.warning(f"could not write the boot report {path}: {e}")

@@ -15,10 +15,17 @@ Which lines of gpgv's status output make a good signature is decided here, purel
 from __future__ import annotations
 
 import os
+import subprocess
+import time
+from typing import TYPE_CHECKING
 
 import attrs
 
 from archiso_hook.errors import HookError
+from archiso_hook.plan import VerifySignatures
+
+if TYPE_CHECKING:
+    from archiso_hook.boot.executor import Boot
 
 KEYRING = "/etc/archiso/gpg/trustedkeys.gpg"
 CODESIGN_CERT = "/codesign.crt"  # the paths mkinitcpio-archiso uses
@@ -98,8 +105,6 @@ def cms_command(
 
 
 def _run(argv: list[str], what: str, parameter: str, hint: str) -> tuple[int, str, str]:
-    import subprocess  # noqa: PLC0415  (only with verify=y or cms_verify=y)
-
     try:
         done = subprocess.run(argv, capture_output=True, text=True, errors="replace", check=False)
     except FileNotFoundError:
@@ -153,3 +158,20 @@ def check_cms(image: str, cert: str = CODESIGN_CERT, ca: str = CODESIGN_CA) -> N
             f"{image}: its CMS signature does not verify against {cert}",
             hint=f"openssl said: {said}" if said else "write the medium again",
         )
+
+
+def verify_signatures(boot: Boot, step: VerifySignatures) -> None:
+    """The VerifySignatures step: every image, as it will be used (its copy in RAM if one
+    was made; its signatures went along), before anything is mounted from it."""
+    start = time.monotonic()
+    for image in step.images:
+        used = boot.image_paths.get(image, image)
+        if step.gpg:
+            signer = check_gpg(used)
+            boot.log.info(f"{used}: good GPG signature by {signer}")
+        if step.cms:
+            check_cms(used)
+            boot.log.info(f"{used}: good CMS signature by {CODESIGN_CERT}")
+    boot.log.info(
+        f"signatures checked: {len(step.images)} image(s) in {time.monotonic() - start:.1f} s"
+    )

@@ -21,100 +21,21 @@ import contextlib
 import fcntl
 import json
 import os
-import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
 
+from archiso_hook.boot.resources import RECORDS, Check, check_record
+from archiso_hook.boot.resources import count as _count
+from archiso_hook.boot.resources import flag as _flag
+from archiso_hook.boot.resources import path as _path
 from archiso_hook.errors import HookError
+from archiso_hook.kernel import syscalls
 from archiso_hook.paths import STATE_FILE
 
 VERSION = 1
-
-Check = Callable[[Any], bool]
-
-
-def _text(value: Any) -> bool:
-    """Text a system call can take: no NUL, and bytes again (a file name that is not
-    UTF-8 was read with surrogateescape; a lone surrogate from a JSON escape is not)."""
-    if not isinstance(value, str) or "\0" in value:
-        return False
-    try:
-        value.encode("utf-8", errors="surrogateescape")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _path(value: Any) -> bool:
-    return _text(value) and value.startswith("/")
-
-
-def _device(prefix: str) -> Check:
-    pattern = re.compile(rf"/dev/{prefix}[0-9]+")
-    return lambda value: isinstance(value, str) and pattern.fullmatch(value) is not None
-
-
-def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _flag(value: Any) -> bool:
-    return isinstance(value, bool)
-
-
-def _dm_name(value: Any) -> bool:  # what DM_DEV_CREATE takes: 1..127 bytes, no '/'
-    return (
-        _text(value) and value.isprintable() and 0 < len(value.encode()) < 128 and "/" not in value
-    )
-
-
-def _devno(value: Any) -> bool:
-    return isinstance(value, str) and re.fullmatch(r"[0-9]+:[0-9]+", value) is not None
-
-
-def _path_or_none(value: Any) -> bool:
-    return value is None or _path(value)
-
-
-# Every record the hook writes: its fields and what each must be. A record missing one,
-# or with one of another type, is skipped by every reader (and reported).
-RECORDS: dict[str, dict[str, Check]] = {
-    "mount": {"target": _path, "source": _text, "fstype": _text, "read_only": _flag,
-              "live_path": _path_or_none},
-    "loop": {"device": _device("loop"), "backing": _path, "read_only": _flag},
-    "dm": {"name": _dm_name, "device": _path, "devno": _devno, "origin": _device("loop"),
-           "cow": _device("loop"), "mode": _text, "chunk_sectors": _count, "table": _text,
-           "cow_file": _path, "cow_need": _count},
-    "net": {"interface": _text, "address": _text, "how": _text},
-    "nbd": {"device": _device("nbd"), "server": _text, "export": _text, "address": _text,
-            "port": _count, "size": _count, "timeout": _count},
-    "file": {"path": _path, "apparent_bytes": _count, "kept": _flag},
-}  # fmt: skip
-# Older hooks did not record these; a record without them is still whole.
-OPTIONAL = {("mount", "read_only"), ("mount", "live_path"), ("nbd", "address"),
-            ("nbd", "port"), ("nbd", "size"), ("nbd", "timeout")}  # fmt: skip
-
-
-def check_record(record: Any) -> str | None:
-    """Why this record cannot be trusted, or None when every field is as RECORDS says."""
-    if not isinstance(record, dict):
-        return "not a record"
-    kind = record.get("kind")
-    fields = RECORDS.get(kind) if isinstance(kind, str) else None
-    if fields is None:
-        return f"unknown kind {kind!r}"
-    for name, check in fields.items():
-        if name not in record:
-            if (kind, name) in OPTIONAL:
-                continue
-            return f"its field {name!r} is missing"
-        if not check(record[name]):
-            return f"its field {name!r} is {record[name]!r}"
-    return None
-
 
 # The top-level fields and what each must be; a wrong one is reset to its default.
 _FIELD_CHECKS: dict[str, Check] = {
@@ -140,6 +61,9 @@ _FIELD_CHECKS: dict[str, Check] = {
         )
     ),
 }
+
+
+__all__ = ["RECORDS", "State", "StateBusyError", "check_record", "locked"]
 
 
 @attrs.define
@@ -327,3 +251,12 @@ def _holder(fd: int) -> str:
         return f"archiso-hook {command.strip()} (pid {int(pid)})"
     except (OSError, ValueError):
         return "another archiso-hook command"
+
+
+def already_mounted(newroot: str, state_file: str = STATE_FILE) -> bool:
+    """A complete earlier run (from the emergency shell, say) left the live root mounted."""
+    try:
+        state = State.load(state_file)
+    except (OSError, ValueError, TypeError):
+        return False
+    return state.complete and state.newroot == newroot and syscalls.is_mountpoint(newroot)

@@ -187,7 +187,7 @@ def test_save_for_a_finished_boot_writes_beside_the_state_file(tmp_path: Path) -
     stream = io.StringIO()
     boot, plan = finished_boot(tmp_path, "archisolabel=LIVE", stream)
     boot.refs["medium"] = "/dev/sr0"
-    report.save_for(boot, plan)
+    boot.save_report(plan)
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["medium"]["device"] == "/dev/sr0" and data["medium"]["found_by"] == "archisolabel"
     assert data["timings"]["mount_seconds"] == 1.25
@@ -199,7 +199,7 @@ def test_save_for_a_finished_boot_writes_beside_the_state_file(tmp_path: Path) -
 def test_save_for_a_medium_mounted_by_another_hook(tmp_path: Path) -> None:
     boot, plan = finished_boot(tmp_path, "archisolabel=LIVE", io.StringIO())
     boot.state.resources = [r for r in boot.state.resources if r.get("target") != BOOTMNT]
-    report.save_for(boot, plan)
+    boot.save_report(plan)
     medium = json.loads((tmp_path / "report.json").read_text())["medium"]
     assert medium["found_by"] == "already mounted" and not medium["released"]
 
@@ -209,7 +209,7 @@ def test_save_for_a_boot_from_an_nfs_server_after_copytoram(tmp_path: Path) -> N
     # NFS copies to RAM and unmounts the export: nothing of the medium is left.
     boot.state.resources = [r for r in boot.state.resources if r.get("target") != BOOTMNT]
     boot.image_paths[ROOT_IMG] = "/run/archiso/copytoram/root.fs.sfs"
-    report.save_for(boot, plan)
+    boot.save_report(plan)
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["medium"]["found_by"] == "archiso_nfs_srv" and data["medium"]["released"]
     assert data["images"][0]["copied_to_ram"]
@@ -218,7 +218,7 @@ def test_save_for_a_boot_from_an_nfs_server_after_copytoram(tmp_path: Path) -> N
 def test_a_report_that_cannot_be_written_is_a_warning(tmp_path: Path) -> None:
     stream = io.StringIO()
     boot, plan = finished_boot(tmp_path / "missing-dir", "archisolabel=LIVE", stream)
-    report.save_for(boot, plan)  # does not raise: the live root is ready all the same
+    boot.save_report(plan)  # does not raise: the live root is ready all the same
     assert stream.getvalue().startswith(
         f"archiso-hook: warning: could not write the boot report {tmp_path}/missing-dir/"
         "report.json: [Errno 2] No such file or directory"
