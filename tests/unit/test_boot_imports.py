@@ -23,10 +23,12 @@ BOOT_PATH = (
     "archiso_hook.release", "archiso_hook.handoff", "archiso_hook.watch",
     "archiso_hook.shutdown", "archiso_hook.report",
 )  # fmt: skip
-# What a disk boot never needs: the builder and its tools, the network stack, psutil.
+# What a disk boot never needs: the builder and its tools, the network stack, psutil,
+# the parameters' reference (paramdoc).
 FORBIDDEN = (
     "argparse", "subprocess", "hashlib", "pathlib", "socket", "asyncio", "tempfile",
     "shutil", "psutil", "pyroute2", "archiso_hook.builder", "archiso_hook.httpfetch",
+    "archiso_hook.paramdoc",
 )  # fmt: skip
 BOOT_ARGV = (
     ["mount", "/new_root"], ["mount", "/new_root", "archisobasedir=arch"], ["handoff"],
