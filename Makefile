@@ -47,6 +47,10 @@ help:
 	@echo "make test     linters, unit tests and the QEMU boot tests"
 	@echo "make frozen   build the frozen hook ($(FROZEN))"
 	@echo "make frozen-i686  the same for i686 ($(FROZEN_I686)), in an i386 root"
+	@echo "make stage    make install (both architectures) into $(STAGE), for the lab"
+	@echo "make lint     ruff, mypy, shellcheck (make test-unit, test-vm: parts of make test)"
+	@echo "make fuzz     the parsers and the plan fuzzed, over 100,000 examples (~11 min)"
+	@echo "make bench    the benchmarks against a baseline (~30 min; docs/performance.md)"
 	@echo "make install  DESTDIR=... PREFIX=/usr: hooks, frozen tree, launcher, docs, license"
 	@echo "make dist     the source tarball for packaging/PKGBUILD (then makepkg there)"
 
