@@ -47,6 +47,10 @@ help:
 	@echo "make test     linters, unit tests and the QEMU boot tests"
 	@echo "make frozen   build the frozen hook ($(FROZEN))"
 	@echo "make frozen-i686  the same for i686 ($(FROZEN_I686)), in an i386 root"
+	@echo "make stage    make install (both architectures) into $(STAGE), for the lab"
+	@echo "make lint     ruff, mypy, shellcheck (make test-unit, test-vm: parts of make test)"
+	@echo "make fuzz     the parsers and the plan fuzzed, over 100,000 examples (~11 min)"
+	@echo "make bench    the benchmarks against a baseline (~30 min; docs/performance.md)"
 	@echo "make install  DESTDIR=... PREFIX=/usr: hooks, frozen tree, launcher, docs, license"
 	@echo "make dist     the source tarball for packaging/PKGBUILD (then makepkg there)"
 
@@ -84,7 +88,7 @@ CJK_CODECS := big5 big5hkscs cp932 cp949 cp950 euc_jis_2004 euc_jisx0213 euc_jp 
 	gb18030 gb2312 gbk hz iso2022_jp iso2022_jp_1 iso2022_jp_2 iso2022_jp_2004 iso2022_jp_3 \
 	iso2022_jp_ext iso2022_kr johab shift_jis shift_jis_2004 shift_jisx0213
 
-# PyInstaller --onedir: a directory tree, no unpacking at each start (see README).
+# PyInstaller --onedir: a directory tree, no unpacking at each start (docs/architecture.md).
 # Modules the hook never imports at boot are excluded to keep the initramfs small
 # (not unittest: pyroute2's rtnetlink socket imports unittest.mock at its top). pyroute2's
 # package __init__ is never run (archiso_hook/boot/net.py), so the parts only it imports (NDB,
@@ -94,7 +98,7 @@ CJK_CODECS := big5 big5hkscs cp932 cp949 cp950 euc_jis_2004 euc_jisx0213 euc_jp 
 # hash_seed=0: Python seeds its string hashes from the kernel's random pool at each start;
 # early in a boot, before the pool is ready (no RDRAND, no virtio-rng: older machines and
 # most VMs), that read makes the kernel gather jitter entropy first: 1.0 of the 1.35
-# billion instructions from exec to the first line in the lab's guest (README, How fast).
+# billion instructions from exec to the first line in the lab's guest (docs/performance.md).
 # The hook hashes nothing an attacker could choose in bulk, which randomisation is for.
 PYINSTALLER_OPTS := --noconfirm --log-level WARN --onedir --name archiso-hook \
 	--python-option hash_seed=0 \
@@ -161,8 +165,9 @@ $(FROZEN_I686)/archiso-hook: $(I386_ROOT)/.complete $(PY_SOURCES) $(PYI_HOOKS)
 		--specpath $(BUILD)/pyinstaller-i686 archiso_hook/__main__.py
 	@touch $@
 
-# What a user reads, in /usr/share/doc/archiso-hook (the license goes to /usr/share/licenses).
-DOCS := README.md
+# What a user reads, in /usr/share/doc/archiso-hook as in the tree (README.md, docs/*.md),
+# so that their links to each other work; the license goes to /usr/share/licenses.
+DOCS := README.md $(sort $(wildcard docs/*.md))
 
 install: frozen
 	install -d $(DESTDIR)$(PREFIX)/lib/archiso-hook $(DESTDIR)$(PREFIX)/bin
@@ -170,11 +175,11 @@ install: frozen
 	install -Dm644 -t $(DESTDIR)$(PREFIX)/lib/initcpio/install initcpio/install/*
 	install -Dm644 -t $(DESTDIR)$(PREFIX)/lib/initcpio/hooks initcpio/hooks/*
 	ln -sfn ../lib/archiso-hook/archiso-hook $(DESTDIR)$(PREFIX)/bin/archiso-hook
-	install -Dm644 -t $(DESTDIR)$(PREFIX)/share/doc/archiso-hook $(DOCS)
+	for f in $(DOCS); do install -Dm644 "$$f" "$(DESTDIR)$(PREFIX)/share/doc/archiso-hook/$$f" || exit; done
 	install -Dm644 LICENSE $(DESTDIR)$(PREFIX)/share/licenses/archiso-hook/LICENSE
 
 # A second architecture's tree beside the native one: the install hook puts the one
-# matching the kernel's into the image (README: "Building for i686 and x86_64").
+# matching the kernel's into the image (docs/development.md: "Building for i686 and x86_64").
 install-i686: frozen-i686
 	install -d $(DESTDIR)$(PREFIX)/lib/archiso-hook-i686
 	cp -a $(FROZEN_I686)/. $(DESTDIR)$(PREFIX)/lib/archiso-hook-i686/
@@ -183,9 +188,10 @@ uninstall:
 	rm -rf $(DESTDIR)$(PREFIX)/lib/archiso-hook $(DESTDIR)$(PREFIX)/lib/archiso-hook-i686
 	rm -f $(patsubst initcpio/%,$(DESTDIR)$(PREFIX)/lib/initcpio/%,$(wildcard initcpio/install/* initcpio/hooks/*)) \
 		$(DESTDIR)$(PREFIX)/bin/archiso-hook \
-		$(addprefix $(DESTDIR)$(PREFIX)/share/doc/archiso-hook/,$(notdir $(DOCS))) \
+		$(addprefix $(DESTDIR)$(PREFIX)/share/doc/archiso-hook/,$(DOCS)) \
 		$(DESTDIR)$(PREFIX)/share/licenses/archiso-hook/LICENSE
-	rmdir --ignore-fail-on-non-empty $(DESTDIR)$(PREFIX)/share/doc/archiso-hook \
+	rmdir --ignore-fail-on-non-empty $(DESTDIR)$(PREFIX)/share/doc/archiso-hook/docs \
+		$(DESTDIR)$(PREFIX)/share/doc/archiso-hook \
 		$(DESTDIR)$(PREFIX)/share/licenses/archiso-hook 2>/dev/null || true
 
 # The source tarball packaging/PKGBUILD builds from: the files of this tree that git tracks

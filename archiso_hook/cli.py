@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 EPILOG_PLAN = """example:
   archiso-hook plan --aitab aitab --cmdline 'archisolabel=ARCH_2026 copytoram=y'
 """
+EPILOG_PARAMETERS = """examples:
+  archiso-hook parameters            (what mkinitcpio -H archiso prints too)
+  archiso-hook parameters --markdown (README's table)
+"""
 EPILOG_MOUNT = """examples:
   archiso-hook mount /new_root            (what the mkinitcpio hook runs)
   archiso-hook mount /new_root archisolabel=ARCH_2026
@@ -92,6 +96,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
         for warning in options.warnings:
             print(f"warning: {warning}")
         print(plan.describe())
+    return 0
+
+
+def cmd_parameters(args: argparse.Namespace) -> int:
+    from archiso_hook import paramdoc  # noqa: PLC0415
+
+    print(paramdoc.markdown() if args.markdown else paramdoc.text(), end="")
     return 0
 
 
@@ -341,7 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     parser.add_argument("--version", action="version", version=f"archiso-hook {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(
+        dest="command", required=True, parser_class=_Parser, metavar="COMMAND"
+    )
 
     def add(
         name: str, func: Callable[[argparse.Namespace], int], help_: str, epilog: str
@@ -371,6 +384,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--newroot", default="/new_root", help="where the new root is mounted")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+    p = add(
+        "parameters",
+        cmd_parameters,
+        "list the kernel parameters the hook reads: accepted values, defaults, meaning",
+        EPILOG_PARAMETERS,
+    )
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--text", action="store_true", help="for a terminal, 80 columns (default)")
+    fmt.add_argument("--markdown", action="store_true", help="as a markdown table")
 
     p = add(
         "mount",

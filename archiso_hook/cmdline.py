@@ -267,7 +267,11 @@ def _cow_spacesize(value: str) -> Size:
 
 @attrs.frozen
 class Parameter:
-    """One archiso kernel parameter: how to read it and what it means (README table)."""
+    """One archiso kernel parameter: how to read it, and what the reference says of it.
+
+    The reference (README's table, `mkinitcpio -H archiso`, `archiso-hook parameters`)
+    is generated from these fields by archiso_hook/paramdoc.py: edit them here.
+    """
 
     name: str
     field: str
@@ -277,102 +281,162 @@ class Parameter:
     # Only a network boot needs it: a bad value stops only such a boot (on any other
     # it is a warning), and every value given is kept, in order (ip=, as dracut's).
     network: bool = False
+    # What holds when it is not given, in words ("" for nothing), and when archiso's
+    # own hook got it (archlinux/archiso's history; "new": archiso never had it).
+    default: str = ""
+    since: str = ""
 
 
 P = Parameter
+_FLAG = "bare word, y or n"
 # fmt: off
 PARAMETERS: tuple[Parameter, ...] = (
-    P("archisobasedir", "basedir", _basedir, "relative directory",
-      "directory on the medium holding aitab and the images"),
+    P("archisobasedir", "basedir", _basedir, "a relative path, no ..",
+      "directory on the medium holding aitab and the images",
+      default="arch", since="≤ 2011"),
     P("archisolabel", "label", _label("archisolabel", "the boot medium's filesystem label"),
-      "filesystem label",
-      "label of the boot medium's filesystem"),
+      "a filesystem label",
+      "label of the boot medium's filesystem",
+      since="≤ 2011"),
     P("archisodevice", "device", _device_spec("archisodevice"),
-      "/dev/... path, or UUID=, LABEL=, PARTUUID=, PARTLABEL=",
-      "device of the boot medium (default /dev/disk/by-label/<archisolabel>)"),
-    P("archisosearchuuid", "search_uuid", _uuid, "filesystem UUID",
+      "a /dev/... path, or UUID=, LABEL=, PARTUUID=, PARTLABEL= and the value",
+      "device of the boot medium; tags are looked up through udev's /dev/disk/by-* links "
+      "(a space is \\x20, as udev encodes it)",
+      default="/dev/disk/by-label/<archisolabel>", since="≤ 2011; the tags 2023 (6fe2c48)"),
+    P("archisosearchuuid", "search_uuid", _uuid, "a filesystem UUID",
       "boot from the device with this filesystem UUID, or else from the first device "
       "holding archisosearchfilename (removable devices first; each is looked into "
-      "read-only, without replaying its journal, nothing written)"),
+      "read-only, without replaying its journal, nothing written)",
+      since="2024 (4627022)"),
     P("archisosearchfilename", "search_filename",
-      _relative_path("archisosearchfilename", "/boot/<uuid>.uuid"), "path",
-      "boot from the first device holding this file, as archisosearchuuid does (default "
-      "with archisosearchuuid: /boot/<archisosearchuuid>.uuid)"),
-    P("img_dev", "img_dev", _device_spec("img_dev"), "/dev/... path or a tag",
+      _relative_path("archisosearchfilename", "/boot/<uuid>.uuid"), "a path, no ..",
+      "the file that marks the medium; given alone, the boot is from the first device "
+      "holding it, searched as for archisosearchuuid",
+      default="/boot/<archisosearchuuid>.uuid with archisosearchuuid",
+      since="2024 (4627022)"),
+    P("img_dev", "img_dev", _device_spec("img_dev"), "as archisodevice",
       "device holding an ISO file to boot from (mounted read-only, without replaying "
-      "its journal, nothing written)"),
+      "its journal, nothing written)",
+      since="≤ 2011 (archiso_loop_mnt)"),
     P("img_label", "img_label", _label("img_label", "the filesystem label of that device"),
-      "filesystem label",
-      "label of that device (wins over img_dev=)"),
-    P("img_loop", "img_loop", _relative_path("img_loop", "/iso/archlinux.iso"), "path",
-      "path of the ISO file on img_dev"),
+      "a filesystem label",
+      "the same by label (wins over img_dev)",
+      since="2011 (908551e)"),
+    P("img_loop", "img_loop", _relative_path("img_loop", "/iso/archlinux.iso"),
+      "a path, no ..",
+      "path of the ISO file on that device; needs img_dev or img_label",
+      since="≤ 2011 (archiso_loop_mnt)"),
     P("img_flags", "img_flags", _mount_options("img_flags"), "mount options",
-      "options for mounting img_dev (always read-only, without journal replay)"),
-    P("arch", "arch", _arch, "i686 | x86_64",
-      "which architecture's images to mount (default: the running machine)"),
-    P("cow_spacesize", "cow_spacesize", _cow_spacesize, "size (256M, 1G) or 1%..100% of RAM",
-      "size of the tmpfs that holds the copy-on-write files"),
+      "options for mounting that device (always read-only, without journal replay)",
+      default="defaults", since="2016 (5725183)"),
+    P("arch", "arch", _arch, "i686 or x86_64",
+      "which architecture's images to mount (those marked any too)",
+      default="the running machine", since="≤ 2011"),
+    P("cow_spacesize", "cow_spacesize", _cow_spacesize,
+      "a size (256M, 1G) or 1%..100% of RAM",
+      "size of the tmpfs that holds the copy-on-write files",
+      default="256M", since="2015 (9322a0d; before it cowspace_size, cowfile_size)"),
     P("cow_label", "cow_label", _label("cow_label", "the filesystem label for the COW files"),
-      "filesystem label",
-      "label of a filesystem to keep the COW files on, across boots (wins over cow_device=)"),
-    P("cow_device", "cow_device", _device_spec("cow_device"), "/dev/... path or a tag",
-      "device of that filesystem"),
+      "a filesystem label",
+      "keep the COW files on this filesystem, across boots (wins over cow_device); it is "
+      "written, so a dirty journal on it is replayed",
+      since="2011 (e205583)"),
+    P("cow_device", "cow_device", _device_spec("cow_device"), "as archisodevice",
+      "the same by device",
+      since="2011"),
     P("cow_directory", "cow_directory", _relative_path("cow_directory", "persistent/x86_64"),
-      "path", "directory of the COW files (default persistent_<archisolabel>/<arch>)"),
-    P("cow_flags", "cow_flags", _mount_options("cow_flags"), "mount options",
-      "options for mounting the COW device"),
-    P("cow_persistent", "cow_persistent", _cow_persistent, "N | P | PO",
-      "dm-snapshot exception store: transient, persistent, persistent with overflow "
-      "(default P with a COW device, else N)"),
-    P("cow_grow", "cow_grow", _flag("cow_grow"), "bare word or y | n",
-      "let the watchdog grow a COW in RAM before it fills (default y in RAM, n on a device)"),
-    P("cow_grow_max", "cow_grow_max", _cow_grow_max, "size or 1%..100% of RAM",
-      "the most all COW files together may grow to in RAM"),
-    P("cow_reset", "cow_reset", _flag("cow_reset"), "bare word or y | n",
-      "start the persistent COW files over, discarding the changes kept in them"),
-    P("cow_chunksize", "cow_chunksize", _chunksize, "power of two, in 512-byte sectors",
-      "dm-snapshot chunk size"),
-    P("copytoram", "copytoram", _copytoram, "y | n | auto (bare word: y)",
-      "copy the images to RAM and release the medium; auto: when safe and useful"),
+      "a path, no ..",
+      "directory of the COW files in the cowspace (made with mode 0700)",
+      default="persistent_<archisolabel>/<arch>", since="2011"),
+    P("cow_flags", "cow_flags", _mount_options("cow_flags"), "mount options, not ro",
+      "options for mounting the COW device",
+      default="defaults", since="2015 (03c296c)"),
+    P("cow_persistent", "cow_persistent", _cow_persistent, "N, P or PO",
+      "dm-snapshot exception store: transient, persistent, persistent with overflow (a "
+      "full COW fails writes, reads go on); PO falls back to N on a kernel without it",
+      default="P with a COW device, PO in RAM", since="2011 (PO: new)"),
+    P("cow_grow", "cow_grow", _flag("cow_grow"), _FLAG,
+      "let the watchdog (archiso-hook watch) grow a COW in RAM before it fills",
+      default="y in RAM, n on a COW device", since="new"),
+    P("cow_grow_max", "cow_grow_max", _cow_grow_max, "a size or 1%..100% of RAM",
+      "the most the cowspace may grow to",
+      default="50%", since="new"),
+    P("cow_reset", "cow_reset", _flag("cow_reset"), _FLAG,
+      "start the persistent COW files over: the changes kept in them are discarded",
+      default="n", since="new"),
+    P("cow_chunksize", "cow_chunksize", _chunksize,
+      "a power of two, 1..2097152 (512-byte sectors)",
+      "dm-snapshot chunk size (a reused persistent store keeps its own)",
+      default="8", since="2015 (156b9a6; a fixed 8 before)"),
+    P("copytoram", "copytoram", _copytoram, "y, n or auto (a bare word is y)",
+      "copy the images to RAM, then release the medium; auto: only when safe and useful "
+      "(not from an optical drive, at most 4 GiB, and MemAvailable at least their size "
+      "+ 2 GiB)",
+      default="auto; y from NBD or NFS", since="≤ 2011; auto 2022 (2e6dfe5)"),
     P("copytoram_size", "copytoram_size", _copytoram_size,
-      "size (4G) or 1%..100% of RAM", "size of the tmpfs the images are copied into"),
-    P("checksum", "checksum", _flag("checksum"), "bare word or y | n",
+      "a size (4G) or 1%..100% of RAM",
+      "size of the tmpfs at /run/archiso/copytoram that holds the copies",
+      default="75%", since="≤ 2011"),
+    P("checksum", "checksum", _flag("checksum"), _FLAG,
       "verify every image (and the aitab, when listed) against its checksum file before "
-      "it is used: <img>.sha512, <stem>.sha512 or .md5, or checksum.<arch>.md5"),
-    P("verify", "verify", _flag("verify"), "bare word or y | n",
-      "check each image's GPG signature, <img>.sig, with the keys built into the "
-      "initramfs (ARCHISO_GNUPG_FD), before anything is mounted from it"),
-    P("cms_verify", "cms_verify", _flag("cms_verify"), "bare word or y | n",
-      "check each image's CMS signature, <img>.cms.sig, with the certificate built into "
-      "the initramfs (ARCHISO_TLS_FD, ARCHISO_TLSCA_FD), before anything is mounted"),
-    P("dm_snap_prefix", "dm_snap_prefix", _prefix, "A-Z a-z 0-9 _ . + -",
-      "prefix of the device-mapper names, /dev/mapper/<prefix>_<image>"),
-    P("rootdelay", "rootdelay", _seconds, "seconds",
-      "how long to wait for the boot medium (and the COW device) to appear"),
-    P("quiet", "quiet", _flag("quiet"), "bare word or y | n",
-      "show only warnings and errors on the console"),
+      "anything is mounted from it: <img>.sha512, <stem>.sha512 or .md5, "
+      "checksum.<arch>.md5 or checksum.md5",
+      default="n", since="2011 (90cfe3c)"),
+    P("verify", "verify", _flag("verify"), _FLAG,
+      "check each image's GPG signature, <img>.sig, with gpgv and the keys built into "
+      "the initramfs (ARCHISO_GNUPG_FD), before anything is mounted from it",
+      default="n", since="2016 (1a59eb3), airootfs.sfs only"),
+    P("cms_verify", "cms_verify", _flag("cms_verify"), _FLAG,
+      "check each image's CMS signature, <img>.cms.sig, with openssl and the certificate "
+      "built into the initramfs (ARCHISO_TLS_FD, ARCHISO_TLSCA_FD)",
+      default="n", since="2022 (v64), airootfs.* only"),
+    P("dm_snap_prefix", "dm_snap_prefix", _prefix, "1..64 of A-Z a-z 0-9 _ . + -",
+      "the snapshots are /dev/mapper/<prefix>_<image>",
+      default="arch", since="2011 (57d2ea1)"),
+    P("rootdelay", "rootdelay", _seconds, "whole seconds, 0..86400",
+      "how long to wait for the medium (and the COW and ISO devices)",
+      default="30", since="mkinitcpio-archiso (a fixed 30 s before)"),
+    P("quiet", "quiet", _flag("quiet"), _FLAG,
+      "show only warnings and errors on the console",
+      default="n", since="mkinitcpio's own"),
     P("ip", "ip", netconf.parse_ip,
-      "dhcp, <interface>:dhcp, or <client>:<server>:<gw>:<netmask>:<hostname>:<device>:"
-      "<autoconf>:<dns0>:<dns1> (also dracut's and systemd's forms; may be repeated)",
-      "configure the network for an archiso_*_srv boot (IPv4: DHCP or static); other "
-      "forms (dhcp6, auto6, ...) are left to the live system", network=True),
+      "dhcp, off, <interface>:dhcp, or the kernel's "
+      "<client>:<server>:<gw>:<netmask>:<hostname>:<device>:<autoconf>:... (DNS servers "
+      "after); dracut's and systemd's forms too; repeatable",
+      "the network for a boot from a server (IPv4: DHCP or static); forms it cannot "
+      "carry out (dhcp6, auto6, ...) are left to the live system",
+      network=True, default="dhcp when a server is given",
+      since="2011 (archiso_pxe_common)"),
     P("BOOTIF", "bootif", netconf.parse_bootif,
       "01-aa-bb-cc-dd-ee-ff, aa-bb-cc-dd-ee-ff or aa:bb:cc:dd:ee:ff",
-      "the interface to configure, by MAC address (PXELINUX's IPAPPEND 2)", network=True),
-    P("copy_resolvconf", "copy_resolvconf", _flag("copy_resolvconf"), "bare word or y | n",
-      "write the DNS servers the network got into the live root's /etc/resolv.conf"),
-    P("archiso_http_srv", "http_srv", netconf.parse_http_server, "http://host[:port]/path/",
-      "download the images from this URL into RAM (followed by archisobasedir)"),
-    P("archiso_http_spc", "http_spc", _http_spc, "size or 1%..100% of RAM",
-      "size of the tmpfs the downloads go into"),
-    P("archiso_nbd_srv", "nbd_srv", netconf.parse_nbd_server, "host[:port]",
-      "boot from this NBD server's export, attached as /dev/nbd0"),
-    P("archiso_nbd_name", "nbd_name", netconf.parse_nbd_name, "export name",
-      "the NBD export to attach"),
+      "the interface to configure, by MAC address (PXELINUX's IPAPPEND 2)",
+      network=True, default="ip='s device, else the first Ethernet interface",
+      since="2011"),
+    P("copy_resolvconf", "copy_resolvconf", _flag("copy_resolvconf"), _FLAG,
+      "write the DNS servers into the live root's /etc/resolv.conf (unless that is a "
+      "link)",
+      default="y", since="2012 (0b39407)"),
+    P("archiso_http_srv", "http_srv", netconf.parse_http_server,
+      "http://host[:port]/path/ or https://...",
+      "download <URL><archisobasedir>/aitab and the images into RAM",
+      since="2011 (dceb5a0, was archiso_curl_url)"),
+    P("archiso_http_spc", "http_spc", _http_spc, "a size or 1%..100% of RAM",
+      "size of the tmpfs the downloads go into",
+      default="75%", since="2011"),
+    P("archiso_nbd_srv", "nbd_srv", netconf.parse_nbd_server,
+      "host[:port] (port 10809 if not given)",
+      "boot from this NBD server's export, attached as /dev/nbd0",
+      since="2011"),
+    P("archiso_nbd_name", "nbd_name", netconf.parse_nbd_name, "the export's name",
+      "the NBD export to attach",
+      default="archiso", since="2011 (41dd5bf)"),
     P("archiso_nfs_srv", "nfs_srv", netconf.parse_nfs_server, "host:/path",
-      "boot from this NFS export"),
-    P("archiso_nfs_opt", "nfs_opt", _mount_options("archiso_nfs_opt"), "NFS mount options",
-      "options for mounting it (vers=3, port=, ...); always read-only"),
+      "boot from this NFS export",
+      since="2011"),
+    P("archiso_nfs_opt", "nfs_opt", _mount_options("archiso_nfs_opt"),
+      "NFS mount options (vers=3, port=2049, proto=tcp, ...)",
+      "options for the NFS mount (always read-only)",
+      since="2011"),
 )
 # fmt: on
 _BY_NAME = {p.name: p for p in PARAMETERS}

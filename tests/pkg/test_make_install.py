@@ -7,6 +7,8 @@ import subprocess
 from pathlib import Path
 
 TREE = Path(__file__).resolve().parents[2]
+# README.md and docs/*.md, at their paths in the tree (their links to each other work).
+DOCS = ["README.md", *sorted(p.relative_to(TREE).as_posix() for p in TREE.glob("docs/*.md"))]
 
 
 def make(*args: str) -> None:
@@ -45,9 +47,12 @@ def test_install_then_uninstall(tmp_path: Path) -> None:
         "usr/bin/archiso-hook",
         "usr/lib/initcpio/install/base",
         *hooks,
-        "usr/share/doc/archiso-hook/README.md",
+        *(f"usr/share/doc/archiso-hook/{doc}" for doc in DOCS),
         "usr/share/licenses/archiso-hook/LICENSE",
     }
+    assert "docs/architecture.md" in DOCS
+    for doc in DOCS:
+        assert (dest / "usr/share/doc/archiso-hook" / doc).read_bytes() == (TREE / doc).read_bytes()
     frozen = TREE / "build/frozen/archiso-hook"
     tree = "usr/lib/archiso-hook/"
     assert {p.removeprefix(tree) for p in installed if p.startswith(tree)} == files(frozen)

@@ -30,6 +30,7 @@ from tests.lend import Lent
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run makepkg as a user")
 
 TREE = Path(__file__).resolve().parents[2]
+DOCS = ["README.md", *sorted(p.relative_to(TREE).as_posix() for p in TREE.glob("docs/*.md"))]
 USER = "archiso-build"
 PACKAGE = f"archiso-hook-{__version__}-1-x86_64.pkg.tar.zst"
 HOOK_FILES = sorted(
@@ -134,16 +135,16 @@ def test_the_package_holds_what_make_install_puts_on_a_system(built: Built) -> N
             ".PKGINFO",
             "usr/bin/archiso-hook",
             *HOOK_FILES,
-            "usr/share/doc/archiso-hook/README.md",
+            *(f"usr/share/doc/archiso-hook/{doc}" for doc in DOCS),
             "usr/share/licenses/archiso-hook/LICENSE",
         ]
     )
     assert {"usr/lib/initcpio/install/archiso", "usr/lib/initcpio/hooks/archiso"} <= set(HOOK_FILES)
     launcher = built.root / "usr/bin/archiso-hook"
     assert os.readlink(launcher) == "../lib/archiso-hook/archiso-hook"
-    assert (built.root / "usr/share/doc/archiso-hook/README.md").read_bytes() == (
-        TREE / "README.md"
-    ).read_bytes()
+    for doc in DOCS:
+        packaged = built.root / "usr/share/doc/archiso-hook" / doc
+        assert packaged.read_bytes() == (TREE / doc).read_bytes(), doc
     assert (built.root / "usr/share/licenses/archiso-hook/LICENSE").read_bytes() == (
         TREE / "LICENSE"
     ).read_bytes()

@@ -20,14 +20,17 @@ REPO = Path(__file__).resolve().parents[2]
 # Every module a disk boot runs, from `mount` to the handoff, the watchdog and the shutdown.
 BOOT_PATH = (
     "archiso_hook.cli", "archiso_hook.bootcmd", "archiso_hook.boot.executor",
-    "archiso_hook.boot.medium",
+    "archiso_hook.boot.medium", "archiso_hook.boot.seam", "archiso_hook.boot.state",
     "archiso_hook.boot.release", "archiso_hook.live.handoff", "archiso_hook.live.watch",
     "archiso_hook.live.shutdown", "archiso_hook.boot.report",
 )  # fmt: skip
-# What a disk boot never needs: the builder and its tools, the network stack, psutil.
+# What a disk boot never needs: the builder and its tools, the network stack, psutil,
+# the parameters' reference (paramdoc).
 FORBIDDEN = (
     "argparse", "subprocess", "hashlib", "pathlib", "socket", "asyncio", "tempfile",
     "shutil", "psutil", "pyroute2", "archiso_hook.build", "archiso_hook.boot.httpfetch",
+    "archiso_hook.paramdoc", "archiso_hook.boot.netboot", "archiso_hook.boot.prepare",
+    "archiso_hook.boot.signatures", "archiso_hook.kernel.nbd",
 )  # fmt: skip
 BOOT_ARGV = (
     ["mount", "/new_root"], ["mount", "/new_root", "archisobasedir=arch"], ["handoff"],
@@ -49,10 +52,23 @@ def loaded_after(code: str) -> set[str]:
 
 def test_the_boot_path_loads_nothing_a_disk_boot_does_not_need() -> None:
     code = "\n".join(f"import {module}" for module in BOOT_PATH)
+    # The handlers of every step of a disk boot, as the executor finds them.
+    code += (
+        "\nfrom archiso_hook.aitab import parse_aitab\n"
+        "from archiso_hook.boot import executor\n"
+        "from archiso_hook.cmdline import parse_options\n"
+        "from archiso_hook.plan import medium_steps, plan_boot\n"
+        "options = parse_options('archisolabel=ARCH_2026 cow_persistent=P')\n"
+        "aitab = parse_aitab('root / x86_64 xz ext4 50%\\nshare /usr/share any xz none 0\\n',"
+        " 'aitab')\n"
+        "plan = plan_boot(options, aitab, newroot='/new_root')\n"
+        "for step in [*medium_steps(options), *plan.image_steps]:\n"
+        "    executor.function(executor.HANDLERS[type(step).__name__])\n"
+    )
     code += "\nfrom archiso_hook.cli import boot_command\n"
     code += "\n".join(f"assert boot_command({argv!r}) is not None" for argv in BOOT_ARGV)
     loaded = loaded_after(code)
-    assert "archiso_hook.boot.executor" in loaded
+    assert {"archiso_hook.boot.executor", "archiso_hook.boot.images"} <= loaded
     assert [module for module in FORBIDDEN if module in loaded] == []
 
 

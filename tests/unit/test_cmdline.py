@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from archiso_hook.cmdline import Arch, CowMode, parse_options, split_cmdline, udev_encode
@@ -234,17 +232,3 @@ def test_bad_values_of_the_persistence_and_iso_parameters(text: str, names: str)
     with pytest.raises(InputError) as excinfo:
         parse_options(text, machine_arch=X86)
     assert names in str(excinfo.value)
-
-
-def test_readme_has_a_row_for_every_parameter_and_every_old_one() -> None:
-    from pathlib import Path  # noqa: PLC0415
-
-    from archiso_hook import cmdline  # noqa: PLC0415
-
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    rows = {m for line in readme.splitlines() if line.startswith("| `")
-            for m in re.findall(r"`([A-Za-z_]+)`", line.split(" | ")[0])}  # fmt: skip
-    names = {p.name for p in cmdline.PARAMETERS}
-    old = set(cmdline.ALIASES) | set(cmdline.RENAMED) | set(cmdline.OBSOLETE)
-    assert names - rows == set()
-    assert (old | cmdline.NOT_YET_SUPPORTED) - rows == set()

@@ -366,7 +366,7 @@ VALID: dict[str, st.SearchStrategy[tuple[str | None, object]]] = {
 # Words that are not archiso parameters (or not ones this version acts on).
 FOREIGN = tuple(word for word in (
     "BOOT_IMAGE=/arch/boot/x86_64/vmlinuz-linux", "initrd=\\arch\\initramfs.img",
-    "root=/dev/sda1", "ip=dhcp", "console=ttyS0,115200", "rd.debug", "nomodeset",
+    "root=/dev/sda1", "console=ttyS0,115200", "rd.debug", "nomodeset",
     "cowspace_size=1G", "cowfile_size=50%", "vga=791", "--", "=", "ARCH=i686", "Quiet",
     "rootdelay_=x", 'foo="a b"', *sorted(cmdline.NOT_YET_SUPPORTED), "aitab=aitab.x86_64",
     "archisoflags=noatime",

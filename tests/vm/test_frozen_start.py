@@ -3,7 +3,7 @@
 Early in a boot the pool is often not ready yet (no RDRAND, no virtio-rng: older
 machines and most VMs). Python seeds its string hashes from it at every start, and the
 kernel answers such a read by first gathering jitter entropy: in the lab's guest that
-was three quarters of the hook's start-up (README, How fast). The build fixes the seed
+was three quarters of the hook's start-up (docs/performance.md). The build fixes the seed
 (Makefile, hash_seed=0); this traces a start of the staged tree, on the host, to see
 that nothing else asks for randomness either.
 """
