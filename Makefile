@@ -119,6 +119,7 @@ PYINSTALLER_OPTS := --noconfirm --log-level WARN --onedir --name archiso-hook \
 # PYI_OPTIONS: a file rewritten when the options change, so that both trees are rebuilt.
 PYI_OPTIONS := $(BUILD)/.pyinstaller-options
 PYI_HOOKS   := tools/pyinstaller/rthooks.dat $(wildcard tools/pyinstaller/rthooks/*.py) \
+	$(wildcard tools/pyinstaller/hook-*.py) \
 	$(PYI_OPTIONS)
 $(shell mkdir -p $(BUILD) && { echo '$(PYINSTALLER_OPTS)' | cmp -s - $(PYI_OPTIONS) || \
 	echo '$(PYINSTALLER_OPTS)' > $(PYI_OPTIONS); })
