@@ -1,20 +1,33 @@
-"""`archiso-hook mount NEWROOT [KEY=VALUE...]`, the command the boot runs, without argparse.
+"""The commands a boot and a shutdown run, read without argparse: `mount NEWROOT
+[KEY=VALUE...]`, `handoff`, `watch --foreground` and `shutdown [VERB]`.
 
-The runtime hook runs it on every boot, where each module imported costs time (tens of
-milliseconds under emulation): `__main__` hands this exact form to `fast()`, which
-neither imports nor builds the command line's parser, and ends the process without the
-interpreter's teardown. Every other form (options, --help, a missing NEWROOT) goes to
-the full command line (`cli`), whose `mount` runs `mount()` below too.
+The hooks run them on every boot and every power-off, where each module imported costs
+time (tens of milliseconds under emulation) and stays in RAM (the watchdog lives as long
+as the system): `__main__` hands argv to `fast()`, then to `boot_command()`, and only
+what neither knows goes to the full command line (`cli`, with --help and its errors).
+Each command is a "module:function" (`BOOT_COMMANDS`), imported when it is run.
+`fast()` ends the process without the interpreter's teardown.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from archiso_hook import __version__
+from archiso_hook.cmdline import split_cmdline
 from archiso_hook.errors import HookError, exit_code, printable
+from archiso_hook.lazy import function
+from archiso_hook.log import Log
+
+SHUTDOWN_VERBS = ("poweroff", "reboot", "halt", "kexec")
+WATCH_INTERVAL = 0.25  # seconds, `watch --interval`'s default
+BOOT_COMMANDS = {
+    "mount": "archiso_hook.commands.mount:mount",  # (newroot, overrides)
+    "handoff": "archiso_hook.live.handoff:run",  # (log)
+    "shutdown": "archiso_hook.live.shutdown:run",  # (verb, log)
+    "watch": "archiso_hook.live.watch:run_foreground",  # (log, interval)
+}
 
 
 def read_cmdline(path: str = "/proc/cmdline") -> str:
@@ -26,52 +39,15 @@ def read_cmdline(path: str = "/proc/cmdline") -> str:
         raise HookError(f"cannot read {path}: {e.strerror}") from None
 
 
-def mount(newroot: str, words: Sequence[str]) -> int:
-    """Mount the live root at `newroot`; `words` (KEY=VALUE) replace kernel parameters."""
-    from archiso_hook.boot.executor import Boot  # noqa: PLC0415
-    from archiso_hook.boot.failure import BootFailedError, report_failure  # noqa: PLC0415
-    from archiso_hook.boot.state import already_mounted  # noqa: PLC0415
-    from archiso_hook.cmdline import parse_options  # noqa: PLC0415
-    from archiso_hook.log import Log  # noqa: PLC0415
-
-    log = Log(kmsg=True)
-    if already_mounted(newroot):
-        log.info(
-            f"the live root is already mounted at {newroot} (archiso-hook status "
-            "shows what was set up)"
-        )
-        return 0
-    # From the emergency shell a user can correct a parameter for this attempt.
-    overrides = [(key, value) for key, _, value in (word.partition("=") for word in words)]
+def boot_log() -> Log:
+    """The log of a command run at boot or shutdown: to the kernel log too, and honouring
+    quiet and rd.debug (read leniently: a bad archiso parameter is mount's to report)."""
     try:
-        options = parse_options(read_cmdline(), overrides=overrides)
-    except Exception as e:  # noqa: BLE001  (a bug must still end in the emergency shell)
-        return report_failure(log, e, debug=False)
-    log = Log(kmsg=True, quiet=options.quiet, debug=options.debug)
-    source = options.network_source
-    medium = (
-        f"the {source} server" if source else options.medium or options.iso_device or "the medium"
-    )
-    log.info(
-        f"archiso-hook {__version__}: mounting the {options.arch} images of {medium} at {newroot}"
-    )
-    for warning in options.warnings:
-        log.warning(warning)
-    from archiso_hook.boot import precompiled  # noqa: PLC0415
-
-    if precompiled.installed is not None:
-        log.debug(f"methods attrs generated so far: {precompiled.installed}")
-    try:
-        Boot(options, newroot, log).run()
-    except BootFailedError as e:
-        return e.code
-    from archiso_hook.live import handoff  # noqa: PLC0415
-
-    try:
-        handoff.after_mount(log)
-    except OSError as e:
-        log.warning(f"the handoff is left to the cleanup hook: {e}")
-    return 0
+        words = {key: value for key, value in split_cmdline(read_cmdline())}
+    except HookError:
+        words = {}
+    quiet = "quiet" in words and words["quiet"] in (None, "y", "yes", "1")
+    return Log(kmsg=True, quiet=quiet, debug="rd.debug" in words)
 
 
 def is_plain_mount(argv: Sequence[str]) -> bool:
@@ -84,23 +60,49 @@ def is_plain_mount(argv: Sequence[str]) -> bool:
     )
 
 
-def fast(argv: Sequence[str]) -> int | None:
-    """Run `argv` if it is a plain `mount`, and end the process; None for anything else."""
-    if not is_plain_mount(argv):
-        return None
+def boot_command(argv: Sequence[str]) -> Callable[[], int] | None:
+    """The command `argv` asks for if it is one a boot runs, as the hooks run it; None
+    for anything else, which the full parser reads (with --help and its errors)."""
+    match list(argv):
+        case ["mount", newroot, *overrides] if is_plain_mount(argv):
+            return lambda: function(BOOT_COMMANDS["mount"])(newroot, overrides)
+        case ["handoff"]:
+            return lambda: function(BOOT_COMMANDS["handoff"])(boot_log())
+        case ["shutdown", *verbs] if len(verbs) <= 1 and set(verbs) <= set(SHUTDOWN_VERBS):
+            verb = verbs[0] if verbs else "poweroff"
+            return lambda: function(BOOT_COMMANDS["shutdown"])(verb, boot_log())
+        case ["watch", "--foreground"]:
+            return lambda: function(BOOT_COMMANDS["watch"])(boot_log(), WATCH_INTERVAL)
+    return None
+
+
+def run_guarded(command: Callable[[], int]) -> int:
+    """Run a command: its exit status, a HookError as one line and its status, a bug as
+    one line asking for a report; never a traceback."""
     try:
-        code = mount(argv[1], argv[2:])
+        return int(command())
     except HookError as e:
         print(f"archiso-hook: error: {printable(str(e))}", file=sys.stderr)
-        code = exit_code(e)
+        return exit_code(e)
     except KeyboardInterrupt:
-        code = 130
+        return 130
+    except BrokenPipeError:  # the reader went away (`plan | head`): nothing to report
+        # What is still buffered for stdout must not fail again when Python exits.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a shell reports a command ended by SIGPIPE
     except Exception as e:  # noqa: BLE001
         print(
             f"archiso-hook: internal error: {type(e).__name__}: {e} (please report it)",
             file=sys.stderr,
         )
-        code = 1
+        return 1
+
+
+def fast(argv: Sequence[str]) -> int | None:
+    """Run `argv` if it is a plain `mount`, and end the process; None for anything else."""
+    if not is_plain_mount(argv):
+        return None
+    code = run_guarded(lambda: function(BOOT_COMMANDS["mount"])(argv[1], argv[2:]))
     # Nothing is left to clean up: skip the interpreter's teardown (a tenth of a second
     # and more under emulation), as the watchdog does.
     sys.stdout.flush()

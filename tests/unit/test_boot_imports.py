@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 # Every module a disk boot runs, from `mount` to the handoff, the watchdog and the shutdown.
 BOOT_PATH = (
-    "archiso_hook.cli", "archiso_hook.bootcmd", "archiso_hook.boot.executor",
+    "archiso_hook.bootcmd", "archiso_hook.commands.mount", "archiso_hook.boot.executor",
     "archiso_hook.boot.medium", "archiso_hook.boot.seam", "archiso_hook.boot.state",
     "archiso_hook.boot.release", "archiso_hook.live.handoff", "archiso_hook.live.watch",
     "archiso_hook.live.shutdown", "archiso_hook.boot.report",
@@ -27,7 +27,8 @@ BOOT_PATH = (
 # What a disk boot never needs: the builder and its tools, the network stack, psutil,
 # the parameters' reference (paramdoc).
 FORBIDDEN = (
-    "argparse", "subprocess", "hashlib", "pathlib", "socket", "asyncio", "tempfile",
+    "argparse", "archiso_hook.cli", "subprocess", "hashlib", "pathlib", "socket", "asyncio",
+    "tempfile",
     "shutil", "psutil", "pyroute2", "archiso_hook.build", "archiso_hook.boot.httpfetch",
     "archiso_hook.paramdoc", "archiso_hook.boot.netboot", "archiso_hook.boot.prepare",
     "archiso_hook.boot.signatures", "archiso_hook.kernel.nbd",
@@ -65,7 +66,7 @@ def test_the_boot_path_loads_nothing_a_disk_boot_does_not_need() -> None:
         "for step in [*medium_steps(options), *plan.image_steps]:\n"
         "    executor.function(executor.HANDLERS[type(step).__name__])\n"
     )
-    code += "\nfrom archiso_hook.cli import boot_command\n"
+    code += "\nfrom archiso_hook.bootcmd import boot_command\n"
     code += "\n".join(f"assert boot_command({argv!r}) is not None" for argv in BOOT_ARGV)
     loaded = loaded_after(code)
     assert {"archiso_hook.boot.executor", "archiso_hook.boot.images"} <= loaded
@@ -73,7 +74,7 @@ def test_the_boot_path_loads_nothing_a_disk_boot_does_not_need() -> None:
 
 
 def test_other_commands_and_usage_go_to_the_full_parser() -> None:
-    from archiso_hook.cli import boot_command  # noqa: PLC0415
+    from archiso_hook.bootcmd import boot_command  # noqa: PLC0415
 
     for argv in (["mount"], ["mount", "--help"], ["mount", "/new_root", "-x"],
                  ["shutdown", "sleep"], ["watch"], ["status"], ["handoff", "x"]):  # fmt: skip

@@ -5,7 +5,7 @@
 - `boot/` (the initramfs) imports neither `build/` nor `live/`;
 - `live/` (the live system) does not import `plan`: it reads what the boot did from the
   state file, never by planning again;
-- nothing but the command line (`cli`) imports `build/`;
+- nothing but the command line's `build` command imports `build/`;
 - no module is over 500 lines.
 
 Every import counts, also one inside a function or under TYPE_CHECKING: a boundary that
@@ -66,7 +66,7 @@ def inside(name: str, package: str) -> bool:
 # Being split (issue 20); each entry goes when its module is. Empty when the work is done.
 STILL_OVER = {
     "archiso_hook.boot.httpfetch", "archiso_hook.build.builder",
-    "archiso_hook.build.loaders", "archiso_hook.cli", "archiso_hook.cmdline",
+    "archiso_hook.build.loaders", "archiso_hook.cmdline",
     "archiso_hook.kernel.kmod", "archiso_hook.kernel.nbd", "archiso_hook.plan",
 }  # fmt: skip
 STILL_CROSSING = {("archiso_hook.kernel.kmod", "archiso_hook.cmdline")}
@@ -117,7 +117,7 @@ def test_live_does_not_import_plan(name: str) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    [n for n in ALL if not (inside(n, "archiso_hook.build") or inside(n, "archiso_hook.cli"))],
+    [n for n in ALL if not (inside(n, "archiso_hook.build") or n == "archiso_hook.commands.build")],
 )
 def test_only_the_command_line_imports_the_builder(name: str) -> None:
     wrong = sorted(i for i in imports(ALL[name], name) if inside(i, "archiso_hook.build"))

@@ -1,0 +1,101 @@
+"""`archiso-hook transfer`: read images once (copy and/or verify) with the engine of
+copytoram= and checksum=, or download URLs with the engine of archiso_http_srv=."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING
+
+from archiso_hook import checksums
+from archiso_hook.boot import httpfetch, transfer
+from archiso_hook.errors import HookError, InputError, printable
+from archiso_hook.log import Log
+from archiso_hook.sizes import human
+
+if TYPE_CHECKING:
+    import argparse
+
+
+def run(args: argparse.Namespace) -> int:
+    log = Log(quiet=args.quiet)
+    if any("://" in image for image in args.images):
+        return _transfer_urls(args, log)
+    if args.timeout is not None:
+        raise InputError("--timeout is for URLs: a file on this machine is read as it is")
+    expected = []
+    if args.verify:
+        for image in args.images:
+            arches = checksums.arches_of(image)
+            source = checksums.find(image, arches)
+            if source is None:
+                raise HookError(
+                    f"{image} has no checksum: {checksums.describe_sources(image, arches)}"
+                )
+            with open(source.path, encoding="utf-8", errors="replace") as f:
+                expected.append(checksums.parse_source(f.read(), source))
+    jobs = [
+        transfer.Job(
+            image,
+            os.path.join(args.to, os.path.basename(image)) if args.to else None,
+            expected[i].algorithm if expected else None,
+        )
+        for i, image in enumerate(args.images)
+    ]
+    total = sum(os.stat(image).st_size for image in args.images)
+    what = " and ".join(w for w, on in (("copying", args.to), ("verifying", args.verify)) if on)
+    start = time.monotonic()
+    results = transfer.run(jobs, progress=transfer.Progress(what or "reading", total, log.progress))
+    seconds = time.monotonic() - start
+    bad = [(r, e) for r, e in zip(results, expected, strict=False) if r.digest != e.digest]
+    for result, want in bad:
+        log.error(
+            f"{result.job.source} is corrupt: its {want.algorithm} is {result.digest}, "
+            f"but {want.source} says {want.digest}"
+        )
+    print(
+        f"{what or 'read'}: {len(jobs)} image(s), {total} bytes in {seconds:.3f} s "
+        f"({human(total / seconds if seconds else 0)}/s){'; checksums match' * (not bad)}"
+    )
+    return 1 if bad else 0
+
+
+def _transfer_urls(args: argparse.Namespace, log: Log) -> int:
+    """Download URLs with the boot's HTTP engine: one line per failure, exit 1 if any."""
+    if not all("://" in image for image in args.images):
+        raise InputError("give either files on this machine or URLs, not both")
+    if args.to is None:
+        raise InputError("URLs need --to DIR: the directory to download them into")
+    if args.timeout is not None and args.timeout <= 0:
+        raise InputError(f"--timeout {args.timeout:g} is not valid: expected seconds above 0")
+    os.makedirs(args.to, exist_ok=True)
+    start = time.monotonic()
+    total = failed = 0
+    for url in args.images:
+        name = os.path.basename(url.split("?", 1)[0].rstrip("/"))
+        try:
+            got = httpfetch.fetch_checked(
+                url,
+                os.path.join(args.to, name),
+                log,
+                checksum="required" if args.verify else "no",
+                deadline=args.timeout,
+                required_by="--verify",
+            )
+        except httpfetch.FetchError as e:
+            log.error(printable(str(e)))
+            failed += 1
+            continue
+        except httpfetch.NotFoundError:
+            log.error(f"{url} is not on the server (HTTP 404)")
+            failed += 1
+            continue
+        total += got.size
+    seconds = time.monotonic() - start
+    done = len(args.images) - failed
+    print(
+        f"fetched: {done} of {len(args.images)} file(s), {total} bytes in {seconds:.3f} s "
+        f"({human(total / seconds if seconds else 0)}/s)"
+        + ("; checksums match" if args.verify and not failed else "")
+    )
+    return 1 if failed else 0
