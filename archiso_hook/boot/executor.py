@@ -13,7 +13,6 @@ stack that a failure runs in reverse. What is left at the end is the live root.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -26,6 +25,7 @@ from archiso_hook.boot.seam import Kernel, LiveKernel, LoopHandle, Network
 from archiso_hook.boot.state import State, StateBusyError, locked
 from archiso_hook.cmdline import Options
 from archiso_hook.errors import HookError, InputError
+from archiso_hook.lazy import function
 from archiso_hook.log import Log
 from archiso_hook.paths import BOOTMNT, COWSPACE, STATE_FILE
 from archiso_hook.plan import BootPlan, Step, medium_steps, plan_boot
@@ -49,13 +49,6 @@ HANDLERS: dict[str, str] = {
     "AttachNbd": "archiso_hook.boot.netboot:attach_nbd",
     "MountNfs": "archiso_hook.boot.netboot:mount_nfs",
 }
-
-
-def function(target: str) -> Callable[..., Any]:
-    """ "module:function", imported now (a module already imported costs a dict lookup)."""
-    module, _, name = target.partition(":")
-    found: Callable[..., Any] = getattr(importlib.import_module(module), name)
-    return found
 
 
 class Boot:

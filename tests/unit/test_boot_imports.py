@@ -58,13 +58,14 @@ def test_the_boot_path_loads_nothing_a_disk_boot_does_not_need() -> None:
         "\nfrom archiso_hook.aitab import parse_aitab\n"
         "from archiso_hook.boot import executor\n"
         "from archiso_hook.cmdline import parse_options\n"
+        "from archiso_hook.lazy import function\n"
         "from archiso_hook.plan import medium_steps, plan_boot\n"
         "options = parse_options('archisolabel=ARCH_2026 cow_persistent=P')\n"
         "aitab = parse_aitab('root / x86_64 xz ext4 50%\\nshare /usr/share any xz none 0\\n',"
         " 'aitab')\n"
         "plan = plan_boot(options, aitab, newroot='/new_root')\n"
         "for step in [*medium_steps(options), *plan.image_steps]:\n"
-        "    executor.function(executor.HANDLERS[type(step).__name__])\n"
+        "    function(executor.HANDLERS[type(step).__name__])\n"
     )
     code += "\nfrom archiso_hook.bootcmd import boot_command\n"
     code += "\n".join(f"assert boot_command({argv!r}) is not None" for argv in BOOT_ARGV)
