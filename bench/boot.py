@@ -69,7 +69,7 @@ HOOKS = {
 }
 BOOTMNT = "/run/archiso/bootmnt"
 ENTRY_COUNTS = (1, 10, 50)
-APPEND = f"archisobasedir=arch archisolabel={SAMPLE_LABEL} lab.stamps=y lab.check="
+APPEND = f"archisobasedir=arch archisolabel={SAMPLE_LABEL} lab.stamps=y lab.check=ramleft"
 _KTIME = r"^\[\s*(\d+\.\d+)\] "
 _STAMP = re.compile(_KTIME + r"LAB-STAMP (\S+)(.*)$", re.MULTILINE)
 _MOUNTED = re.compile(
@@ -77,6 +77,9 @@ _MOUNTED = re.compile(
 )
 _LIVEROOT = re.compile(r"^LAB: live root up uptime=(\d+(?:\.\d+)?)", re.MULTILINE)
 _RSS = re.compile(r"archiso-hook: live root ready at .*peak RSS (\d+(?:\.\d+)?) MiB")
+# The live root's report (vm/liveroot/init, check_ramleft): the copy at /run/initramfs and
+# the watchdog's own memory, in KiB (its file pages are the copy's).
+_RAMLEFT = re.compile(r"LAB-RESULT ramleft copy_kib=(\d+) .*watch_anon_kib=(\d+)")
 _WAITING = r"(waiting up to \d+ s for the boot medium|Waiting \d+ seconds for device)"
 
 
@@ -111,6 +114,7 @@ class BootSample:
     handler_peak: int | None  # bytes (cgroup memory.peak) at the handler's end
     hook_peak: int | None  # the same at switch_root: the cleanup hooks' too
     rss_mib: float | None  # archiso-hook's own peak RSS report, if any
+    ram_left: int | None = None  # bytes: /run/initramfs and the watchdog, in the live root
 
     @property
     def hook_seconds(self) -> float:
@@ -165,6 +169,7 @@ def parse_boot(output: str, device: str) -> BootSample:
         if mounted is None or s.seconds <= mounted
     ]
     rss = _RSS.search(output)
+    left = _RAMLEFT.search(output)
     return BootSample(
         handler_start=first["handler-start"].seconds,
         handler_end=first["handler-end"].seconds,
@@ -175,6 +180,7 @@ def parse_boot(output: str, device: str) -> BootSample:
         handler_peak=_peak(first["handler-end"]),
         hook_peak=_peak(first["switch-root"]),
         rss_mib=float(rss.group(1)) if rss else None,
+        ram_left=(int(left.group(1)) + int(left.group(2))) * 1024 if left else None,
     )
 
 
@@ -300,6 +306,14 @@ def report_rows(
             "peak memory of the hook (cgroup, with its /run/initramfs copy)",
             _med(cold, "archiso-hook", lambda s: s.hook_peak),
             _med(cold, "baseline", lambda s: s.hook_peak),
+            unit="MiB",
+            scale=mib,
+            digits=1,
+        ),
+        Row(
+            "RAM left behind after switch_root (/run/initramfs and the watchdog)",
+            _med(cold, "archiso-hook", lambda s: s.ram_left),
+            _med(cold, "baseline", lambda s: s.ram_left),
             unit="MiB",
             scale=mib,
             digits=1,

@@ -24,8 +24,12 @@ def staged_hook() -> Path:
     return hook
 
 
-def archiso_initramfs(kernel: Kernel, out: Path | None = None) -> Path:
-    """HOOKS=(base udev archiso) for `kernel`, with the staged archiso-hook."""
+def archiso_initramfs(kernel: Kernel, out: Path | None = None, *, hwdb: bool = False) -> Path:
+    """HOOKS=(base udev archiso) for `kernel`, with the staged archiso-hook. `hwdb`: with
+    udev's hardware database, as Arch's mkinitcpio (v41) adds it."""
+    if hwdb:
+        out = out or lab_dir() / "initramfs-archiso-hwdb.img"
+        return _staged_initramfs(kernel, HOOKS, out, env={"LAB_UDEV_HWDB": "1"})
     return _staged_initramfs(kernel, HOOKS, out or lab_dir() / "initramfs-archiso.img")
 
 

@@ -22,16 +22,50 @@ from archiso_hook.sizes import human
 
 # Not needed to shut down: the modules are loaded by then (as mkinitcpio's shutdown).
 SKIP = ("/usr/lib/modules",)
+# What the copy holds besides the frozen tree and /shutdown (the install hook writes it):
+# the system libraries the tree links, the dynamic loader, /shutdown's interpreter.
+SHUTDOWN_FILES = "/etc/archiso/shutdown-files"
+TREE = "/usr/lib/archiso-hook"
 WATCH_INTERVAL = 0.25  # seconds, as `archiso-hook watch`
 
 
 def copy_initramfs(dest: str = SHUTDOWN_ROOT, source: str = "/") -> int:
-    """Copy the root filesystem (only it: no /proc, /run, /new_root...) to dest; bytes."""
+    """Copy what the shutdown runs to dest, as the runtime hook does (hooks/archiso):
+    /shutdown, the frozen tree, the files SHUTDOWN_FILES lists and the links at / and
+    /usr; without that list (an older image), the whole root filesystem. Bytes copied."""
     import shutil  # noqa: PLC0415  (the runtime hook's cp makes the copy on a boot)
+
+    try:
+        with open(os.path.join(source, SHUTDOWN_FILES.lstrip("/")), encoding="utf-8") as f:
+            listed = [line.strip() for line in f if line.startswith("/")]
+    except FileNotFoundError:
+        return _copy_tree(dest, source, source)
+    copied = 0
+    for directory in ("/", "/usr"):
+        os.makedirs(dest + directory, exist_ok=True)
+        for name in sorted(os.listdir(source + directory.lstrip("/"))):
+            path = os.path.join(source, directory.lstrip("/"), name)
+            if os.path.islink(path) and not os.path.lexists(os.path.join(dest + directory, name)):
+                os.symlink(os.readlink(path), os.path.join(dest + directory, name))
+    copied += _copy_tree(dest, source, os.path.join(source, TREE.lstrip("/")))
+    for path in listed:
+        real = os.path.join(source, path.lstrip("/"))
+        if os.path.exists(real):
+            os.makedirs(os.path.dirname(dest + path), exist_ok=True)
+            shutil.copy2(real, dest + path)  # the file a link names, under the link's name
+            copied += os.stat(real).st_size
+    shutil.copy2(os.path.join(source, "shutdown"), os.path.join(dest, "shutdown"))
+    return copied
+
+
+def _copy_tree(dest: str, source: str, top: str) -> int:
+    """Copy `top` (a directory under source, source itself or not) to the same place
+    under dest, on source's filesystem only and without SKIP; bytes."""
+    import shutil  # noqa: PLC0415
 
     device = os.lstat(source).st_dev
     copied = 0
-    for directory, subdirs, files in os.walk(source):
+    for directory, subdirs, files in os.walk(top):
         target = os.path.join(dest, os.path.relpath(directory, source))
         os.makedirs(target, exist_ok=True)
         shutil.copystat(directory, target)
