@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from archiso_hook.handoff import copy_initramfs
+from archiso_hook.live.handoff import copy_initramfs
 
 
 def _image(root: Path, *, listed: bool) -> None:
