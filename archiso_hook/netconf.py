@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from archiso_hook.errors import InputError
+from archiso_hook.lazy import function
 
 if TYPE_CHECKING:  # imported where used: every boot reads this module, few use the network
     import ipaddress
@@ -93,10 +94,8 @@ def _address(
     if value in {"", "0.0.0.0"}:
         return None
     if unsupported is not None and value.startswith("[") and value.endswith("]"):
-        import ipaddress  # noqa: PLC0415
-
         try:
-            ipaddress.IPv6Address(value[1:-1])
+            function("ipaddress:IPv6Address")(value[1:-1])
         except ValueError:
             raise InputError(f"{what} {value!r} is not an IPv6 address (field {field})") from None
         unsupported.append(f"the IPv6 {what} {value}")
@@ -104,9 +103,8 @@ def _address(
     if not re.fullmatch(r"[0-9]{1,3}(\.[0-9]{1,3}){3}", value):
         raise InputError(f"{what} {value!r} is not an IPv4 address (field {field})")
     try:
-        import ipaddress  # noqa: PLC0415
-
-        return ipaddress.IPv4Address(value)
+        address: ipaddress.IPv4Address = function("ipaddress:IPv4Address")(value)
+        return address
     except ValueError:
         raise InputError(f"{what} {value!r} is not an IPv4 address (field {field})") from None
 
@@ -125,9 +123,8 @@ def _prefixlen(value: str, client: ipaddress.IPv4Address | None) -> int | None:
         first = int(client) >> 24
         return 8 if first < 128 else 16 if first < 192 else 24
     try:
-        import ipaddress  # noqa: PLC0415
-
-        return ipaddress.IPv4Network(f"0.0.0.0/{mask}").prefixlen
+        prefixlen: int = function("ipaddress:IPv4Network")(f"0.0.0.0/{mask}").prefixlen
+        return prefixlen
     except ValueError:
         raise InputError(f"netmask {value!r} is not a contiguous mask (field 4)") from None
 
@@ -306,9 +303,7 @@ def _host(name: str, value: str, host: str) -> str:
 
 def parse_http_server(value: str) -> str:
     """archiso_http_srv=http://host[:port]/path/ : the base URL, ending in '/'."""
-    import urllib.parse  # noqa: PLC0415
-
-    url = urllib.parse.urlsplit(value)
+    url = function("urllib.parse:urlsplit")(value)
     if url.scheme not in {"http", "https"} or not url.netloc:
         raise InputError(
             f"archiso_http_srv={value} is not valid: expected a URL such as "

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import ipaddress
 import os
-import sys
 import time
 from typing import Any
 
 import attrs
 
+from archiso_hook.boot import medium, pyroute
 from archiso_hook.errors import HookError
 from archiso_hook.log import Log
 from archiso_hook.netconf import Autoconf, IpConfig, dhcp_names
@@ -60,32 +59,14 @@ class Lease:
         return ", ".join(parts)
 
 
-def _import_pyroute2() -> None:
-    """Make pyroute2's submodules importable without running its __init__, which
-    imports every part of pyroute2 (NDB and sqlite3, nftables, wireless, ...): only
-    rtnetlink and the DHCP client are needed here, in half the time."""
-    if "pyroute2" in sys.modules:
-        return
-    spec = importlib.util.find_spec("pyroute2")
-    if spec is None:
-        raise NetworkError("pyroute2 is missing from this build of archiso-hook")
-    sys.modules["pyroute2"] = importlib.util.module_from_spec(spec)  # __path__, not run
-
-
 def _link_kinds_missing() -> bool:
     """pyroute2 lists its link-kind plugins (bond, vlan, ...) with pkgutil: true when it
     found none, as in a frozen build whose archive pkgutil cannot list."""
-    _import_pyroute2()
-    from pyroute2.netlink.rtnl import ifinfmsg  # noqa: PLC0415
-
-    return not ifinfmsg.data_plugins
+    return not pyroute.ifinfmsg.data_plugins
 
 
 def _iproute() -> Any:
-    _import_pyroute2()
-    from pyroute2.iproute.linux import IPRoute  # noqa: PLC0415  (only on a network boot)
-
-    return IPRoute()
+    return pyroute.IPRoute()
 
 
 def _links(ipr: Any) -> list[dict[str, Any]]:
@@ -113,7 +94,6 @@ def describe_interfaces() -> str:
 def choose_interface(config: IpConfig, bootif: str | None, timeout: float, log: Log) -> str:
     """The interface to configure: ip='s device, else the one with BOOTIF's MAC, else the
     first Ethernet interface; waiting for its driver to make it appear (udev events)."""
-    from archiso_hook.boot import medium  # noqa: PLC0415
 
     def find() -> str | None:
         with _iproute() as ipr:
@@ -224,12 +204,7 @@ def dhcp(name: str, config: IpConfig, log: Log, timeout: float = DHCP_TIMEOUT) -
 
 
 async def _dhcp(name: str, log: Log, timeout: float) -> Any:
-    _import_pyroute2()
-    from pyroute2.dhcp import fsm  # noqa: PLC0415
-    from pyroute2.dhcp.client import AsyncDHCPClient, ClientConfig  # noqa: PLC0415
-    from pyroute2.dhcp.leases import Lease as Pyroute2Lease  # noqa: PLC0415
-
-    class InMemoryLease(Pyroute2Lease):  # type: ignore[misc]  # no lease files at boot
+    class InMemoryLease(pyroute.Lease):  # type: ignore[misc]  # no lease files at boot
         def dump(self) -> None:
             pass
 
@@ -237,7 +212,7 @@ async def _dhcp(name: str, log: Log, timeout: float) -> Any:
         def load(cls, interface: str) -> None:
             return None
 
-    client_config = ClientConfig(
+    client_config = pyroute.ClientConfig(
         interface=name,
         lease_type=InMemoryLease,
         release=False,  # the live system keeps the address (archiso does the same)
@@ -246,11 +221,11 @@ async def _dhcp(name: str, log: Log, timeout: float) -> Any:
         host_name=None,
     )
     start = time.monotonic()
-    async with AsyncDHCPClient(client_config) as client:
+    async with pyroute.AsyncDHCPClient(client_config) as client:
         await client.bootstrap()
         while (left := timeout - (time.monotonic() - start)) > 0:
             try:
-                await client.wait_for_state(fsm.State.BOUND, timeout=min(10.0, left))
+                await client.wait_for_state(pyroute.fsm.State.BOUND, timeout=min(10.0, left))
                 log.info(f"DHCP lease on {name} after {time.monotonic() - start:.2f} s")
                 return client.lease
             except TimeoutError:

@@ -20,12 +20,14 @@ import contextlib
 import enum
 import errno
 import os
+import stat
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from archiso_hook.errors import HookError, KernelError
 from archiso_hook.kernel import dm, loop, syscalls
+from archiso_hook.lazy import function
 from archiso_hook.log import Log
 from archiso_hook.paths import DM_UUID_PREFIX
 
@@ -162,10 +164,8 @@ class Releaser:
         with contextlib.suppress(OSError):
             if os.listdir(f"/sys/block/{name}/holders"):
                 return Outcome.BUSY, f"{device}: still in use"
-        from archiso_hook.kernel import nbd  # noqa: PLC0415  (only when there is one)
-
-        try:
-            nbd.detach(int(name.removeprefix("nbd")))
+        try:  # the NBD client only when there is one
+            function("archiso_hook.kernel.nbd:detach")(int(name.removeprefix("nbd")))
         except (OSError, HookError) as e:
             return Outcome.BUSY, f"{device}: {e}"
         return Outcome.RELEASED, f"disconnected {device}"
@@ -174,10 +174,8 @@ class Releaser:
         name = r["interface"]
         if not os.path.exists(f"/sys/class/net/{name}"):
             return Outcome.GONE, name
-        from archiso_hook.boot import net  # noqa: PLC0415  (pyroute2: only when there is one)
-
-        try:
-            net.take_down(name)
+        try:  # pyroute2 only when there is one
+            function("archiso_hook.boot.net:take_down")(name)
         except Exception as e:  # noqa: BLE001  (pyroute2 raises its own, and OSError)
             return Outcome.BUSY, f"{name}: {e}"
         return Outcome.RELEASED, f"took {name} down"
@@ -192,8 +190,6 @@ class Releaser:
             return Outcome.GONE, path
         except OSError as e:
             return Outcome.BUSY, f"{path}: {e.strerror}"
-        import stat  # noqa: PLC0415
-
         if not stat.S_ISREG(st.st_mode):
             return Outcome.FOREIGN, f"{path} (not a regular file)"
         try:

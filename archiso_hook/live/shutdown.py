@@ -25,6 +25,7 @@ from archiso_hook.boot import release
 from archiso_hook.boot.state import State, locked
 from archiso_hook.errors import HookError, KernelError
 from archiso_hook.kernel import dm, syscalls
+from archiso_hook.lazy import function
 from archiso_hook.live import pidfile
 from archiso_hook.log import Log
 from archiso_hook.paths import OLDROOT, OLDRUN, PID_FILE, RUN_DIR, STATE_FILE
@@ -185,9 +186,7 @@ def _detach_nbd(ours: list[dict[str, str]], log: Log) -> list[str]:
         if not os.path.exists(f"/sys/block/{os.path.basename(device)}/pid"):
             continue  # not connected
         try:
-            from archiso_hook.kernel import nbd  # noqa: PLC0415
-
-            nbd.detach(int(device.removeprefix("/dev/nbd")))
+            function("archiso_hook.kernel.nbd:detach")(int(device.removeprefix("/dev/nbd")))
         except (OSError, HookError) as e:
             log.warning(f"cannot disconnect {device}: {e}")
             left.append(device)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import psutil
+
 from archiso_hook.boot.state import State
 from archiso_hook.errors import HookError
 from archiso_hook.kernel import dm, syscalls
@@ -81,8 +83,6 @@ def collect(state_file: str = STATE_FILE) -> dict[str, Any]:
 def _watchdog(pid_file: str = PID_FILE) -> dict[str, Any]:
     """The watchdog's pid, whether it runs, and what it costs: its memory (RSS), CPU
     time and scheduler state, from psutil."""
-    import psutil  # noqa: PLC0415  (status only: the boot and the watchdog never load it)
-
     try:
         pid, start = pidfile.read(pid_file)
     except (OSError, ValueError):
@@ -108,8 +108,6 @@ def _watchdog(pid_file: str = PID_FILE) -> dict[str, Any]:
 
 def _system(space: str) -> dict[str, Any]:
     """The machine's memory, and the COW space's filesystem when it is mounted."""
-    import psutil  # noqa: PLC0415
-
     memory = psutil.virtual_memory()
     out: dict[str, Any] = {
         "memory": {"total_bytes": memory.total, "available_bytes": memory.available}

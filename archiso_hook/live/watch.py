@@ -28,6 +28,7 @@ import attrs
 from archiso_hook.boot.state import State, locked
 from archiso_hook.errors import HookError
 from archiso_hook.kernel import dm, loop, syscalls
+from archiso_hook.lazy import function
 from archiso_hook.live.growth import RateMeter, Usage, grow_to, warning_level
 from archiso_hook.log import Log
 from archiso_hook.paths import READY_FILE, STATE_FILE
@@ -106,9 +107,8 @@ class Watchdog:
         # An NBD root (copytoram=n): kept connected when its server restarts.
         self.keepers: list[LinkKeeper] = []
         if nbd_records(self.state):
-            from archiso_hook.live import nbdkeep  # noqa: PLC0415  (only with an NBD root)
-
-            self.keepers = nbdkeep.keepers(nbd_records(self.state), log)
+            keepers = function("archiso_hook.live.nbdkeep:keepers")  # only with an NBD root
+            self.keepers = keepers(nbd_records(self.state), log)
 
     def run(self) -> None:
         for snapshot in self.snapshots:
