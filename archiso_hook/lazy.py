@@ -1,7 +1,7 @@
 """Functions named "module:function", imported when first called: how the command line
 and the executor keep what a run does not need out of it (a disk boot never loads the
 network's modules, `status` never the builder). A PyInstaller hook
-(tools/pyinstaller/hook-archiso_hook.boot.executor.py) bundles every module so named."""
+(tools/pyinstaller/hook-archiso_hook.py) bundles every module so named."""
 
 from __future__ import annotations
 
