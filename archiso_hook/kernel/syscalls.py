@@ -1,4 +1,4 @@
-"""mount(2), umount2(2) and mknod through libc, with errno in every error.
+"""mount(2) and umount2(2) through libc, with errno in every error.
 
 Signatures are declared once, in one table, for the whole process.
 """
@@ -50,6 +50,11 @@ def _load_libc() -> ctypes.CDLL:
 _libc = _load_libc()
 
 
+def libc() -> ctypes.CDLL:
+    """The process's libc, its functions declared as `_SIGNATURES` says."""
+    return _libc
+
+
 def _b(value: str | None) -> bytes | None:
     return None if value is None else os.fsencode(value)
 
@@ -67,19 +72,6 @@ def mount(
             errno,
             kernel_log=klog.lines(),
         )
-
-
-def ioctl(fd: int, request: int, buffer: bytearray) -> None:
-    """ioctl(2) on a buffer the kernel reads and fills; raises OSError.
-
-    Not fcntl.ioctl: for a buffer over 1024 bytes CPython makes that call holding
-    the GIL, so a blocking one (DM_DEV_WAIT) would stop every thread. ctypes lets
-    go of the GIL for the call.
-    """
-    pointer = (ctypes.c_char * len(buffer)).from_buffer(buffer)
-    if _libc.ioctl(fd, request, ctypes.addressof(pointer)) < 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, os.strerror(errno))
 
 
 def umount(target: str, flags: int = 0) -> None:
