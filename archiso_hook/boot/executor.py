@@ -169,7 +169,7 @@ class UndoStack:
 
 
 def _load_modules(names: tuple[str, ...], log: Log) -> None:
-    from archiso_hook.kernel.kmod import ensure_modules  # noqa: PLC0415  (reads indexes: boot only)
+    from archiso_hook.boot.modules import ensure_modules  # noqa: PLC0415  (reads indexes)
 
     loaded = ensure_modules(*names)
     if loaded:

@@ -23,7 +23,7 @@ import pytest
 import archiso_hook.kernel
 from archiso_hook.boot import lookonly
 from archiso_hook.build import bootfiles
-from archiso_hook.kernel import dm, kmod, loop
+from archiso_hook.kernel import dm, loop, syscalls
 from archiso_hook.kernel.cstruct import Struct
 from archiso_hook.kernel.ioctl import GENERIC, POWERPC_MIPS_SPARC, layout_for
 
@@ -262,8 +262,8 @@ def test_module_syscall_numbers_match_the_headers(kernel_headers: dict[str, int]
     32-bit hook uses i386's numbers even on a 64-bit kernel."""
     h = kernel_headers
     abi = {"x86_64": "x86_64", "i686": "i386"}[_arch(h)]
-    finit = kmod._SYSCALLS["finit_module"][1][abi]
-    init = kmod._SYSCALLS["init_module"][1][abi]
+    finit = syscalls.SYSCALLS["finit_module"][1][abi]
+    init = syscalls.SYSCALLS["init_module"][1][abi]
     assert (finit, init) == (h["SYS_finit_module"], h["SYS_init_module"])
     assert (finit, init) == {"x86_64": (313, 175), "i386": (350, 128)}[abi]
 
@@ -279,7 +279,7 @@ def test_module_syscall_abi_is_the_process_one(
     uname = os.uname_result(("Linux", "lab", "6.1.0", "#1", machine))
     monkeypatch.setattr(os, "uname", lambda: uname)
     monkeypatch.setattr(ctypes, "sizeof", lambda _type: pointer_size)
-    assert kmod._abi() == abi
+    assert syscalls.process_abi() == abi
 
 
 def test_loop_info_round_trips() -> None:

@@ -26,6 +26,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from archiso_hook.boot.modules import cmdline_module_options, default_index
 from archiso_hook.errors import HookError
 from archiso_hook.kernel.kmod import (
     MODULE_INIT_COMPRESSED_FILE,
@@ -35,9 +36,7 @@ from archiso_hook.kernel.kmod import (
     ModuleIndex,
     Softdep,
     Syscalls,
-    cmdline_module_options,
     compression_of,
-    default_index,
     fnmatch,
     modname,
     normalize_alias,
