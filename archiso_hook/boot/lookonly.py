@@ -28,8 +28,7 @@ import struct
 from collections.abc import Iterator
 
 from archiso_hook.errors import KernelError
-from archiso_hook.kernel import syscalls
-from archiso_hook.kernel.ioctl import IocLayout, layout_for
+from archiso_hook.kernel.ioctl import IocLayout, IoctlError, ioctl, layout_for
 
 # The option of each filesystem type (as mount(2) names it) that mounts it without
 # replaying its journal; None: it replays nothing on a read-only mount.
@@ -87,15 +86,16 @@ class DeviceReadOnlyError(KernelError):
     """The device could not be made read-only: it must not be mounted to look."""
 
 
-def _get_read_only(fd: int) -> bool:
+def _get_read_only(fd: int, device: str) -> bool:
     buffer = bytearray(_INT.size)
-    syscalls.ioctl(fd, blkroget(), buffer)
+    ioctl(fd, blkroget(), buffer, name="BLKROGET", what=f"read whether {device} is read-only")
     value: int = _INT.unpack(buffer)[0]
     return value != 0
 
 
-def _set_read_only(fd: int, read_only: bool) -> None:
-    syscalls.ioctl(fd, blkroset(), bytearray(_INT.pack(1 if read_only else 0)))
+def _set_read_only(fd: int, device: str, read_only: bool) -> None:
+    what = f"make {device} read-only" if read_only else f"make {device} writable again"
+    ioctl(fd, blkroset(), bytearray(_INT.pack(1 if read_only else 0)), name="BLKROSET", what=what)
 
 
 @contextlib.contextmanager
@@ -113,24 +113,20 @@ def read_only_device(device: str) -> Iterator[None]:
         ) from None
     try:
         try:
-            was_read_only = _get_read_only(fd)
+            was_read_only = _get_read_only(fd, device)
             if not was_read_only:
-                _set_read_only(fd, True)
-        except OSError as e:
-            raise DeviceReadOnlyError(
-                f"cannot make {device} read-only (BLKROSET): {e.strerror}", e.errno or 0
-            ) from None
+                _set_read_only(fd, device, True)
+        except IoctlError as e:
+            raise DeviceReadOnlyError(e.message, e.errno) from None
         try:
             yield
         finally:
             if not was_read_only:
                 try:
-                    _set_read_only(fd, False)
-                except OSError as e:
+                    _set_read_only(fd, device, False)
+                except IoctlError as e:
                     raise KernelError(
-                        f"cannot make {device} writable again after looking at it: {e.strerror}",
-                        e.errno or 0,
-                        hint="`blockdev --setrw` does it by hand",
+                        e.message, e.errno, hint="`blockdev --setrw` does it by hand"
                     ) from None
     finally:
         os.close(fd)

@@ -223,13 +223,13 @@ def _holds_file(device: str, fstype: str, filename: str, log: Log) -> bool:
     """Mount for a moment and look, writing nothing to the device: read-only, without
     replaying a journal, the device itself read-only meanwhile (see lookonly). A device
     that cannot be mounted so, or made read-only, does not hold the file."""
-    from archiso_hook.boot import lookonly  # noqa: PLC0415
-    from archiso_hook.kernel import kmod, syscalls  # noqa: PLC0415
+    from archiso_hook.boot import lookonly, modules  # noqa: PLC0415
+    from archiso_hook.kernel import syscalls  # noqa: PLC0415
 
     os.makedirs(SEARCH_MNT, mode=0o700, exist_ok=True)
     with contextlib.ExitStack() as stack:
         try:
-            kmod.ensure_modules(f"fs-{fstype}")
+            modules.ensure_modules(f"fs-{fstype}")
             stack.enter_context(lookonly.read_only_device(device))
             if _unclean(device, fstype):
                 log.info(

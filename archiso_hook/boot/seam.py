@@ -21,9 +21,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from archiso_hook.boot import cowfile, fsprobe, lookonly, medium
+from archiso_hook.boot.modules import ensure_modules
 from archiso_hook.errors import KernelError
 from archiso_hook.kernel import dm, loop, syscalls
-from archiso_hook.kernel.kmod import ensure_modules
 from archiso_hook.log import Log
 
 

@@ -11,33 +11,57 @@ import enum
 import errno
 import os
 import stat
-import struct
 from types import TracebackType
 
 import attrs
 
 from archiso_hook.errors import KernelError
-from archiso_hook.kernel.ioctl import IocLayout, layout_for
+from archiso_hook.kernel.cstruct import Struct, cstring
+from archiso_hook.kernel.ioctl import IocLayout, ioctl, layout_for
 from archiso_hook.kernel.klog import KernelLogWindow
-from archiso_hook.kernel.syscalls import ioctl
 
 DM_IOCTL_TYPE = 0xFD
 DM_VERSION = (4, 0, 0)  # the oldest 4.x ABI: everything we send exists since then
 DM_NAME_LEN = 128
 DM_UUID_LEN = 129
+DM_MAX_TYPE_NAME = 16
 
-# struct dm_ioctl {                               (312 bytes)
-#     __u32 version[3]; __u32 data_size; __u32 data_start; __u32 target_count;
-#     __s32 open_count; __u32 flags; __u32 event_nr; __u32 padding; __u64 dev;
-#     char name[128]; char uuid[129]; char data[7];
-# };
-DM_IOCTL = struct.Struct("=3I3Ii3IQ128s129s7s")
-# struct dm_target_spec { __u64 sector_start; __u64 length; __s32 status; __u32 next;
-#                         char target_type[16]; };  followed by the parameter string
-DM_TARGET_SPEC = struct.Struct("=QQiI16s")
-# struct dm_name_list { __u64 dev; __u32 next; char name[]; };
-DM_NAME_LIST = struct.Struct("=QI")
-assert DM_IOCTL.size == 312 and DM_TARGET_SPEC.size == 40
+DM_IOCTL = Struct(
+    "dm_ioctl",
+    (
+        ("version", "3I"),  # __u32 version[3];
+        ("data_size", "I"),  # __u32 data_size;  (with this struct)
+        ("data_start", "I"),  # __u32 data_start;  (from the start of this struct)
+        ("target_count", "I"),  # __u32 target_count;
+        ("open_count", "i"),  # __s32 open_count;
+        ("flags", "I"),  # __u32 flags;
+        ("event_nr", "I"),  # __u32 event_nr;
+        ("padding", "I"),  # __u32 padding;
+        ("dev", "Q"),  # __u64 dev;
+        ("name", f"{DM_NAME_LEN}s"),  # char name[DM_NAME_LEN];
+        ("uuid", f"{DM_UUID_LEN}s"),  # char uuid[DM_UUID_LEN];
+        ("data", "7s"),  # char data[7];
+    ),
+)
+# Followed by its parameter string, NUL-terminated and padded to 8 bytes.
+DM_TARGET_SPEC = Struct(
+    "dm_target_spec",
+    (
+        ("sector_start", "Q"),  # __u64 sector_start;
+        ("length", "Q"),  # __u64 length;
+        ("status", "i"),  # __s32 status;
+        ("next", "I"),  # __u32 next;
+        ("target_type", f"{DM_MAX_TYPE_NAME}s"),  # char target_type[DM_MAX_TYPE_NAME];
+    ),
+)
+DM_NAME_LIST = Struct(
+    "dm_name_list",
+    (
+        ("dev", "Q"),  # __u64 dev;
+        ("next", "I"),  # __u32 next;  (from the start of this record)
+        ("name", "0s"),  # char name[];
+    ),
+)
 
 
 class Cmd(enum.IntEnum):
@@ -108,10 +132,6 @@ class DeviceInfo:
         return f"{self.major}:{self.minor}"
 
 
-def _cstr(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
-
-
 def _align8(n: int) -> int:
     return (n + 7) & ~7
 
@@ -132,18 +152,15 @@ def pack_ioctl(
     if len(uuid_b) >= DM_UUID_LEN:
         raise ValueError(f"device-mapper uuid {uuid!r} is longer than {DM_UUID_LEN - 1} bytes")
     return DM_IOCTL.pack(
-        *DM_VERSION,
-        data_size,
-        DM_IOCTL.size,
-        target_count,
-        0,
-        flags,
-        event_nr,
-        0,
-        dev,
-        name_b,
-        uuid_b,
-        b"",
+        version=DM_VERSION,
+        data_size=data_size,
+        data_start=DM_IOCTL.size,
+        target_count=target_count,
+        flags=flags,
+        event_nr=event_nr,
+        dev=dev,
+        name=name_b,
+        uuid=uuid_b,
     )
 
 
@@ -154,56 +171,58 @@ def pack_targets(targets: list[Target]) -> bytes:
         params = target.params.encode() + b"\0"
         record = DM_TARGET_SPEC.size + _align8(len(params))
         out += DM_TARGET_SPEC.pack(
-            target.start, target.length, 0, record, target.type.encode()[:15]
+            sector_start=target.start,
+            length=target.length,
+            next=record,
+            target_type=target.type.encode()[: DM_MAX_TYPE_NAME - 1],
         )
         out += params.ljust(_align8(len(params)), b"\0")
     return bytes(out)
 
 
 def unpack_info(buf: bytes | bytearray) -> DeviceInfo:
-    fields = DM_IOCTL.unpack_from(buf)
-    dev = fields[10]
+    header = DM_IOCTL.unpack(buf)
     return DeviceInfo(
-        name=_cstr(fields[11]),
-        uuid=_cstr(fields[12]),
-        major=os.major(dev),
-        minor=os.minor(dev),
-        open_count=fields[6],
-        event_nr=fields[8],
-        flags=Flag(fields[7]),
-        target_count=fields[5],
+        name=cstring(header.name),
+        uuid=cstring(header.uuid),
+        major=os.major(header.dev),
+        minor=os.minor(header.dev),
+        open_count=header.open_count,
+        event_nr=header.event_nr,
+        flags=Flag(header.flags),
+        target_count=header.target_count,
     )
 
 
 def unpack_targets(buf: bytes | bytearray, count: int) -> list[Target]:
     """Targets of a TABLE_STATUS reply; there `next` is relative to the data area's start."""
-    data_start = DM_IOCTL.unpack_from(buf)[4]
+    data_start = DM_IOCTL.unpack(buf).data_start
     targets: list[Target] = []
     offset = data_start
     for _ in range(count):
-        start, length, _status, next_, type_ = DM_TARGET_SPEC.unpack_from(buf, offset)
+        spec = DM_TARGET_SPEC.unpack(buf, offset)
         params_at = offset + DM_TARGET_SPEC.size
         end = buf.index(b"\0", params_at)
-        targets.append(Target(start, length, _cstr(type_), bytes(buf[params_at:end]).decode()))
-        offset = data_start + next_
+        params = bytes(buf[params_at:end]).decode()
+        targets.append(Target(spec.sector_start, spec.length, cstring(spec.target_type), params))
+        offset = data_start + spec.next
     return targets
 
 
 def unpack_names(buf: bytes | bytearray) -> list[tuple[str, int, int]]:
     """LIST_DEVICES reply: (name, major, minor) for every device."""
-    data_start = DM_IOCTL.unpack_from(buf)[4]
     out: list[tuple[str, int, int]] = []
-    offset = data_start
+    offset = DM_IOCTL.unpack(buf).data_start
     while True:
-        dev, next_ = DM_NAME_LIST.unpack_from(buf, offset)
-        if dev == 0:  # the kernel's "no devices" record; no real mapping has dev 0
+        record = DM_NAME_LIST.unpack(buf, offset)
+        if record.dev == 0:  # the kernel's "no devices" record; no real mapping has dev 0
             return out
-        name_at = offset + DM_NAME_LIST.size
+        name_at = offset + DM_NAME_LIST.offset("name")
         name = bytes(buf[name_at : buf.index(b"\0", name_at)]).decode("utf-8", "replace")
-        out.append((name, os.major(dev), os.minor(dev)))
-        if next_ == 0:
+        out.append((name, os.major(record.dev), os.minor(record.dev)))
+        if record.next == 0:
             return out
-        offset += next_
+        offset += record.next
 
 
 class DeviceMapper:
@@ -263,23 +282,23 @@ class DeviceMapper:
                     event_nr=event_nr,
                 )
                 buf[DM_IOCTL.size : DM_IOCTL.size + len(payload)] = payload
-                try:
-                    ioctl(self._fd, request_number(cmd, self._layout), buf)
-                except OSError as e:
-                    code = e.errno or 0
-                    raise KernelError(
-                        f"device-mapper: cannot {what}: {os.strerror(code)}",
-                        code,
-                        hint=_HINTS.get(code),
-                        kernel_log=[line for line in klog.lines() if "device-mapper" in line],
-                    ) from None
-                if not DM_IOCTL.unpack_from(buf)[7] & Flag.BUFFER_FULL:
+                ioctl(
+                    self._fd,
+                    request_number(cmd, self._layout),
+                    buf,
+                    name=f"DM_{cmd.name}",
+                    what=what,
+                    hints=_HINTS,
+                    kernel_log=lambda: [line for line in klog.lines() if "device-mapper" in line],
+                )
+                if not DM_IOCTL.unpack(buf).flags & Flag.BUFFER_FULL:
                     return buf
                 size *= 2
 
     def version(self) -> tuple[int, int, int]:
-        fields = DM_IOCTL.unpack_from(self._call(Cmd.VERSION, "read the driver version"))
-        return fields[0], fields[1], fields[2]
+        version = DM_IOCTL.unpack(self._call(Cmd.VERSION, "read the device-mapper version"))
+        major, minor, patch = version.version
+        return major, minor, patch
 
     def create(self, name: str, uuid: str = "") -> DeviceInfo:
         return unpack_info(self._call(Cmd.DEV_CREATE, f"create {name}", name=name, uuid=uuid))

@@ -1,4 +1,5 @@
-"""ioctl request numbers, encoded as the kernel's _IOC() does on each architecture.
+"""ioctl(2), the one way the hook makes one, and request numbers encoded as the kernel's
+_IOC() does on each architecture.
 
 include/uapi/asm-generic/ioctl.h: nr in bits 0-7, type in 8-15, then size and
 direction. powerpc, mips and sparc use 13 size bits and 3 direction bits with
@@ -7,9 +8,66 @@ other direction values; everything else uses the generic 14/2 layout.
 
 from __future__ import annotations
 
+import ctypes
+import os
 import platform
+from collections.abc import Callable, Mapping
 
 import attrs
+
+from archiso_hook.errors import KernelError
+from archiso_hook.kernel.syscalls import libc
+
+
+class IoctlError(KernelError):
+    """An ioctl the kernel refused: `ioctl` is its name, `errno` why."""
+
+    def __init__(
+        self,
+        message: str,
+        errno: int,
+        *,
+        ioctl: str,
+        hint: str | None = None,
+        kernel_log: list[str] | None = None,
+    ) -> None:
+        super().__init__(message, errno, hint, kernel_log)
+        self.ioctl = ioctl
+
+
+def ioctl(
+    fd: int,
+    request: int,
+    arg: int | bytearray = 0,
+    *,
+    name: str,
+    what: str,
+    hints: Mapping[int, str] | None = None,
+    kernel_log: Callable[[], list[str]] | None = None,
+) -> int:
+    """ioctl(2) with an integer argument, or a buffer the kernel reads and fills in place;
+    returns what the call returns. On failure raises IoctlError, "cannot <what> (<name>):
+    <strerror>", with the hint `hints` has for the errno and the lines `kernel_log` gives.
+
+    Not fcntl.ioctl: for a buffer over 1024 bytes CPython makes that call holding the
+    GIL, so a blocking one (DM_DEV_WAIT) would stop every thread. ctypes lets go of the
+    GIL for the call.
+    """
+    if isinstance(arg, bytearray):
+        pointer = (ctypes.c_char * len(arg)).from_buffer(arg)
+        result: int = libc().ioctl(fd, request, ctypes.addressof(pointer))
+    else:
+        result = libc().ioctl(fd, request, arg)
+    if result >= 0:
+        return result
+    errno = ctypes.get_errno()
+    raise IoctlError(
+        f"cannot {what} ({name}): {os.strerror(errno)}",
+        errno,
+        ioctl=name,
+        hint=(hints or {}).get(errno),
+        kernel_log=kernel_log() if kernel_log is not None else None,
+    )
 
 
 @attrs.frozen

@@ -6,15 +6,16 @@ the same on every architecture.
 
 from __future__ import annotations
 
+import contextlib
 import errno
-import fcntl
 import os
-import struct
 from types import TracebackType
 
 import attrs
 
 from archiso_hook.errors import KernelError
+from archiso_hook.kernel.cstruct import Struct
+from archiso_hook.kernel.ioctl import IoctlError, ioctl
 
 LOOP_SET_FD = 0x4C00
 LOOP_CLR_FD = 0x4C01
@@ -32,16 +33,34 @@ LO_FLAGS_DIRECT_IO = 16
 LO_NAME_SIZE = 64
 LO_KEY_SIZE = 32
 
-# struct loop_info64 {                      (232 bytes, same on 32- and 64-bit)
-#     __u64 lo_device, lo_inode, lo_rdevice, lo_offset, lo_sizelimit;
-#     __u32 lo_number, lo_encrypt_type, lo_encrypt_key_size, lo_flags;
-#     __u8  lo_file_name[64], lo_crypt_name[64], lo_encrypt_key[32];
-#     __u64 lo_init[2];
-# };
-LOOP_INFO64 = struct.Struct("=5Q4I64s64s32s2Q")
-# struct loop_config { __u32 fd; __u32 block_size; struct loop_info64 info; __u64 __reserved[8]; };
-LOOP_CONFIG = struct.Struct("=2I232s8Q")
-assert LOOP_INFO64.size == 232 and LOOP_CONFIG.size == 304
+# The same on 32- and 64-bit: every __u64 is at a multiple of 8.
+LOOP_INFO64 = Struct(
+    "loop_info64",
+    (
+        ("lo_device", "Q"),  # __u64 lo_device;
+        ("lo_inode", "Q"),  # __u64 lo_inode;
+        ("lo_rdevice", "Q"),  # __u64 lo_rdevice;
+        ("lo_offset", "Q"),  # __u64 lo_offset;
+        ("lo_sizelimit", "Q"),  # __u64 lo_sizelimit;
+        ("lo_number", "I"),  # __u32 lo_number;
+        ("lo_encrypt_type", "I"),  # __u32 lo_encrypt_type;
+        ("lo_encrypt_key_size", "I"),  # __u32 lo_encrypt_key_size;
+        ("lo_flags", "I"),  # __u32 lo_flags;
+        ("lo_file_name", f"{LO_NAME_SIZE}s"),  # __u8 lo_file_name[LO_NAME_SIZE];
+        ("lo_crypt_name", f"{LO_NAME_SIZE}s"),  # __u8 lo_crypt_name[LO_NAME_SIZE];
+        ("lo_encrypt_key", f"{LO_KEY_SIZE}s"),  # __u8 lo_encrypt_key[LO_KEY_SIZE];
+        ("lo_init", "2Q"),  # __u64 lo_init[2];
+    ),
+)
+LOOP_CONFIG = Struct(
+    "loop_config",
+    (
+        ("fd", "I"),  # __u32 fd;
+        ("block_size", "I"),  # __u32 block_size;
+        ("info", LOOP_INFO64),  # struct loop_info64 info;
+        ("__reserved", "8Q"),  # __u64 __reserved[8];
+    ),
+)
 
 
 @attrs.frozen
@@ -59,53 +78,31 @@ class LoopInfo:
     def pack(self) -> bytes:
         name = os.fsencode(self.file_name)[: LO_NAME_SIZE - 1]
         return LOOP_INFO64.pack(
-            self.device,
-            self.inode,
-            0,
-            self.offset,
-            self.sizelimit,
-            self.number,
-            0,
-            0,
-            self.flags,
-            name,
-            b"",
-            b"",
-            0,
-            0,
+            lo_device=self.device,
+            lo_inode=self.inode,
+            lo_offset=self.offset,
+            lo_sizelimit=self.sizelimit,
+            lo_number=self.number,
+            lo_flags=self.flags,
+            lo_file_name=name,
         )
 
     @classmethod
-    def unpack(cls, raw: bytes) -> LoopInfo:
-        (
-            device,
-            inode,
-            _rdev,
-            offset,
-            sizelimit,
-            number,
-            _etype,
-            _ksize,
-            flags,
-            name,
-            _cname,
-            _key,
-            _i0,
-            _i1,
-        ) = LOOP_INFO64.unpack(raw)
+    def unpack(cls, raw: bytes | bytearray) -> LoopInfo:
+        info = LOOP_INFO64.unpack(raw)
         return cls(
-            offset=offset,
-            sizelimit=sizelimit,
-            flags=flags,
-            number=number,
-            device=device,
-            inode=inode,
-            file_name=os.fsdecode(name.split(b"\0", 1)[0]),
+            offset=info.lo_offset,
+            sizelimit=info.lo_sizelimit,
+            flags=info.lo_flags,
+            number=info.lo_number,
+            device=info.lo_device,
+            inode=info.lo_inode,
+            file_name=os.fsdecode(info.lo_file_name.split(b"\0", 1)[0]),
         )
 
 
 def pack_config(fd: int, info: LoopInfo, block_size: int = 0) -> bytes:
-    return LOOP_CONFIG.pack(fd, block_size, info.pack(), *[0] * 8)
+    return LOOP_CONFIG.pack(fd=fd, block_size=block_size, info=info.pack())
 
 
 class LoopDevice:
@@ -133,16 +130,17 @@ class LoopDevice:
 
     def info(self) -> LoopInfo:
         buf = bytearray(LOOP_INFO64.size)
-        _ioctl(self._fd(), LOOP_GET_STATUS64, buf, f"read the status of {self.path}")
-        return LoopInfo.unpack(bytes(buf))
+        what = f"read the status of {self.path}"
+        ioctl(self._fd(), LOOP_GET_STATUS64, buf, name="LOOP_GET_STATUS64", what=what)
+        return LoopInfo.unpack(buf)
 
     def set_capacity(self) -> None:
         """Re-read the backing file's size (after it grew)."""
-        _ioctl(self._fd(), LOOP_SET_CAPACITY, 0, f"update the capacity of {self.path}")
+        set_capacity(self._fd(), self.path)
 
     def detach(self) -> None:
         """Clear the device now (succeeds at once when nobody else holds it open)."""
-        _ioctl(self._fd(), LOOP_CLR_FD, 0, f"detach {self.path}")
+        ioctl(self._fd(), LOOP_CLR_FD, name="LOOP_CLR_FD", what=f"detach {self.path}")
         self.close()
 
     def close(self) -> None:
@@ -170,13 +168,9 @@ class LoopDevice:
         return f"LoopDevice({self.path} -> {self.backing}{', ro' if self.read_only else ''})"
 
 
-def _ioctl(fd: int, request: int, arg: int | bytearray, what: str) -> int:
-    """ioctl with an int argument or a buffer the kernel fills in; errors name `what`."""
-    try:
-        result = fcntl.ioctl(fd, request, arg)
-    except OSError as e:
-        raise KernelError(f"cannot {what}: {os.strerror(e.errno or 0)}", e.errno or 0) from None
-    return result if isinstance(result, int) else 0
+def set_capacity(fd: int, path: str) -> None:
+    """LOOP_SET_CAPACITY on an open loop device: re-read its backing file's size."""
+    ioctl(fd, LOOP_SET_CAPACITY, name="LOOP_SET_CAPACITY", what=f"update the capacity of {path}")
 
 
 def attach(
@@ -221,7 +215,9 @@ def attach(
             ) from None
         try:
             for _ in range(attempts):
-                number = _ioctl(ctl, LOOP_CTL_GET_FREE, 0, "find a free loop device")
+                number = ioctl(
+                    ctl, LOOP_CTL_GET_FREE, name="LOOP_CTL_GET_FREE", what="find a free loop device"
+                )
                 device = _configure(number, file_fd, info, read_only)
                 if device is not None:
                     return device
@@ -254,28 +250,28 @@ def _configure(number: int, file_fd: int, info: LoopInfo, read_only: bool) -> Lo
 
 def _bind(fd: int, file_fd: int, info: LoopInfo, path: str) -> bool:
     """Attach; False when the device turned out to be busy (taken by someone else)."""
-
-    def error(e: OSError) -> KernelError:
-        return KernelError(f"cannot attach {info.file_name} to {path}: {e.strerror}", e.errno or 0)
-
+    what = f"attach {info.file_name} to {path}"
     try:
-        fcntl.ioctl(fd, LOOP_CONFIGURE, pack_config(file_fd, info))
+        config = bytearray(pack_config(file_fd, info))
+        ioctl(fd, LOOP_CONFIGURE, config, name="LOOP_CONFIGURE", what=what)
         return True
-    except OSError as e:
+    except IoctlError as e:
         if e.errno == errno.EBUSY:
             return False
         if e.errno not in (errno.EINVAL, errno.ENOTTY):
-            raise error(e) from None
+            raise
     # Before Linux 5.8: bind, then set the flags (read-only follows the backing fd's mode).
     try:
-        fcntl.ioctl(fd, LOOP_SET_FD, file_fd)
-    except OSError as e:
+        ioctl(fd, LOOP_SET_FD, file_fd, name="LOOP_SET_FD", what=what)
+    except IoctlError as e:
         if e.errno == errno.EBUSY:
             return False
-        raise error(e) from None
+        raise
     try:
-        fcntl.ioctl(fd, LOOP_SET_STATUS64, info.pack())
-    except OSError as e:
-        fcntl.ioctl(fd, LOOP_CLR_FD, 0)
-        raise error(e) from None
+        status = bytearray(info.pack())
+        ioctl(fd, LOOP_SET_STATUS64, status, name="LOOP_SET_STATUS64", what=what)
+    except IoctlError:
+        with contextlib.suppress(IoctlError):  # the error to report is the one above
+            ioctl(fd, LOOP_CLR_FD, name="LOOP_CLR_FD", what=f"detach {path} again")
+        raise
     return True

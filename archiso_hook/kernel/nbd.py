@@ -10,13 +10,14 @@ NBD protocol document (doc/proto.md of nbd) and include/uapi/linux/nbd-netlink.h
 from __future__ import annotations
 
 import errno
-import os
 import socket
 import struct
 
 import attrs
 
 from archiso_hook.errors import HookError, KernelError
+from archiso_hook.kernel.cstruct import Struct
+from archiso_hook.kernel.genl import NLA_F_NESTED, GenericNetlink, attr, u32, u64
 
 NBDMAGIC = b"NBDMAGIC"
 IHAVEOPT = b"IHAVEOPT"
@@ -41,24 +42,8 @@ MAX_OPTION_REPLY = 16 * 1024
 MAX_OPTION_REPLIES = 64
 MAX_EXPORT_SIZE = 1 << 60  # 1 EiB: anything larger is a lie (the kernel takes a loff_t)
 MAX_BLOCK_SIZE = 65536  # the protocol's largest minimum block size
-INFO_LENGTH = {INFO_EXPORT: 12, INFO_BLOCK_SIZE: 14}  # with the 2 bytes of the type
 
-# Generic netlink (linux/netlink.h, linux/genetlink.h, linux/nbd-netlink.h).
-NETLINK_GENERIC = 16
-GENL_ID_CTRL = 0x10
-CTRL_CMD_GETFAMILY = 3
-CTRL_ATTR_FAMILY_ID = 1
-CTRL_ATTR_FAMILY_NAME = 2
-CTRL_ATTR_MCAST_GROUPS = 7
-CTRL_ATTR_MCAST_GRP_NAME = 1
-CTRL_ATTR_MCAST_GRP_ID = 2
-SOL_NETLINK = 270
-NETLINK_ADD_MEMBERSHIP = 1
-NLM_F_REQUEST = 0x1
-NLM_F_ACK = 0x4
-NLMSG_ERROR = 0x2
-NLMSG_DONE = 0x3
-NLA_F_NESTED = 1 << 15
+# include/uapi/linux/nbd-netlink.h
 NBD_FAMILY = "nbd"
 NBD_MCAST_GROUP = "nbd_mc_group"
 NBD_GENL_VERSION = 1
@@ -76,9 +61,84 @@ NBD_ATTR_SOCKETS = 7
 NBD_ATTR_DEAD_CONN_TIMEOUT = 8
 NBD_SOCK_ITEM = 1
 NBD_SOCK_FD = 1
-NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
-GENLMSGHDR = struct.Struct("=BBH")  # cmd, version, reserved
-NLATTR = struct.Struct("=HH")  # len, type
+
+# The handshake's messages (doc/proto.md of nbd), in network byte order; no C header
+# declares them.
+GREETING = Struct(
+    "nbd_greeting",
+    (
+        ("nbdmagic", "8s"),  # S: 64 bits, "NBDMAGIC"
+        ("ihaveopt", "8s"),  # S: 64 bits, "IHAVEOPT" (newstyle)
+        ("handshake_flags", "H"),  # S: 16 bits, handshake flags
+    ),
+    order=">",
+    uapi=False,
+)
+CLIENT_FLAGS = Struct(
+    "nbd_client_flags",
+    (("client_flags", "I"),),  # C: 32 bits, client flags
+    order=">",
+    uapi=False,
+)
+OPTION = Struct(  # followed by `length` bytes of data
+    "nbd_option",
+    (
+        ("ihaveopt", "8s"),  # C: 64 bits, "IHAVEOPT"
+        ("option", "I"),  # C: 32 bits, option
+        ("length", "I"),  # C: 32 bits, length of the option data
+    ),
+    order=">",
+    uapi=False,
+)
+OPTION_REPLY = Struct(  # followed by `length` bytes of data
+    "nbd_option_reply",
+    (
+        ("magic", "Q"),  # S: 64 bits, 0x3e889045565a9
+        ("option", "I"),  # S: 32 bits, the option it answers
+        ("reply", "I"),  # S: 32 bits, reply type
+        ("length", "I"),  # S: 32 bits, length of the reply data
+    ),
+    order=">",
+    uapi=False,
+)
+INFO_TYPE = Struct(
+    "nbd_info",
+    (("info", "H"),),  # S: 16 bits, NBD_INFO type: the start of an NBD_REP_INFO's data
+    order=">",
+    uapi=False,
+)
+INFO_EXPORT_REPLY = Struct(
+    "nbd_info_export",
+    (
+        ("info", "H"),  # S: 16 bits, NBD_INFO_EXPORT
+        ("size", "Q"),  # S: 64 bits, size of the export in bytes
+        ("transmission_flags", "H"),  # S: 16 bits, transmission flags
+    ),
+    order=">",
+    uapi=False,
+)
+INFO_BLOCK_SIZE_REPLY = Struct(
+    "nbd_info_block_size",
+    (
+        ("info", "H"),  # S: 16 bits, NBD_INFO_BLOCK_SIZE
+        ("minimum", "I"),  # S: 32 bits, minimum block size
+        ("preferred", "I"),  # S: 32 bits, preferred block size
+        ("maximum", "I"),  # S: 32 bits, maximum block payload size
+    ),
+    order=">",
+    uapi=False,
+)
+INFO_LENGTH = {INFO_EXPORT: INFO_EXPORT_REPLY.size, INFO_BLOCK_SIZE: INFO_BLOCK_SIZE_REPLY.size}
+EXPORT_NAME_REPLY = Struct(  # the answer to NBD_OPT_EXPORT_NAME
+    "nbd_export_name_reply",
+    (
+        ("size", "Q"),  # S: 64 bits, size of the export in bytes
+        ("transmission_flags", "H"),  # S: 16 bits, transmission flags
+        ("zeroes", "124s"),  # S: 124 bytes, zeroes (not sent with NBD_FLAG_C_NO_ZEROES)
+    ),
+    order=">",
+    uapi=False,
+)
 
 
 class NbdError(HookError):
@@ -112,24 +172,26 @@ def handshake(sock: socket.socket, name: str, server: str = "") -> Export:
     MAX_OPTION_REPLY (read no further), the number of replies, the export's size and
     block sizes, each NBD_INFO reply's length against what its type needs."""
     who = f"the NBD server {server}" if server else "the NBD server"
-    head = _recv(sock, 18)
-    if head[:8] != NBDMAGIC:
+    greeting = GREETING.unpack(_recv(sock, GREETING.size))
+    if greeting.nbdmagic != NBDMAGIC:
         raise NbdError("the server does not speak NBD (no NBDMAGIC)")
-    if head[8:16] != IHAVEOPT:
+    if greeting.ihaveopt != IHAVEOPT:
         raise NbdError("the server speaks only the old NBD protocol, without export names")
-    (server_flags,) = struct.unpack(">H", head[16:18])
+    server_flags: int = greeting.handshake_flags
     if not server_flags & FLAG_FIXED_NEWSTYLE:
         return _export_name(sock, name, server_flags, who)
     client_flags = FLAG_FIXED_NEWSTYLE | (server_flags & FLAG_NO_ZEROES)
-    sock.sendall(struct.pack(">I", client_flags))
+    sock.sendall(CLIENT_FLAGS.pack(client_flags=client_flags))
     encoded = name.encode()
+    # NBD_OPT_GO's data: the name's length and the name, then the NBD_INFO types asked for.
     payload = struct.pack(">I", len(encoded)) + encoded + struct.pack(">HH", 1, INFO_BLOCK_SIZE)
-    sock.sendall(IHAVEOPT + struct.pack(">II", OPT_GO, len(payload)) + payload)
+    sock.sendall(OPTION.pack(ihaveopt=IHAVEOPT, option=OPT_GO, length=len(payload)) + payload)
     size = flags = None
     block_size = 512
     for _ in range(MAX_OPTION_REPLIES):
-        magic, option, reply, length = struct.unpack(">QIII", _recv(sock, 20))
-        if magic != REPLY_MAGIC or option != OPT_GO:
+        header = OPTION_REPLY.unpack(_recv(sock, OPTION_REPLY.size))
+        reply, length = header.reply, header.length
+        if header.magic != REPLY_MAGIC or header.option != OPT_GO:
             raise NbdError(f"{who} answered out of protocol")
         if length > MAX_OPTION_REPLY:
             raise NbdError(
@@ -146,8 +208,8 @@ def handshake(sock: socket.socket, name: str, server: str = "") -> Export:
             detail = data.decode("utf-8", "replace") if data else f"error {reply & 0xFFFF}"
             raise NbdError(f"the NBD server refused export {name!r}: {detail}")
         if reply == REP_INFO:
-            info = struct.unpack(">H", data[:2])[0] if len(data) >= 2 else None
-            need = INFO_LENGTH.get(info, 2) if info is not None else 2
+            info = INFO_TYPE.unpack(data).info if len(data) >= INFO_TYPE.size else None
+            need = INFO_LENGTH.get(info, INFO_TYPE.size) if info is not None else INFO_TYPE.size
             if len(data) < need:
                 what = f"NBD_INFO type {info}" if info is not None else "NBD_REP_INFO"
                 raise NbdError(
@@ -155,11 +217,12 @@ def handshake(sock: socket.socket, name: str, server: str = "") -> Export:
                     f"{need} it needs"
                 )
             if info == INFO_EXPORT:
-                size, flags = struct.unpack(">QH", data[2:12])
-                _check_size(size, who, name)
+                export = INFO_EXPORT_REPLY.unpack(data)
+                size, flags = export.size, export.transmission_flags
+                _check_size(export.size, who, name)
             elif info == INFO_BLOCK_SIZE:
-                minimum, preferred, _ = struct.unpack(">III", data[2:14])
-                block_size = _block_size(minimum, preferred, who)
+                sizes = INFO_BLOCK_SIZE_REPLY.unpack(data)
+                block_size = _block_size(sizes.minimum, sizes.preferred, who)
         elif reply == REP_ACK:
             if size is None or flags is None:
                 raise NbdError(f"{who} gave no export size")
@@ -207,16 +270,17 @@ def _export_name(
     """NBD_OPT_EXPORT_NAME: the oldest newstyle option; an unknown name closes the link."""
     no_zeroes = server_flags & FLAG_NO_ZEROES
     if not client_flags_sent:
-        sock.sendall(struct.pack(">I", no_zeroes))
+        sock.sendall(CLIENT_FLAGS.pack(client_flags=no_zeroes))
     encoded = name.encode()
-    sock.sendall(IHAVEOPT + struct.pack(">II", OPT_EXPORT_NAME, len(encoded)) + encoded)
+    option = OPTION.pack(ihaveopt=IHAVEOPT, option=OPT_EXPORT_NAME, length=len(encoded))
+    sock.sendall(option + encoded)
+    length = EXPORT_NAME_REPLY.offset("zeroes") if no_zeroes else EXPORT_NAME_REPLY.size
     try:
-        reply = _recv(sock, 10 if no_zeroes else 134)
+        reply = EXPORT_NAME_REPLY.unpack(_recv(sock, length).ljust(EXPORT_NAME_REPLY.size, b"\0"))
     except NbdError:
         raise NbdError(f"the NBD server has no export named {name!r}") from None
-    size, flags = struct.unpack(">QH", reply[:10])
-    _check_size(size, who, name)
-    return Export(size, flags)
+    _check_size(reply.size, who, name)
+    return Export(reply.size, reply.transmission_flags)
 
 
 def connect(
@@ -268,151 +332,28 @@ def _negotiate(
     return sock, export
 
 
-# --- generic netlink ---
-
-
-def _attr(kind: int, payload: bytes) -> bytes:
-    length = NLATTR.size + len(payload)
-    return NLATTR.pack(length, kind) + payload + b"\0" * (-length % 4)
-
-
-def _u32(kind: int, value: int) -> bytes:
-    return _attr(kind, struct.pack("=I", value))
-
-
-def _u64(kind: int, value: int) -> bytes:
-    return _attr(kind, struct.pack("=Q", value))
-
-
-def parse_attrs(data: bytes) -> dict[int, bytes]:
-    out = {}
-    offset = 0
-    while offset + NLATTR.size <= len(data):
-        length, kind = NLATTR.unpack_from(data, offset)
-        if length < NLATTR.size:
-            break
-        out[kind & ~NLA_F_NESTED] = data[offset + NLATTR.size : offset + length]
-        offset += (length + 3) & ~3
-    return out
-
-
-class GenericNetlink:
-    """One NETLINK_GENERIC socket: request, then the reply or the kernel's errno."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
-        self.sock.bind((0, 0))
-        self.seq = 0
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def request(self, family: int, cmd: int, version: int, attrs_: bytes) -> dict[int, bytes]:
-        self.seq += 1
-        body = GENLMSGHDR.pack(cmd, version, 0) + attrs_
-        header = NLMSGHDR.pack(NLMSGHDR.size + len(body), family, NLM_F_REQUEST | NLM_F_ACK,
-                               self.seq, 0)  # fmt: skip
-        self.sock.sendall(header + body)
-        reply: dict[int, bytes] = {}
-        while True:
-            data = self.sock.recv(65536)
-            offset = 0
-            while offset + NLMSGHDR.size <= len(data):
-                length, kind, _, seq, _ = NLMSGHDR.unpack_from(data, offset)
-                payload = data[offset + NLMSGHDR.size : offset + length]
-                offset += (length + 3) & ~3
-                if seq != self.seq:
-                    continue
-                if kind == NLMSG_ERROR:
-                    (code,) = struct.unpack_from("=i", payload)
-                    if code:
-                        raise OSError(-code, os.strerror(-code))
-                    return reply
-                if kind == NLMSG_DONE:
-                    return reply
-                reply = parse_attrs(payload[GENLMSGHDR.size :])
-
-    def family(self, name: str) -> tuple[int, dict[str, int]]:
-        """The family's id, and its multicast groups by name."""
-        try:
-            reply = self.request(
-                GENL_ID_CTRL,
-                CTRL_CMD_GETFAMILY,
-                1,
-                _attr(CTRL_ATTR_FAMILY_NAME, name.encode() + b"\0"),
-            )
-        except OSError as e:
-            if e.errno == errno.ENOENT:
-                raise KernelError(
-                    f"the kernel has no {name!r} generic netlink family: is the {name} module "
-                    "loaded?",
-                    e.errno,
-                ) from None
-            raise
-        family: int = struct.unpack("=H", reply[CTRL_ATTR_FAMILY_ID][:2])[0]
-        return family, mcast_groups(reply.get(CTRL_ATTR_MCAST_GROUPS, b""))
-
-    def family_id(self, name: str) -> int:
-        return self.family(name)[0]
-
-    def subscribe(self, group: int) -> None:
-        """Receive the kernel's messages to this multicast group on this socket."""
-        self.sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
-
-    def events(self, timeout: float | None) -> list[tuple[int, dict[int, bytes]]]:
-        """The (command, attributes) of the messages that came within `timeout`
-        seconds (none when nothing did)."""
-        self.sock.settimeout(timeout)
-        try:
-            data = self.sock.recv(65536)
-        except TimeoutError:
-            return []
-        finally:
-            self.sock.settimeout(None)
-        found = []
-        offset = 0
-        while offset + NLMSGHDR.size <= len(data):
-            length, kind, _, _, _ = NLMSGHDR.unpack_from(data, offset)
-            if length < NLMSGHDR.size:
-                break
-            payload = data[offset + NLMSGHDR.size : offset + length]
-            offset += (length + 3) & ~3
-            if kind >= GENL_ID_CTRL and len(payload) >= GENLMSGHDR.size:
-                (cmd,) = struct.unpack_from("=B", payload)
-                found.append((cmd, parse_attrs(payload[GENLMSGHDR.size :])))
-        return found
-
-
-def mcast_groups(data: bytes) -> dict[str, int]:
-    """CTRL_ATTR_MCAST_GROUPS: nested items, each with a name and an id."""
-    groups = {}
-    for item in parse_attrs(data).values():
-        fields = parse_attrs(item)
-        if CTRL_ATTR_MCAST_GRP_NAME in fields and CTRL_ATTR_MCAST_GRP_ID in fields:
-            group_name = fields[CTRL_ATTR_MCAST_GRP_NAME].split(b"\0")[0].decode()
-            groups[group_name] = struct.unpack("=I", fields[CTRL_ATTR_MCAST_GRP_ID][:4])[0]
-    return groups
+# --- the kernel's side: the nbd generic netlink family ---
 
 
 def connect_message(fd: int, export: Export, index: int, timeout: int) -> bytes:
     """The attributes of NBD_CMD_CONNECT for one socket (packing, unit-tested)."""
-    item = _attr(NBD_SOCK_ITEM | NLA_F_NESTED, _u32(NBD_SOCK_FD, fd))
+    item = attr(NBD_SOCK_ITEM | NLA_F_NESTED, u32(NBD_SOCK_FD, fd))
     return (
-        _u32(NBD_ATTR_INDEX, index)
-        + _u64(NBD_ATTR_SIZE_BYTES, export.size)
-        + _u64(NBD_ATTR_BLOCK_SIZE_BYTES, export.block_size)
-        + _u64(NBD_ATTR_SERVER_FLAGS, export.flags)
-        + _u64(NBD_ATTR_TIMEOUT, timeout)
-        + _u64(NBD_ATTR_DEAD_CONN_TIMEOUT, timeout)
-        + _attr(NBD_ATTR_SOCKETS | NLA_F_NESTED, item)
+        u32(NBD_ATTR_INDEX, index)
+        + u64(NBD_ATTR_SIZE_BYTES, export.size)
+        + u64(NBD_ATTR_BLOCK_SIZE_BYTES, export.block_size)
+        + u64(NBD_ATTR_SERVER_FLAGS, export.flags)
+        + u64(NBD_ATTR_TIMEOUT, timeout)
+        + u64(NBD_ATTR_DEAD_CONN_TIMEOUT, timeout)
+        + attr(NBD_ATTR_SOCKETS | NLA_F_NESTED, item)
     )
 
 
 def reconfigure_message(fd: int, index: int) -> bytes:
     """The attributes of NBD_CMD_RECONFIGURE giving /dev/nbd<index> one new socket, which
     the kernel puts in place of a dead one (packing, unit-tested)."""
-    item = _attr(NBD_SOCK_ITEM | NLA_F_NESTED, _u32(NBD_SOCK_FD, fd))
-    return _u32(NBD_ATTR_INDEX, index) + _attr(NBD_ATTR_SOCKETS | NLA_F_NESTED, item)
+    item = attr(NBD_SOCK_ITEM | NLA_F_NESTED, u32(NBD_SOCK_FD, fd))
+    return u32(NBD_ATTR_INDEX, index) + attr(NBD_ATTR_SOCKETS | NLA_F_NESTED, item)
 
 
 @attrs.frozen
@@ -448,7 +389,7 @@ def detach(index: int = 0) -> None:
     nl = GenericNetlink()
     try:
         family = nl.family_id(NBD_FAMILY)
-        nl.request(family, NBD_CMD_DISCONNECT, NBD_GENL_VERSION, _u32(NBD_ATTR_INDEX, index))
+        nl.request(family, NBD_CMD_DISCONNECT, NBD_GENL_VERSION, u32(NBD_ATTR_INDEX, index))
     finally:
         nl.close()
 

@@ -1,15 +1,19 @@
-"""mount(2), umount2(2) and mknod through libc, with errno in every error.
+"""mount(2), umount2(2), reboot(2) and the module syscalls through libc, with errno in
+every error.
 
-Signatures are declared once, in one table, for the whole process.
+Every C function the hook calls through ctypes is declared here, once, for the whole
+process: libc's functions in `_SIGNATURES`, the system calls that glibc has no wrapper
+for (called through syscall(2), by number) in `SYSCALLS`.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Callable
 from typing import Any
 
-from archiso_hook.errors import KernelError
+from archiso_hook.errors import HookError, KernelError
 from archiso_hook.kernel.klog import KernelLogWindow
 
 # include/uapi/linux/mount.h
@@ -33,6 +37,21 @@ _SIGNATURES: dict[str, tuple[list[Any], Any]] = {
     ),
     "umount2": ([ctypes.c_char_p, ctypes.c_int], ctypes.c_int),
     "ioctl": ([ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p], ctypes.c_int),
+    "reboot": ([ctypes.c_int], ctypes.c_int),
+}
+
+# The argument types (after the number) and the numbers by process ABI of the system calls
+# called through syscall(2).
+_ArgTypes = tuple[type[ctypes.c_int | ctypes.c_ulong | ctypes.c_char_p], ...]
+SYSCALLS: dict[str, tuple[_ArgTypes, dict[str, int]]] = {
+    "finit_module": (
+        (ctypes.c_int, ctypes.c_char_p, ctypes.c_int),  # fd, param_values, flags
+        {"x86_64": 313, "i386": 350, "aarch64": 273},
+    ),
+    "init_module": (
+        (ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p),  # image, len, param_values
+        {"x86_64": 175, "i386": 128, "aarch64": 105},
+    ),
 }
 
 
@@ -48,6 +67,38 @@ def _load_libc() -> ctypes.CDLL:
 
 
 _libc = _load_libc()
+
+
+def libc() -> ctypes.CDLL:
+    """The process's libc, its functions declared as `_SIGNATURES` says."""
+    return _libc
+
+
+def process_abi() -> str:
+    """The ABI whose system call numbers this process uses."""
+    machine = os.uname().machine
+    if machine in {"x86_64", "i386", "i486", "i586", "i686"}:
+        # The numbers are the process's: a 32-bit program on a 64-bit kernel uses i386's.
+        return "x86_64" if ctypes.sizeof(ctypes.c_void_p) == 8 else "i386"
+    return machine
+
+
+def syscall(name: str) -> Callable[..., None]:
+    """A system call of `SYSCALLS` as a function that raises OSError on failure."""
+    argtypes, numbers = SYSCALLS[name]
+    abi = process_abi()
+    if abi not in numbers:
+        raise HookError(f"no number known for the {name} system call on {abi}")
+    number = numbers[abi]
+    prototype = ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_long, *argtypes, use_errno=True)
+    function = prototype(("syscall", _libc))
+
+    def call(*args: object) -> None:
+        if function(number, *args) == -1:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+
+    return call
 
 
 def _b(value: str | None) -> bytes | None:
@@ -69,23 +120,17 @@ def mount(
         )
 
 
-def ioctl(fd: int, request: int, buffer: bytearray) -> None:
-    """ioctl(2) on a buffer the kernel reads and fills; raises OSError.
-
-    Not fcntl.ioctl: for a buffer over 1024 bytes CPython makes that call holding
-    the GIL, so a blocking one (DM_DEV_WAIT) would stop every thread. ctypes lets
-    go of the GIL for the call.
-    """
-    pointer = (ctypes.c_char * len(buffer)).from_buffer(buffer)
-    if _libc.ioctl(fd, request, ctypes.addressof(pointer)) < 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, os.strerror(errno))
-
-
 def umount(target: str, flags: int = 0) -> None:
     if _libc.umount2(_b(target), flags) != 0:
         errno = ctypes.get_errno()
         raise KernelError(f"cannot unmount {target}: {os.strerror(errno)}", errno)
+
+
+def reboot(command: int) -> None:
+    """reboot(2); returns only when the kernel refused (then raises KernelError)."""
+    if _libc.reboot(command) != 0:
+        errno = ctypes.get_errno()
+        raise KernelError(f"reboot({command:#x}) failed: {os.strerror(errno)}", errno)
 
 
 def mountpoints() -> dict[str, tuple[str, str]]:

@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from archiso_hook.errors import HookError
-from archiso_hook.kernel import nbd
+from archiso_hook.kernel import genl, nbd
 from archiso_hook.log import Log
 from archiso_hook.sizes import human
 
@@ -61,9 +61,9 @@ class LinkKeeper:
     def __init__(self, link: nbd.Link, log: Log) -> None:
         self.link = link
         self.log = log
-        self.requests = nbd.GenericNetlink()
+        self.requests = genl.GenericNetlink()
         self.family, groups = self.requests.family(nbd.NBD_FAMILY)
-        self.events = nbd.GenericNetlink()
+        self.events = genl.GenericNetlink()
         if nbd.NBD_MCAST_GROUP in groups:
             self.events.subscribe(groups[nbd.NBD_MCAST_GROUP])
         self.reconnections = 0

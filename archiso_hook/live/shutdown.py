@@ -15,7 +15,6 @@ devices, newest first; until a round changes nothing.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import signal
@@ -266,12 +265,13 @@ def _detach_round(
 def power(verb: str, log: Log) -> None:
     """The end: reboot(2) as the verb asks (poweroff when it is unknown). Never returns:
     PID 1 exiting would panic the kernel, so a refused call tries poweroff, then halt."""
-    libc = ctypes.CDLL(None, use_errno=True)
     with contextlib.suppress(OSError):
         os.sync()
     for how in dict.fromkeys((verb if verb in REBOOT else "poweroff", "poweroff", "halt")):
-        libc.reboot(ctypes.c_int(REBOOT[how]))
-        log.error(f"reboot({how}) failed: {os.strerror(ctypes.get_errno())}")
+        try:
+            syscalls.reboot(REBOOT[how])
+        except KernelError as e:
+            log.error(f"reboot({how}) failed: {os.strerror(e.errno)}")
     while True:  # nothing more can be done: stop here rather than panic
         time.sleep(3600)
 

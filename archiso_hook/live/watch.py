@@ -15,7 +15,6 @@ own shutdown stops it before taking the snapshots down.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import sys
@@ -201,7 +200,7 @@ class Watchdog:
             os.truncate(snapshot.cow_file, new)
             fd = os.open(snapshot.cow_device, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                fcntl.ioctl(fd, loop.LOOP_SET_CAPACITY, 0)
+                loop.set_capacity(fd, snapshot.cow_device)
             finally:
                 os.close(fd)
         except (OSError, HookError) as e:

@@ -2,13 +2,17 @@
 
 The C half compiles the headers installed on this machine (linux-libc-dev) and
 prints what the compiler says, once for each architecture the hook is built for
-(x86_64, and i686 with `gcc -m32`); the Python half must agree on both.
+(x86_64, and i686 with `gcc -m32`); the Python half must agree on both. Every
+struct that archiso_hook.kernel declares with a UAPI name is checked field by field:
+each field's offset and size, and the struct's size.
 """
 
 from __future__ import annotations
 
 import ctypes
+import importlib
 import os
+import pkgutil
 import shutil
 import struct
 import subprocess
@@ -16,15 +20,45 @@ from pathlib import Path
 
 import pytest
 
+import archiso_hook.kernel
 from archiso_hook.boot import lookonly
 from archiso_hook.build import bootfiles
-from archiso_hook.kernel import dm, kmod, loop
+from archiso_hook.kernel import dm, loop, syscalls
+from archiso_hook.kernel.cstruct import Struct
 from archiso_hook.kernel.ioctl import GENERIC, POWERPC_MIPS_SPARC, layout_for
+
+
+def _declared_structs() -> list[Struct]:
+    """Every Struct with a UAPI name in the modules of archiso_hook.kernel."""
+    found: dict[int, Struct] = {}
+    for module in pkgutil.walk_packages(archiso_hook.kernel.__path__, "archiso_hook.kernel."):
+        for value in vars(importlib.import_module(module.name)).values():
+            if isinstance(value, Struct) and value.c_name is not None:
+                found[id(value)] = value
+    return sorted(found.values(), key=lambda s: s.name)
+
+
+STRUCTS = _declared_structs()
+
+
+def _struct_lines(declared: Struct) -> str:
+    """C that prints the struct's size, and each field's offset and size."""
+    c = f"struct {declared.c_name}"
+    lines = [f'P("sizeof.{declared.c_name}", sizeof({c}));']
+    for field in declared.fields:
+        key = f"{declared.c_name}.{field}"
+        lines.append(f'P("offsetof.{key}", offsetof({c}, {field}));')
+        if declared.field_size(field):  # not a flexible array member: sizeof is an error
+            lines.append(f'P("sizeof.{key}", sizeof((({c} *)0)->{field}));')
+    return "\n    ".join(lines)
+
 
 C_PROGRAM = r"""
 #include <linux/dm-ioctl.h>
 #include <linux/loop.h>
 #include <linux/fs.h>
+#include <linux/netlink.h>
+#include <linux/genetlink.h>
 #include <asm/bootparam.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -32,20 +66,9 @@ C_PROGRAM = r"""
 #define P(name, value) printf("%s %lu\n", name, (unsigned long)(value))
 int main(void) {
     P("sizeof_pointer", sizeof(void *));
+    STRUCTS
     P("SYS_finit_module", SYS_finit_module);
     P("SYS_init_module", SYS_init_module);
-    P("sizeof_dm_name_list", sizeof(struct dm_name_list));
-    P("sizeof_dm_ioctl", sizeof(struct dm_ioctl));
-    P("sizeof_dm_target_spec", sizeof(struct dm_target_spec));
-    P("off_dm_data_size", offsetof(struct dm_ioctl, data_size));
-    P("off_dm_flags", offsetof(struct dm_ioctl, flags));
-    P("off_dm_event_nr", offsetof(struct dm_ioctl, event_nr));
-    P("off_dm_dev", offsetof(struct dm_ioctl, dev));
-    P("off_dm_name", offsetof(struct dm_ioctl, name));
-    P("off_dm_uuid", offsetof(struct dm_ioctl, uuid));
-    P("off_spec_next", offsetof(struct dm_target_spec, next));
-    P("off_spec_type", offsetof(struct dm_target_spec, target_type));
-    P("off_name_list_name", offsetof(struct dm_name_list, name));
     P("DM_VERSION", DM_VERSION);
     P("DM_DEV_CREATE", DM_DEV_CREATE);
     P("DM_DEV_REMOVE", DM_DEV_REMOVE);
@@ -58,12 +81,6 @@ int main(void) {
     P("DM_BUFFER_FULL_FLAG", DM_BUFFER_FULL_FLAG);
     P("DM_STATUS_TABLE_FLAG", DM_STATUS_TABLE_FLAG);
     P("DM_DEFERRED_REMOVE", DM_DEFERRED_REMOVE);
-    P("sizeof_loop_info64", sizeof(struct loop_info64));
-    P("sizeof_loop_config", sizeof(struct loop_config));
-    P("off_lo_flags", offsetof(struct loop_info64, lo_flags));
-    P("off_lo_file_name", offsetof(struct loop_info64, lo_file_name));
-    P("off_lo_init", offsetof(struct loop_info64, lo_init));
-    P("off_cfg_info", offsetof(struct loop_config, info));
     P("LOOP_CONFIGURE", LOOP_CONFIGURE);
     P("LOOP_CTL_GET_FREE", LOOP_CTL_GET_FREE);
     P("LOOP_SET_STATUS64", LOOP_SET_STATUS64);
@@ -100,7 +117,8 @@ def kernel_headers(
     if gcc is None or not Path("/usr/include/linux/dm-ioctl.h").exists():
         pytest.fail("gcc and linux-libc-dev are needed (make setup installs them)")
     work = tmp_path_factory.mktemp("abi")
-    (work / "abi.c").write_text(C_PROGRAM)
+    program = C_PROGRAM.replace("STRUCTS", "\n    ".join(_struct_lines(s) for s in STRUCTS))
+    (work / "abi.c").write_text(program)
     flag = GCC_FLAGS[request.param]
     build = subprocess.run(
         [gcc, flag, "-o", str(work / "abi"), str(work / "abi.c")],
@@ -117,26 +135,58 @@ def kernel_headers(
     return values
 
 
+@pytest.mark.parametrize("declared", STRUCTS, ids=lambda s: s.name)
+def test_every_declared_field_sits_where_the_compiler_puts_it(
+    kernel_headers: dict[str, int], declared: Struct
+) -> None:
+    h = kernel_headers
+    for field in declared.fields:
+        key = f"{declared.c_name}.{field}"
+        assert declared.offset(field) == h[f"offsetof.{key}"], f"offsetof {key}"
+        if declared.field_size(field):
+            assert declared.field_size(field) == h[f"sizeof.{key}"], f"sizeof {key}"
+    last = declared.fields[-1]
+    if declared.field_size(last) == 0:
+        # A flexible array member: the record ends where it starts. Only the C struct's
+        # tail padding differs (dm_name_list: __u64 is 4-byte aligned on i386), and the
+        # kernel walks such records by `next` offsets.
+        assert declared.size == h[f"offsetof.{declared.c_name}.{last}"]
+    else:
+        assert declared.size == h[f"sizeof.{declared.c_name}"]
+
+
+def test_the_structs_the_hook_sends_are_all_checked() -> None:
+    names = {s.name for s in STRUCTS}
+    assert {"dm_ioctl", "dm_target_spec", "dm_name_list", "loop_info64", "loop_config"} <= names
+    assert {"nlmsghdr", "genlmsghdr", "nlattr", "nlmsgerr"} <= names
+
+
 def test_dm_ioctl_layout_matches_the_headers(kernel_headers: dict[str, int]) -> None:
     h = kernel_headers
-    assert dm.DM_IOCTL.size == h["sizeof_dm_ioctl"] == 312
-    assert dm.DM_TARGET_SPEC.size == h["sizeof_dm_target_spec"] == 40
-    assert dm.DM_NAME_LIST.size == h["off_name_list_name"] == 12
-    # Only the C struct's tail padding differs (__u64 is 4-byte aligned on i386); the
-    # kernel walks the list by `next` offsets, so the packing above holds on both.
-    assert h["sizeof_dm_name_list"] == {"x86_64": 16, "i686": 12}[_arch(h)]
+    assert dm.DM_IOCTL.size == h["sizeof.dm_ioctl"] == 312
+    assert dm.DM_TARGET_SPEC.size == h["sizeof.dm_target_spec"] == 40
+    assert dm.DM_NAME_LIST.size == h["offsetof.dm_name_list.name"] == 12
+    assert h["sizeof.dm_name_list"] == {"x86_64": 16, "i686": 12}[_arch(h)]
     header = dm.pack_ioctl(
         data_size=0x11223344, name="N", uuid="U", flags=0x55, event_nr=0x66, dev=0x0102030405060708
     )
-    assert struct.unpack_from("=I", header, h["off_dm_data_size"])[0] == 0x11223344
-    assert struct.unpack_from("=I", header, h["off_dm_flags"])[0] == 0x55
-    assert struct.unpack_from("=I", header, h["off_dm_event_nr"])[0] == 0x66
-    assert struct.unpack_from("=Q", header, h["off_dm_dev"])[0] == 0x0102030405060708
-    assert header[h["off_dm_name"] : h["off_dm_name"] + 2] == b"N\0"
-    assert header[h["off_dm_uuid"] : h["off_dm_uuid"] + 2] == b"U\0"
+
+    def at(field: str) -> int:
+        return h[f"offsetof.dm_ioctl.{field}"]
+
+    assert struct.unpack_from("=3I", header, at("version")) == dm.DM_VERSION
+    assert struct.unpack_from("=I", header, at("data_size"))[0] == 0x11223344
+    assert struct.unpack_from("=I", header, at("data_start"))[0] == h["sizeof.dm_ioctl"]
+    assert struct.unpack_from("=I", header, at("flags"))[0] == 0x55
+    assert struct.unpack_from("=I", header, at("event_nr"))[0] == 0x66
+    assert struct.unpack_from("=Q", header, at("dev"))[0] == 0x0102030405060708
+    assert header[at("name") : at("name") + 2] == b"N\0"
+    assert header[at("uuid") : at("uuid") + 2] == b"U\0"
     spec = dm.pack_targets([dm.Target(1, 2, "snapshot", "x")])
-    assert struct.unpack_from("=I", spec, h["off_spec_next"])[0] == 48
-    assert spec[h["off_spec_type"] : h["off_spec_type"] + 9] == b"snapshot\0"
+    next_at = h["offsetof.dm_target_spec.next"]
+    type_at = h["offsetof.dm_target_spec.target_type"]
+    assert struct.unpack_from("=I", spec, next_at)[0] == 48
+    assert spec[type_at : type_at + 9] == b"snapshot\0"
 
 
 def test_dm_request_numbers_and_flags_match_the_headers(kernel_headers: dict[str, int]) -> None:
@@ -160,16 +210,20 @@ def test_dm_request_numbers_and_flags_match_the_headers(kernel_headers: dict[str
 
 def test_loop_layout_and_numbers_match_the_headers(kernel_headers: dict[str, int]) -> None:
     h = kernel_headers
-    assert loop.LOOP_INFO64.size == h["sizeof_loop_info64"] == 232
-    assert loop.LOOP_CONFIG.size == h["sizeof_loop_config"] == 304
+    assert loop.LOOP_INFO64.size == h["sizeof.loop_info64"] == 232
+    assert loop.LOOP_CONFIG.size == h["sizeof.loop_config"] == 304
     info = loop.LoopInfo(
         flags=loop.LO_FLAGS_AUTOCLEAR | loop.LO_FLAGS_READ_ONLY, file_name="/run/x.sfs"
     ).pack()
-    assert struct.unpack_from("=I", info, h["off_lo_flags"])[0] == 5
-    assert info[h["off_lo_file_name"] : h["off_lo_file_name"] + 11] == b"/run/x.sfs\0"
-    config = loop.pack_config(7, loop.LoopInfo(file_name="f"))
-    assert struct.unpack_from("=I", config, 0)[0] == 7
-    assert config[h["off_cfg_info"] + h["off_lo_file_name"]] == ord("f")
+    flags_at = h["offsetof.loop_info64.lo_flags"]
+    name_at = h["offsetof.loop_info64.lo_file_name"]
+    assert struct.unpack_from("=I", info, flags_at)[0] == 5
+    assert info[name_at : name_at + 11] == b"/run/x.sfs\0"
+    config = loop.pack_config(7, loop.LoopInfo(file_name="f"), block_size=4096)
+    assert struct.unpack_from("=I", config, h["offsetof.loop_config.fd"])[0] == 7
+    assert struct.unpack_from("=I", config, h["offsetof.loop_config.block_size"])[0] == 4096
+    assert config[h["offsetof.loop_config.info"] + name_at] == ord("f")
+    assert loop.LOOP_CONFIG.offset("info.lo_file_name") == h["offsetof.loop_config.info"] + name_at
     assert loop.LOOP_CONFIGURE == h["LOOP_CONFIGURE"]
     assert loop.LOOP_CTL_GET_FREE == h["LOOP_CTL_GET_FREE"]
     assert loop.LOOP_SET_STATUS64 == h["LOOP_SET_STATUS64"]
@@ -208,8 +262,8 @@ def test_module_syscall_numbers_match_the_headers(kernel_headers: dict[str, int]
     32-bit hook uses i386's numbers even on a 64-bit kernel."""
     h = kernel_headers
     abi = {"x86_64": "x86_64", "i686": "i386"}[_arch(h)]
-    finit = kmod._SYSCALLS["finit_module"][1][abi]
-    init = kmod._SYSCALLS["init_module"][1][abi]
+    finit = syscalls.SYSCALLS["finit_module"][1][abi]
+    init = syscalls.SYSCALLS["init_module"][1][abi]
     assert (finit, init) == (h["SYS_finit_module"], h["SYS_init_module"])
     assert (finit, init) == {"x86_64": (313, 175), "i386": (350, 128)}[abi]
 
@@ -225,7 +279,7 @@ def test_module_syscall_abi_is_the_process_one(
     uname = os.uname_result(("Linux", "lab", "6.1.0", "#1", machine))
     monkeypatch.setattr(os, "uname", lambda: uname)
     monkeypatch.setattr(ctypes, "sizeof", lambda _type: pointer_size)
-    assert kmod._abi() == abi
+    assert syscalls.process_abi() == abi
 
 
 def test_loop_info_round_trips() -> None:

@@ -26,6 +26,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from archiso_hook.boot.modules import cmdline_module_options, default_index
 from archiso_hook.errors import HookError
 from archiso_hook.kernel.kmod import (
     MODULE_INIT_COMPRESSED_FILE,
@@ -35,9 +36,7 @@ from archiso_hook.kernel.kmod import (
     ModuleIndex,
     Softdep,
     Syscalls,
-    cmdline_module_options,
     compression_of,
-    default_index,
     fnmatch,
     modname,
     normalize_alias,
@@ -737,6 +736,9 @@ def test_the_process_shares_one_index_of_the_running_kernel() -> None:
     assert index is default_index()
     assert index.root == f"/usr/lib/modules/{os.uname().release}"
     assert isinstance(index.kernel, LiveKernel)
+    # The kernel command line's module parameters reach the loader (kernel/ cannot read
+    # them itself: it does not import the command line's parser).
+    assert index.kernel.options == cmdline_module_options(Path("/proc/cmdline").read_text())
 
 
 def test_module_options_from_the_kernel_command_line() -> None:

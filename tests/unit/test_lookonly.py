@@ -116,7 +116,10 @@ def test_a_file_is_not_a_block_device(tmp_path: Path) -> None:
     regular = tmp_path / "file"
     regular.write_bytes(b"")
     with (
-        pytest.raises(lookonly.DeviceReadOnlyError, match=r"cannot make .* read-only \(BLKROSET\)"),
+        pytest.raises(
+            lookonly.DeviceReadOnlyError,
+            match=r"cannot read whether .* is read-only \(BLKROGET\): Inappropriate ioctl",
+        ),
         lookonly.read_only_device(str(regular)),
     ):
         pass

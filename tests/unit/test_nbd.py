@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from archiso_hook.kernel import nbd
+from archiso_hook.kernel import genl, nbd
 from archiso_hook.live import nbdkeep
 
 needs_nbd_server = pytest.mark.skipif(
@@ -102,19 +102,19 @@ def test_no_server_is_a_clear_error() -> None:
 
 def test_connect_message_packing() -> None:
     export = nbd.Export(size=1 << 30, flags=3, block_size=4096)
-    attrs = nbd.parse_attrs(nbd.connect_message(5, export, 0, 60))
+    attrs = genl.parse_attrs(nbd.connect_message(5, export, 0, 60))
     assert struct.unpack("=I", attrs[nbd.NBD_ATTR_INDEX]) == (0,)
     assert struct.unpack("=Q", attrs[nbd.NBD_ATTR_SIZE_BYTES]) == (1 << 30,)
     assert struct.unpack("=Q", attrs[nbd.NBD_ATTR_BLOCK_SIZE_BYTES]) == (4096,)
     assert struct.unpack("=Q", attrs[nbd.NBD_ATTR_SERVER_FLAGS]) == (3,)
-    item = nbd.parse_attrs(attrs[nbd.NBD_ATTR_SOCKETS])[nbd.NBD_SOCK_ITEM]
-    assert struct.unpack("=I", nbd.parse_attrs(item)[nbd.NBD_SOCK_FD]) == (5,)
+    item = genl.parse_attrs(attrs[nbd.NBD_ATTR_SOCKETS])[nbd.NBD_SOCK_ITEM]
+    assert struct.unpack("=I", genl.parse_attrs(item)[nbd.NBD_SOCK_FD]) == (5,)
 
 
 def test_generic_netlink_resolves_a_family_on_this_kernel() -> None:
-    netlink = nbd.GenericNetlink()
+    netlink = genl.GenericNetlink()
     try:
-        assert netlink.family_id("nlctrl") == nbd.GENL_ID_CTRL
+        assert netlink.family_id("nlctrl") == genl.GENL_ID_CTRL
     finally:
         netlink.close()
 
@@ -291,16 +291,16 @@ def test_an_old_style_negotiation_checks_the_size_too() -> None:
 
 
 def test_reconfigure_message_packing() -> None:
-    attrs = nbd.parse_attrs(nbd.reconfigure_message(7, 3))
+    attrs = genl.parse_attrs(nbd.reconfigure_message(7, 3))
     assert set(attrs) == {nbd.NBD_ATTR_INDEX, nbd.NBD_ATTR_SOCKETS}  # size and flags kept
     assert struct.unpack("=I", attrs[nbd.NBD_ATTR_INDEX]) == (3,)
-    items = nbd.parse_attrs(attrs[nbd.NBD_ATTR_SOCKETS])
+    items = genl.parse_attrs(attrs[nbd.NBD_ATTR_SOCKETS])
     assert list(items) == [nbd.NBD_SOCK_ITEM]
-    assert struct.unpack("=I", nbd.parse_attrs(items[nbd.NBD_SOCK_ITEM])[nbd.NBD_SOCK_FD]) == (7,)
+    assert struct.unpack("=I", genl.parse_attrs(items[nbd.NBD_SOCK_ITEM])[nbd.NBD_SOCK_FD]) == (7,)
     raw = nbd.reconfigure_message(7, 3)
     # The kernel parses NBD_ATTR_SOCKETS as nested: the flag must be on the wire.
     sockets_type = struct.unpack_from("=H", raw, 8 + 2)[0]
-    assert sockets_type == nbd.NBD_ATTR_SOCKETS | nbd.NLA_F_NESTED
+    assert sockets_type == nbd.NBD_ATTR_SOCKETS | genl.NLA_F_NESTED
     assert len(raw) % 4 == 0
 
 
@@ -324,20 +324,20 @@ def test_netlink_numbers_match_the_uapi_header() -> None:
 
 
 def test_multicast_groups_are_read_from_a_family_reply() -> None:
-    group = nbd._attr(nbd.CTRL_ATTR_MCAST_GRP_ID, struct.pack("=I", 27)) + nbd._attr(
-        nbd.CTRL_ATTR_MCAST_GRP_NAME, b"nbd_mc_group\0"
+    group = genl.attr(genl.CTRL_ATTR_MCAST_GRP_ID, struct.pack("=I", 27)) + genl.attr(
+        genl.CTRL_ATTR_MCAST_GRP_NAME, b"nbd_mc_group\0"
     )
-    groups = nbd._attr(1 | nbd.NLA_F_NESTED, group)
-    assert nbd.mcast_groups(groups) == {"nbd_mc_group": 27}
+    groups = genl.attr(1 | genl.NLA_F_NESTED, group)
+    assert genl.mcast_groups(groups) == {"nbd_mc_group": 27}
 
 
 def test_generic_netlink_lists_the_groups_of_a_family_on_this_kernel() -> None:
-    netlink = nbd.GenericNetlink()
+    netlink = genl.GenericNetlink()
     try:
         family, groups = netlink.family("nlctrl")
     finally:
         netlink.close()
-    assert family == nbd.GENL_ID_CTRL
+    assert family == genl.GENL_ID_CTRL
     assert "notify" in groups
 
 
@@ -360,7 +360,7 @@ def test_reconnecting_to_an_export_of_another_size_is_refused() -> None:
         script((nbd.REP_INFO, info_export(2 << 20)), (nbd.REP_ACK, b""), wait=True)
     )
     link = nbd.Link(0, "127.0.0.1", server.port, "archiso", 1 << 20, 60)
-    netlink = nbd.GenericNetlink()
+    netlink = genl.GenericNetlink()
     try:
         with pytest.raises(
             nbd.NbdError,
