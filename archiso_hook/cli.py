@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import argparse
     from pathlib import Path
 
-    from archiso_hook.build.builder import Signing
+    from archiso_hook.build.imagesums import Signing
     from archiso_hook.log import Log
 
 EPILOG_PLAN = """example:
@@ -159,7 +159,7 @@ def _signing(args: argparse.Namespace) -> Signing | None:
     import os  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
-    from archiso_hook.build.builder import Signing  # noqa: PLC0415
+    from archiso_hook.build.imagesums import Signing  # noqa: PLC0415
 
     if args.sign_gpg is None and args.sign_cms is None:
         return None
