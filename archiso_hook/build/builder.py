@@ -46,7 +46,7 @@ from pathlib import Path
 import attrs
 
 from archiso_hook.aitab import ARCHES, AitabEntry, parse_aitab
-from archiso_hook.build import loaders
+from archiso_hook.build import loaders, menus
 from archiso_hook.build.bootfiles import BOOT_ARCHES, BootFiles, check_boot_files, find_boot_files
 from archiso_hook.build.context import BuiltImage, Context, Job, clamp_epoch, source_date_epoch
 from archiso_hook.build.extsize import scan_tree
@@ -80,7 +80,7 @@ class BootOptions:
     given is looked for in the source of its root image (`<root>/boot/vmlinuz-linux` with
     `initramfs-linux.img`, ...). `required`: every architecture of the aitab must have its
     kernel (an ISO must boot); otherwise they are placed where they are given or found.
-    The rest is the boot menu (loaders.make_menu).
+    The rest is the boot menu (menus.make_menu).
     """
 
     files: Mapping[str, tuple[Path, Path]] = attrs.field(factory=dict)
@@ -148,10 +148,10 @@ def build(
     host_loaders = None
     if boot is not None and iso is not None and boot_files:
         assert label is not None
-        menu = loaders.make_menu(
+        menu = menus.make_menu(
             label=label,
             basedir=basedir,
-            kernels=[loaders.BootKernel(b.arch, b.kernel.mixed_mode) for b in boot_files],
+            kernels=[menus.BootKernel(b.arch, b.kernel.mixed_mode) for b in boot_files],
             title=boot.title,
             append=boot.append,
             serial=boot.serial,
@@ -190,7 +190,7 @@ def build(
             sign_image(image.path, signing, log)
 
     for files in boot_files:
-        place_boot_files(files, out / loaders.boot_dir(basedir, files.arch), log)
+        place_boot_files(files, out / menus.boot_dir(basedir, files.arch), log)
 
     iso_path = None
     if iso is not None:
@@ -258,7 +258,7 @@ def _paths(files: BootFiles) -> tuple[Path, Path]:
 def place_boot_files(files: BootFiles, directory: Path, log: Log) -> None:
     """The kernel and initramfs at `directory`/vmlinuz and archiso.img."""
     directory.mkdir(parents=True, exist_ok=True)
-    names = (loaders.KERNEL_NAME, loaders.INITRAMFS_NAME)
+    names = (menus.KERNEL_NAME, menus.INITRAMFS_NAME)
     for src, name in zip(_paths(files), names, strict=True):
         dst = directory / name
         part = dst.with_name(f".{name}.part")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from archiso_hook.build import loaders
+from archiso_hook.build import loaders, menus
 from archiso_hook.build.hosttools import Log, run_tool
 from archiso_hook.errors import InputError
 from archiso_hook.sizes import human
@@ -53,7 +53,7 @@ def make_iso(
     into `out`, and the EFI system partition is appended (loaders.py).
     """
     label = check_iso(out, iso, label)
-    stamp = loaders.volume_date(epoch)
+    stamp = menus.volume_date(epoch)
     part = iso.with_name(f".{iso.name}.part")
     part.unlink(missing_ok=True)
     log(f"writing {iso} (label {label}) from {out}")
