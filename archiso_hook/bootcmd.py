@@ -34,8 +34,8 @@ def mount(newroot: str, words: Sequence[str]) -> int:
         already_mounted,
         report_failure,
     )
-    from archiso_hook.cmdline import parse_options  # noqa: PLC0415
     from archiso_hook.log import Log  # noqa: PLC0415
+    from archiso_hook.options import parse_options  # noqa: PLC0415
 
     log = Log(kmsg=True)
     if already_mounted(newroot):

@@ -72,7 +72,8 @@ More: /usr/share/doc/archiso-hook/README.md
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from archiso_hook.aitab import parse_aitab  # noqa: PLC0415
-    from archiso_hook.cmdline import Arch, parse_options  # noqa: PLC0415
+    from archiso_hook.cmdline import Arch  # noqa: PLC0415
+    from archiso_hook.options import parse_options  # noqa: PLC0415
     from archiso_hook.plan import plan_boot  # noqa: PLC0415
 
     cmdline = args.cmdline if args.cmdline is not None else read_cmdline()

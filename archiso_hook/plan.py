@@ -15,10 +15,11 @@ from typing import Any
 import attrs
 
 from archiso_hook.aitab import AitabEntry, ImageType
-from archiso_hook.cmdline import CopyMode, CowMode, Options
+from archiso_hook.cmdline import CopyMode, CowMode
 from archiso_hook.errors import InputError
 from archiso_hook.mountopts import parse_mount_options
 from archiso_hook.netconf import Autoconf, IpConfig, NfsExport, boot_config
+from archiso_hook.options import Options
 from archiso_hook.paths import (
     BOOTMNT,
     COPYTORAM,

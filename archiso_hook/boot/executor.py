@@ -20,13 +20,14 @@ from archiso_hook.aitab import parse_aitab
 from archiso_hook.boot import cowfile, fsprobe, lookonly, medium
 from archiso_hook.boot.rootpath import resolve_in_root
 from archiso_hook.boot.state import State, StateBusyError, locked
-from archiso_hook.cmdline import CopyMode, CowMode, Options
+from archiso_hook.cmdline import CopyMode, CowMode
 from archiso_hook.errors import HookError, InputError, KernelError, exit_code, printable
 from archiso_hook.kernel import dm, loop, syscalls
 from archiso_hook.kernel.klog import KernelLogWindow
 from archiso_hook.log import Log
 from archiso_hook.mountopts import parse_mount_options
 from archiso_hook.netconf import with_server
+from archiso_hook.options import Options
 from archiso_hook.paths import BOOTMNT, COWSPACE, DM_UUID_PREFIX, IMG_DEV_MNT, STATE_FILE
 from archiso_hook.plan import (
     AUTO_MAX_IMAGES,

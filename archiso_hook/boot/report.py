@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from archiso_hook import __version__
-from archiso_hook.cmdline import Options
 from archiso_hook.kernel import loop
+from archiso_hook.options import Options
 from archiso_hook.paths import BOOTMNT, REPORT_FILE
 from archiso_hook.plan import BootPlan, ImagePlan
 

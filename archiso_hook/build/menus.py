@@ -17,8 +17,9 @@ from collections.abc import Sequence
 import attrs
 
 from archiso_hook.build.bootfiles import BOOT_ARCHES
-from archiso_hook.cmdline import cmdline_words, parse_options
+from archiso_hook.cmdline import cmdline_words
 from archiso_hook.errors import InputError
+from archiso_hook.options import parse_options
 
 KERNEL_NAME = "vmlinuz"
 INITRAMFS_NAME = "archiso.img"

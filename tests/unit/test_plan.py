@@ -5,10 +5,11 @@ import json
 import pytest
 
 from archiso_hook.aitab import parse_aitab
-from archiso_hook.cmdline import Arch, CowMode, parse_options
+from archiso_hook.cmdline import Arch, CowMode
 from archiso_hook.errors import InputError
 from archiso_hook.kernel import dm
 from archiso_hook.netconf import Autoconf, IpConfig
+from archiso_hook.options import parse_options
 from archiso_hook.plan import (
     AttachLoop,
     BootPlan,
