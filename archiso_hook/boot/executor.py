@@ -21,6 +21,7 @@ from archiso_hook.boot import cowfile, fsprobe, lookonly, medium
 from archiso_hook.boot.rootpath import resolve_in_root
 from archiso_hook.boot.state import State, StateBusyError, locked
 from archiso_hook.cmdline import CopyMode, CowMode
+from archiso_hook.cowsize import cow_need, cow_sizes
 from archiso_hook.errors import HookError, InputError, KernelError, exit_code, printable
 from archiso_hook.kernel import dm, loop, syscalls
 from archiso_hook.kernel.klog import KernelLogWindow
@@ -29,13 +30,14 @@ from archiso_hook.mountopts import parse_mount_options
 from archiso_hook.netconf import with_server
 from archiso_hook.options import Options
 from archiso_hook.paths import BOOTMNT, COWSPACE, DM_UUID_PREFIX, IMG_DEV_MNT, STATE_FILE
-from archiso_hook.plan import (
+from archiso_hook.plan import BootPlan, medium_steps, plan_boot
+from archiso_hook.sizes import human
+from archiso_hook.steps import (
     AUTO_MAX_IMAGES,
     AUTO_RESERVE,
     COPY_RESERVE,
     AttachLoop,
     AttachNbd,
-    BootPlan,
     BringUpNetwork,
     CreateCowFile,
     CreateSnapshot,
@@ -51,12 +53,7 @@ from archiso_hook.plan import (
     SizeCowFiles,
     Step,
     VerifySignatures,
-    cow_need,
-    cow_sizes,
-    medium_steps,
-    plan_boot,
 )
-from archiso_hook.sizes import human
 
 if TYPE_CHECKING:
     from archiso_hook import checksums

@@ -67,7 +67,7 @@ def inside(name: str, package: str) -> bool:
 STILL_OVER = {
     "archiso_hook.boot.executor", "archiso_hook.boot.httpfetch",
     "archiso_hook.cli",
-    "archiso_hook.kernel.kmod", "archiso_hook.kernel.nbd", "archiso_hook.plan",
+    "archiso_hook.kernel.kmod", "archiso_hook.kernel.nbd",
 }  # fmt: skip
 STILL_CROSSING = {("archiso_hook.kernel.kmod", "archiso_hook.cmdline")}
 
