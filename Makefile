@@ -114,7 +114,16 @@ PYINSTALLER_OPTS := --noconfirm --log-level WARN --onedir --name archiso-hook \
 	--exclude-module xml --exclude-module xmlrpc --exclude-module pyexpat \
 	--exclude-module logging.handlers --exclude-module smtplib \
 	$(foreach m,ndb ipdb conntrack nftables ipset ipvs iwutil plan9 wiset devlink \
-		netlink.nl80211 netlink.diag,--exclude-module pyroute2.$(m))
+		netlink.nl80211 netlink.diag,--exclude-module pyroute2.$(m)) \
+	--exclude-module archiso_hook.build --hidden-import uuid --exclude-module _uuid
+# The builder (archiso_hook/build/, `archiso-hook build`) runs on the build host, never at
+# boot: it is left out of the modules frozen into the executable, and its sources go beside
+# them, in BUILDER_DIR, where the frozen hook imports them from the file system (Python's
+# own finder, after PyInstaller's). The install hook leaves that directory out of the
+# initramfs (initcpio/install/archiso). What the builder imports is frozen as usual: of
+# the standard library only uuid is the builder's alone (uuid5 for the images' UUIDs);
+# its C part (_uuid, libuuid) makes time-based UUIDs, which the builder does not.
+BUILDER_DIR := _internal/archiso_hook/build
 # Run-time hooks that replace PyInstaller's own (tools/pyinstaller/rthooks.dat says why).
 # PYI_OPTIONS: a file rewritten when the options change, so that both trees are rebuilt.
 PYI_OPTIONS := $(BUILD)/.pyinstaller-options
@@ -139,6 +148,8 @@ $(FROZEN)/archiso-hook: $(VENV)/.stamp $(PY_SOURCES) $(PYI_HOOKS)
 		--add-data $(CURDIR)/$(BUILD)/pyinstaller/attrs-methods.marshal:archiso_hook/boot \
 		--distpath $(BUILD)/frozen --workpath $(BUILD)/pyinstaller \
 		--specpath $(BUILD)/pyinstaller archiso_hook/__main__.py
+	install -d $(FROZEN)/$(BUILDER_DIR)
+	install -m644 -t $(FROZEN)/$(BUILDER_DIR) archiso_hook/build/*.py
 	@touch $@
 
 frozen-i686: $(FROZEN_I686)/archiso-hook
@@ -164,6 +175,8 @@ $(FROZEN_I686)/archiso-hook: $(I386_ROOT)/.complete $(PY_SOURCES) $(PYI_HOOKS)
 		--add-data $(CURDIR)/$(BUILD)/pyinstaller-i686/attrs-methods.marshal:archiso_hook/boot \
 		--distpath $(BUILD)/frozen-i686 --workpath $(BUILD)/pyinstaller-i686 \
 		--specpath $(BUILD)/pyinstaller-i686 archiso_hook/__main__.py
+	install -d $(FROZEN_I686)/$(BUILDER_DIR)
+	install -m644 -t $(FROZEN_I686)/$(BUILDER_DIR) archiso_hook/build/*.py
 	@touch $@
 
 # What a user reads, in /usr/share/doc/archiso-hook as in the tree (README.md, docs/*.md),

@@ -18,7 +18,7 @@ from archiso_hook.cmdline import Parameter
 BEGIN = "<!-- BEGIN parameters: generated, python -m archiso_hook.paramdoc README.md -->"
 END = "<!-- END parameters -->"
 
-# mkinitcpio's own, which the hook reads too (cmdline.parse_options), outside PARAMETERS.
+# mkinitcpio's own, which the hook reads too (options.parse_options), outside PARAMETERS.
 MKINITCPIO_PARAMETERS = (
     Parameter(
         "rd.debug", "debug", str, "bare word",

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import attrs
 
-from archiso_hook.build.builder import Signing, build, make_iso
+from archiso_hook.build.builder import build
+from archiso_hook.build.imagesums import Signing
+from archiso_hook.build.iso import make_iso
 from vm import REPO, lab_dir
 from vm.liveroot import make_liveroot, write_manifest
 

@@ -1,6 +1,6 @@
 """The boot's decisions as pure functions of what the system reported: whether to copy
 the images to RAM, whether an image is what its aitab line says, what the watchdog may
-grow. Beside plan.cow_sizes; tests/unit/test_decisions.py covers each boundary."""
+grow. Beside cowsize.cow_sizes; tests/unit/test_decisions.py covers each boundary."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import attrs
 
 from archiso_hook.boot import cowfile, fsprobe
 from archiso_hook.cmdline import CopyMode
-from archiso_hook.plan import AUTO_MAX_IMAGES, AUTO_RESERVE, COPY_RESERVE
 from archiso_hook.sizes import Size, human
+from archiso_hook.steps import AUTO_MAX_IMAGES, AUTO_RESERVE, COPY_RESERVE
 
 
 @attrs.frozen

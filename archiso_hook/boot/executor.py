@@ -23,12 +23,13 @@ from archiso_hook.boot import decisions, procfs, report, resources
 from archiso_hook.boot.failure import BootFailedError, report_failure
 from archiso_hook.boot.seam import Kernel, LiveKernel, LoopHandle, Network
 from archiso_hook.boot.state import State, StateBusyError, locked
-from archiso_hook.cmdline import Options
 from archiso_hook.errors import HookError, InputError
 from archiso_hook.lazy import function
 from archiso_hook.log import Log
+from archiso_hook.options import Options
 from archiso_hook.paths import BOOTMNT, COWSPACE, STATE_FILE
-from archiso_hook.plan import BootPlan, Step, medium_steps, plan_boot
+from archiso_hook.plan import BootPlan, medium_steps, plan_boot
+from archiso_hook.steps import Step
 
 # Each kind of step, and the function that carries it out: "module:function".
 HANDLERS: dict[str, str] = {

@@ -9,20 +9,19 @@ from typing import TYPE_CHECKING
 
 from archiso_hook.boot import cowfile, decisions, procfs, resources
 from archiso_hook.cmdline import CopyMode, CowMode
+from archiso_hook.cowsize import cow_need, cow_sizes
 from archiso_hook.errors import HookError, KernelError
 from archiso_hook.kernel import dm
 from archiso_hook.kernel.klog import KernelLogWindow
 from archiso_hook.paths import BOOTMNT, COWSPACE, DM_UUID_PREFIX
-from archiso_hook.plan import (
+from archiso_hook.sizes import human
+from archiso_hook.steps import (
     AttachLoop,
     CreateCowFile,
     CreateSnapshot,
     PrepareImages,
     SizeCowFiles,
-    cow_need,
-    cow_sizes,
 )
-from archiso_hook.sizes import human
 
 if TYPE_CHECKING:
     from archiso_hook.boot.executor import Boot

@@ -15,7 +15,7 @@ from archiso_hook.boot.rootpath import resolve_in_root
 from archiso_hook.errors import HookError
 from archiso_hook.kernel import syscalls
 from archiso_hook.mountopts import parse_mount_options
-from archiso_hook.plan import FindMedium, LoadModules, MakeDirectory, Mount, Remount, SearchMedium
+from archiso_hook.steps import FindMedium, LoadModules, MakeDirectory, Mount, Remount, SearchMedium
 
 if TYPE_CHECKING:
     from archiso_hook.boot.executor import Boot

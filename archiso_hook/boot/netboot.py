@@ -19,8 +19,8 @@ from archiso_hook.kernel import nbd, syscalls
 from archiso_hook.log import Log
 from archiso_hook.mountopts import parse_mount_options
 from archiso_hook.netconf import with_server
-from archiso_hook.plan import AttachNbd, BringUpNetwork, FetchHttp, MountNfs
 from archiso_hook.sizes import human
+from archiso_hook.steps import AttachNbd, BringUpNetwork, FetchHttp, MountNfs
 
 if TYPE_CHECKING:
     from archiso_hook.boot.executor import Boot

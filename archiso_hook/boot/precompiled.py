@@ -134,12 +134,20 @@ def record(modules: list[str]) -> dict[Key, CodeType]:
     return table
 
 
+# The builder's package: it runs on the build host, from sources beside the frozen modules
+# (Makefile: BUILDER_DIR), and never at boot.
+BUILDER = "build"
+
+
 def hook_modules() -> list[str]:
-    """attrs itself and every module of the hook, as found in its package tree."""
+    """attrs itself and every module of the hook, as found in its package tree, but the
+    builder's."""
     top = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     names = []
     for directory, subdirs, files in os.walk(top):
         subdirs[:] = sorted(d for d in subdirs if not d.startswith(("_", ".")))
+        if directory == top:
+            subdirs.remove(BUILDER)
         package = os.path.relpath(directory, os.path.dirname(top)).replace(os.sep, ".")
         names += [
             f"{package}.{entry[:-3]}"

@@ -13,8 +13,8 @@ from archiso_hook import checksums
 from archiso_hook.boot import transfer
 from archiso_hook.errors import HookError
 from archiso_hook.paths import BOOTMNT, IMG_DEV_MNT
-from archiso_hook.plan import Mount, PrepareImages
 from archiso_hook.sizes import human
+from archiso_hook.steps import Mount, PrepareImages
 
 if TYPE_CHECKING:
     from archiso_hook.boot.executor import Boot

@@ -24,8 +24,8 @@ import attrs
 
 from archiso_hook import __version__
 from archiso_hook.boot import procfs
-from archiso_hook.cmdline import Options
 from archiso_hook.log import Log
+from archiso_hook.options import Options
 from archiso_hook.paths import BOOTMNT, REPORT_FILE
 from archiso_hook.plan import BootPlan, ImagePlan
 

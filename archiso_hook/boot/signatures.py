@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from archiso_hook.errors import HookError
-from archiso_hook.plan import VerifySignatures
+from archiso_hook.steps import VerifySignatures
 
 if TYPE_CHECKING:
     from archiso_hook.boot.executor import Boot

@@ -107,3 +107,9 @@ def tool_failure(tool: str, proc: subprocess.CompletedProcess[str]) -> HookError
     lines = [line.strip() for line in (proc.stderr or proc.stdout or "").splitlines()]
     tail = " / ".join([line for line in lines if line][-3:]) or "no error output"
     return HookError(f"{tool} failed with {status}: {tail}")
+
+
+def reason(error: Exception) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error)

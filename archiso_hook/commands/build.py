@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from archiso_hook.build.builder import BootOptions, Signing, build
+from archiso_hook.build.builder import BootOptions, build
+from archiso_hook.build.imagesums import Signing
 from archiso_hook.errors import HookError, InputError
 
 if TYPE_CHECKING:

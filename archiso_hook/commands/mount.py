@@ -12,9 +12,9 @@ from archiso_hook.boot.executor import Boot
 from archiso_hook.boot.failure import BootFailedError, report_failure
 from archiso_hook.boot.state import already_mounted
 from archiso_hook.bootcmd import read_cmdline
-from archiso_hook.cmdline import parse_options
 from archiso_hook.live import handoff
 from archiso_hook.log import Log
+from archiso_hook.options import parse_options
 
 if TYPE_CHECKING:
     import argparse

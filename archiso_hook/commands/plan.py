@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING
 from archiso_hook import paramdoc
 from archiso_hook.aitab import parse_aitab
 from archiso_hook.bootcmd import read_cmdline
-from archiso_hook.cmdline import Arch, parse_options
+from archiso_hook.cmdline import Arch
 from archiso_hook.errors import InputError
+from archiso_hook.options import parse_options
 from archiso_hook.plan import plan_boot
 
 if TYPE_CHECKING:

@@ -57,7 +57,7 @@ def test_the_boot_path_loads_nothing_a_disk_boot_does_not_need() -> None:
     code += (
         "\nfrom archiso_hook.aitab import parse_aitab\n"
         "from archiso_hook.boot import executor\n"
-        "from archiso_hook.cmdline import parse_options\n"
+        "from archiso_hook.options import parse_options\n"
         "from archiso_hook.lazy import function\n"
         "from archiso_hook.plan import medium_steps, plan_boot\n"
         "options = parse_options('archisolabel=ARCH_2026 cow_persistent=P')\n"

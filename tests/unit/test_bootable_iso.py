@@ -14,7 +14,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from archiso_hook.build import loaders
+from archiso_hook.build import loaders, menus
 from archiso_hook.build.builder import BootOptions, BuildResult, build
 from archiso_hook.cli import main as cli_main
 from archiso_hook.errors import InputError
@@ -137,7 +137,7 @@ def test_the_efi_partition_holds_grub_for_both_uefis(dual: BuildResult, tmp_path
 def test_the_volume_is_what_grub_searches_and_the_menus_say(dual: BuildResult) -> None:
     assert dual.iso is not None
     blkid = _run("blkid", "-o", "export", str(dual.iso))
-    assert f"UUID={loaders.volume_uuid(EPOCH)}" in blkid and f"LABEL={LABEL}" in blkid
+    assert f"UUID={menus.volume_uuid(EPOCH)}" in blkid and f"LABEL={LABEL}" in blkid
     tree = dual.iso.parent / "out"
     syslinux = (tree / "syslinux" / "syslinux.cfg").read_text()
     grub = (tree / "grub" / "grub.cfg").read_text()

@@ -18,23 +18,20 @@ import attrs
 import pytest
 
 from archiso_hook.aitab import ImageType
-from archiso_hook.build import builder, hosttools
-from archiso_hook.build.builder import (
+from archiso_hook.build import builder, extimage, hosttools, images
+from archiso_hook.build.builder import BuildResult, build
+from archiso_hook.build.context import image_uuid, source_date_epoch
+from archiso_hook.build.extimage import ExtStats, ext_stats, fixup_commands, used_inodes
+from archiso_hook.build.extsize import (
     BLOCK,
-    BuildResult,
     TreeUsage,
-    build,
     default_journal_blocks,
     dir_blocks,
     ext_geometry,
-    ext_stats,
-    fixup_commands,
     mapping_blocks,
     plan_ext,
     plan_ext_free,
     scan_tree,
-    source_date_epoch,
-    used_inodes,
 )
 from archiso_hook.build.hosttools import run_tool
 from archiso_hook.errors import HookError, InputError
@@ -102,7 +99,7 @@ def _debugfs(image: Path, request: str) -> bytes:
     return _tool("debugfs", "-R", request, str(image)).stdout
 
 
-def _dumpe2fs(image: Path) -> builder.ExtStats:
+def _dumpe2fs(image: Path) -> ExtStats:
     return ext_stats(_tool("dumpe2fs", "-h", str(image)).stdout.decode())
 
 
@@ -293,7 +290,7 @@ def test_ext_times_owners_and_root_mode(medium: Built, tmp_path: Path) -> None:
         for field in ("ctime", "atime", "mtime", "crtime"):
             assert re.search(rf"{field}: 0x{EPOCH:08x}:", text), (path, field)
         assert re.search(r"User:\s+0\s+Group:\s+0", text)
-    fs_uuid = builder.image_uuid("arch", "x86_64", "root-image", EPOCH)
+    fs_uuid = image_uuid("arch", "x86_64", "root-image", EPOCH)
     assert (
         f"Filesystem UUID:          {fs_uuid}"
         in _tool("dumpe2fs", "-h", str(inner)).stdout.decode()
@@ -440,7 +437,7 @@ def test_an_estimate_that_is_short_is_corrected(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     src = _tree(tmp_path / "src/root-image", {f"f{i}": _random(200_000, i) for i in range(30)})
-    real = builder.scan_tree
+    real = scan_tree
 
     def blind(root: Path, fs_type: str | None = None) -> TreeUsage:
         return attrs.evolve(real(root, fs_type), blocks=0)
@@ -554,7 +551,7 @@ def test_btrfs_when_mkfs_btrfs_has_rootdir(tmp_path: Path) -> None:
     built = _build(tmp_path, "img / x86_64 none btrfs 40%\n")
     image = built.out / "arch/x86_64/img.fs"
     dump = run_tool(["btrfs", "inspect-internal", "dump-super", str(image)], lambda _: None)
-    total, used = (builder._dump_super_field(dump.stdout, k) for k in ("total_bytes", "bytes_used"))
+    total, used = (images._dump_super_field(dump.stdout, k) for k in ("total_bytes", "bytes_used"))
     assert (total - used) * 100 >= 40 * total
     with pytest.raises(InputError, match=r"aitab:1: field fs_size: img needs .* as btrfs"):
         _build(tmp_path, "img / x86_64 none btrfs 1\n", out="small")
@@ -701,7 +698,7 @@ def test_geometry_matches_mke2fs(fs_type: str, tmp_path: Path) -> None:
     # Empty filesystems, sizes chosen to hit: one group, a dropped last group, many groups.
     empty = TreeUsage(inodes=0, blocks=1, bytes=0, newest_mtime=0)  # the root directory
     conf = tmp_path / "mke2fs.conf"
-    conf.write_text(builder._MKE2FS_CONF)
+    conf.write_text(extimage._MKE2FS_CONF)
     for blocks in (2304, 32768 + 200, 65536 + 256, 300000):
         plan = plan_ext(fs_type, empty, blocks)
         assert plan is not None

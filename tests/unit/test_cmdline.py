@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from archiso_hook.cmdline import Arch, CowMode, parse_options, split_cmdline, udev_encode
+from archiso_hook.cmdline import Arch, CowMode, split_cmdline, udev_encode
 from archiso_hook.errors import InputError
+from archiso_hook.options import parse_options
 from archiso_hook.sizes import Size
 
 X86 = Arch.X86_64

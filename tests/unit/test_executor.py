@@ -27,10 +27,10 @@ from archiso_hook.boot import cowfile, resources
 from archiso_hook.boot.executor import Boot
 from archiso_hook.boot.failure import BootFailedError
 from archiso_hook.boot.state import State
-from archiso_hook.cmdline import parse_options
 from archiso_hook.errors import HookError, KernelError
 from archiso_hook.kernel import dm
 from archiso_hook.log import Log
+from archiso_hook.options import parse_options
 from archiso_hook.paths import BOOTMNT, IMG_DEV_MNT
 
 IMAGE_SIZE = 64 << 20

@@ -35,12 +35,14 @@ from hypothesis import strategies as st
 from archiso_hook import checksums, cmdline, netconf
 from archiso_hook.aitab import ARCHES, COMPRESSIONS, FILESYSTEMS, AitabEntry, ImageType, parse_aitab
 from archiso_hook.boot.state import RECORDS, State, check_record
-from archiso_hook.cmdline import Arch, CowMode, Options, parse_options, split_cmdline, udev_encode
+from archiso_hook.cmdline import Arch, CowMode, split_cmdline, udev_encode
+from archiso_hook.cowsize import cow_need, cow_sizes
 from archiso_hook.errors import InputError
 from archiso_hook.kernel import dm
 from archiso_hook.mountopts import MountOptions, parse_mount_options
+from archiso_hook.options import Options, parse_options
 from archiso_hook.paths import DM_NAME_MAX, DM_UUID_PREFIX
-from archiso_hook.plan import BootPlan, cow_need, cow_sizes, plan_boot
+from archiso_hook.plan import BootPlan, plan_boot
 from archiso_hook.sizes import MiB, Size, parse_size
 
 # --- counting examples (tests/conftest.py prints the total) --------------------------------

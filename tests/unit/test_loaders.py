@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from archiso_hook.build import loaders
-from archiso_hook.build.loaders import (
+from archiso_hook.build import loaders, menus
+from archiso_hook.build.menus import (
     BootKernel,
     Menu,
     grub_cfg,
@@ -170,9 +170,9 @@ def test_what_the_menus_cannot_carry_is_refused(kw: dict[str, object], message: 
 
 
 def test_the_volume_uuid_is_the_modification_time() -> None:
-    assert loaders.volume_date(1_796_000_000) == "2026113000532000"
-    assert loaders.volume_uuid(1_796_000_000) == "2026-11-30-00-53-20-00"
-    assert loaders.grub_embedded_cfg(UUID) == (
+    assert menus.volume_date(1_796_000_000) == "2026113000532000"
+    assert menus.volume_uuid(1_796_000_000) == "2026-11-30-00-53-20-00"
+    assert menus.grub_embedded_cfg(UUID) == (
         f"search.fs_uuid {UUID} root\nset prefix=($root)/grub\n"
     )
 

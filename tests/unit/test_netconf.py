@@ -8,7 +8,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from archiso_hook.cmdline import Arch, CopyMode, parse_options
+from archiso_hook.cmdline import Arch, CopyMode
 from archiso_hook.errors import InputError
 from archiso_hook.netconf import (
     Autoconf,
@@ -23,6 +23,7 @@ from archiso_hook.netconf import (
     parse_nfs_server,
     with_server,
 )
+from archiso_hook.options import parse_options
 
 
 def test_ip_words() -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from archiso_hook import cmdline, paramdoc
-from archiso_hook.cmdline import Arch, Options, parse_options
+from archiso_hook.cmdline import Arch
+from archiso_hook.options import Options, parse_options
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"

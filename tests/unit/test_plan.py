@@ -5,13 +5,16 @@ import json
 import pytest
 
 from archiso_hook.aitab import parse_aitab
-from archiso_hook.cmdline import Arch, CowMode, parse_options
+from archiso_hook.cmdline import Arch, CowMode
+from archiso_hook.cowsize import cow_need, cow_sizes
 from archiso_hook.errors import InputError
 from archiso_hook.kernel import dm
 from archiso_hook.netconf import Autoconf, IpConfig
-from archiso_hook.plan import (
+from archiso_hook.options import parse_options
+from archiso_hook.plan import BootPlan, medium_steps, plan_boot
+from archiso_hook.sizes import MiB
+from archiso_hook.steps import (
     AttachLoop,
-    BootPlan,
     BringUpNetwork,
     CreateCowFile,
     CreateSnapshot,
@@ -23,12 +26,7 @@ from archiso_hook.plan import (
     SearchMedium,
     SizeCowFiles,
     VerifySignatures,
-    cow_need,
-    cow_sizes,
-    medium_steps,
-    plan_boot,
 )
-from archiso_hook.sizes import MiB
 
 AITAB = """\
 root-image  /           x86_64  xz    ext4  50%

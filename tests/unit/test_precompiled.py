@@ -107,8 +107,10 @@ def test_recording_needs_the_frozen_hooks_seed_and_optimisation(tmp_path: Path) 
     assert run.returncode == 2 and not (tmp_path / "t").exists()
 
 
-def test_hook_modules_are_every_module_but_the_entry_point() -> None:
+def test_hook_modules_are_every_module_but_the_entry_point_and_the_builder() -> None:
     modules = precompiled.hook_modules()
     assert modules[:2] == ["attr", "attrs"]
     assert "archiso_hook.plan" in modules and "archiso_hook.boot.precompiled" in modules
+    assert "archiso_hook.live.watch" in modules and "archiso_hook.kernel.dm" in modules
     assert "archiso_hook.__main__" not in modules and "archiso_hook.__init__" not in modules
+    assert [m for m in modules if m.startswith("archiso_hook.build")] == []

@@ -15,8 +15,9 @@ from archiso_hook.aitab import parse_aitab
 from archiso_hook.boot import report
 from archiso_hook.boot.executor import Boot
 from archiso_hook.boot.report import MediumReport, build_report, found_by
-from archiso_hook.cmdline import Arch, parse_options
+from archiso_hook.cmdline import Arch
 from archiso_hook.log import Log
+from archiso_hook.options import parse_options
 from archiso_hook.paths import BOOTMNT
 from archiso_hook.plan import BootPlan, plan_boot
 

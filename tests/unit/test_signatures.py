@@ -14,7 +14,7 @@ import pytest
 
 from archiso_hook.boot import signatures
 from archiso_hook.boot.signatures import GpgVerdict, SignatureError, gpg_verdict
-from archiso_hook.build.builder import Signing, sign_image
+from archiso_hook.build.imagesums import Signing, sign_image
 
 GOOD = (
     "[GNUPG:] NEWSIG\n"

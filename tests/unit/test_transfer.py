@@ -119,7 +119,7 @@ def test_bad_checksum_files_are_refused(text: str, message: str) -> None:
 
 
 def test_the_builders_checksum_files_are_read(tmp_path: Path) -> None:
-    from archiso_hook.build.builder import write_checksum  # noqa: PLC0415
+    from archiso_hook.build.imagesums import write_checksum  # noqa: PLC0415
 
     image = tmp_path / "root.fs.sfs"
     data = make(image, 5000, b"r")

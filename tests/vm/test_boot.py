@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.vm.conftest import Lab, leak_report, status_reports
-from vm.media import SAMPLE_LABEL
+from vm.media import SAMPLE_LABEL, STAGE
 from vm.qemu import Drive
 
 pytestmark = pytest.mark.vm
@@ -77,6 +78,24 @@ def assert_boot_report(output: str) -> None:
     timings = report["timings"]
     assert {"startup_seconds", "mount_seconds", "hook_seconds", "uptime_seconds"} <= set(timings)
     assert 0 < timings["mount_seconds"] <= timings["hook_seconds"] < timings["uptime_seconds"]
+
+
+def test_the_builder_stays_on_the_build_host(lab: Lab) -> None:
+    """The staged tree has the builder's sources beside the frozen modules (the sample ISO
+    is made by its `archiso-hook build`); the initramfs made from it leaves them out."""
+    builder = "usr/lib/archiso-hook/_internal/archiso_hook/build"
+    assert (STAGE / builder / "builder.py").is_file()
+    listing = subprocess.run(
+        f"zstd -dc '{lab.initrd}' | cpio -t --quiet",
+        shell=True,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert "usr/lib/archiso-hook/_internal/archiso_hook/boot/attrs-methods.marshal" in listing
+    assert [name for name in listing if name.startswith(builder)] == []
+    # nor uuid's C part, only the builder imports uuid (and not for time-based UUIDs)
+    assert not [n for n in listing if n.startswith("usr/lib/archiso-hook/") and "uuid" in n]
 
 
 def test_plain_fs_image(lab: Lab) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from archiso_hook.build.builder import Signing
+from archiso_hook.build.imagesums import Signing
 from tests.vm.conftest import Lab, fails_cleanly, power_off
 from vm import lab_dir
 from vm.lab import signing_initramfs
