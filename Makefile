@@ -222,7 +222,7 @@ demo: setup stage iso
 
 # Everything, the QEMU boots included. The frozen hook is staged first: the lab builds
 # its initramfs from what `make install` would put on a system; the sample ISO is made by
-# it, and booted through firmware by tests/vm/test_iso_*.py.
+# it, and booted through firmware by tests/vm/test_9*_iso_*.py.
 # Two workers (pytest-xdist), each test file on one: two guests boot at a time, one per
 # core (a TCG guest keeps one core busy); each worker has its own lab directory.
 test: setup stage iso

@@ -1,6 +1,6 @@
 """The shutdown's decisions that need no kernel: which loop is ours, which pid is the
 watchdog's, and that nothing it meets stops it from returning (as PID 1: powering off).
-Taking real dm devices and loops apart is proven in tests/vm (test_boot, test_faults)."""
+Taking real dm devices and loops apart is proven in tests/vm (test_10_boot, test_70_faults)."""
 
 from __future__ import annotations
 
