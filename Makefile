@@ -266,14 +266,14 @@ lint: setup
 test-unit: setup
 	$(PY) -m pytest -q -m 'not vm' tests
 
-# Property-based fuzzing of the parsers and the boot plan: tests/unit/test_fuzz.py with the
-# `fuzz` profile of tests/conftest.py, 7,000 examples a property (over 100,000 in all, about
-# 11 minutes on 2 cores); prints the examples run, by property. Failures are kept in
-# .hypothesis/ and replayed first next time. `make test` runs the same file with the `ci`
-# profile: reproducible, in seconds.
+# Property-based fuzzing of the parsers and the boot plan: tests/unit/test_fuzz_*.py, which
+# draw from tests/unit/strategies.py, with the `fuzz` profile of tests/conftest.py, 7,000
+# examples a property (over 100,000 in all, about 11 minutes on 2 cores); prints the
+# examples run, by property. Failures are kept in .hypothesis/ and replayed first next
+# time. `make test` runs the same files with the `ci` profile: reproducible, in seconds.
 .PHONY: fuzz
 fuzz: setup
-	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q tests/unit/test_fuzz.py
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q tests/unit/test_fuzz_*.py
 
 clean:
 	rm -rf $(BUILD)
