@@ -242,7 +242,7 @@ demo: setup stage iso
 
 # Everything, the QEMU boots included. The frozen hook is staged first: the lab builds
 # its initramfs from what `make install` would put on a system; the sample ISO is made by
-# it, and booted through firmware by tests/vm/test_iso_*.py.
+# it, and booted through firmware by tests/vm/test_9*_iso_*.py.
 # Two workers (pytest-xdist), each test file on one: two guests boot at a time, one per
 # core (a TCG guest keeps one core busy); each worker has its own lab directory.
 test: setup stage iso
@@ -286,14 +286,14 @@ lint: setup
 test-unit: setup
 	$(PY) -m pytest -q -m 'not vm' tests
 
-# Property-based fuzzing of the parsers and the boot plan: tests/unit/test_fuzz.py with the
-# `fuzz` profile of tests/conftest.py, 7,000 examples a property (over 100,000 in all, about
-# 11 minutes on 2 cores); prints the examples run, by property. Failures are kept in
-# .hypothesis/ and replayed first next time. `make test` runs the same file with the `ci`
-# profile: reproducible, in seconds.
+# Property-based fuzzing of the parsers and the boot plan: tests/unit/test_fuzz_*.py, which
+# draw from tests/unit/strategies.py, with the `fuzz` profile of tests/conftest.py, 7,000
+# examples a property (over 100,000 in all, about 11 minutes on 2 cores); prints the
+# examples run, by property. Failures are kept in .hypothesis/ and replayed first next
+# time. `make test` runs the same files with the `ci` profile: reproducible, in seconds.
 .PHONY: fuzz
 fuzz: setup
-	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q tests/unit/test_fuzz.py
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q tests/unit/test_fuzz_*.py
 
 clean:
 	rm -rf $(BUILD)

@@ -2,14 +2,15 @@
 
 `ci` (the default, what `make test` runs): the same examples on every run, no example
 database, no deadline (a loaded 2-core machine must not make a test flaky), and few
-enough examples that tests/unit/test_fuzz.py takes seconds.
+enough examples that tests/unit/test_fuzz_*.py take seconds.
 
 `fuzz` (`make fuzz`, or HYPOTHESIS_PROFILE=fuzz, or pytest --hypothesis-profile=fuzz):
 random examples, with failures kept in .hypothesis/ to be replayed first next time;
 7,000 examples a property, over 100,000 in all.
 
-Tests decorated with test_fuzz.counted report how many examples ran: the summary
-prints the total (and, outside `ci`, the count of each property).
+Tests decorated with tests.unit.strategies.counted, in modules that use the fuzz_tally
+fixture, report how many examples ran: the summary prints the total (and, outside `ci`,
+the count of each property).
 """
 
 from __future__ import annotations
@@ -43,10 +44,15 @@ _EXAMPLES = pytest.StashKey[Counter[str]]()
 _SECONDS = pytest.StashKey[float]()
 
 
-@pytest.fixture(scope="session")
-def fuzz_examples(pytestconfig: pytest.Config) -> Counter[str]:
-    """Examples run, by property: test modules add their counts when they finish."""
-    return pytestconfig.stash.setdefault(_EXAMPLES, Counter())
+@pytest.fixture(scope="module")
+def fuzz_tally(pytestconfig: pytest.Config) -> Iterator[None]:
+    """For modules of property tests (`pytestmark = pytest.mark.usefixtures("fuzz_tally")`):
+    the examples their `counted` tests ran join the session's count when they finish."""
+    from tests.unit.strategies import EXAMPLES_RUN  # noqa: PLC0415
+
+    yield
+    pytestconfig.stash.setdefault(_EXAMPLES, Counter()).update(EXAMPLES_RUN)
+    EXAMPLES_RUN.clear()
 
 
 @pytest.hookimpl(wrapper=True)
@@ -56,7 +62,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     try:
         return (yield)
     finally:
-        if "fuzz_examples" in getattr(item, "fixturenames", ()):
+        if "fuzz_tally" in getattr(item, "fixturenames", ()):
             seconds = item.config.stash.get(_SECONDS, 0.0) + time.monotonic() - start
             item.config.stash[_SECONDS] = seconds
 

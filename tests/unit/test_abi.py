@@ -26,6 +26,7 @@ from archiso_hook.build import bootfiles
 from archiso_hook.kernel import dm, loop, syscalls
 from archiso_hook.kernel.cstruct import Struct
 from archiso_hook.kernel.ioctl import GENERIC, POWERPC_MIPS_SPARC, layout_for
+from archiso_hook.live import shutdown
 
 
 def _declared_structs() -> list[Struct]:
@@ -59,6 +60,7 @@ C_PROGRAM = r"""
 #include <linux/fs.h>
 #include <linux/netlink.h>
 #include <linux/genetlink.h>
+#include <linux/reboot.h>
 #include <asm/bootparam.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -95,6 +97,10 @@ int main(void) {
     P("XLF_KERNEL_64", XLF_KERNEL_64);
     P("XLF_EFI_HANDOVER_32", XLF_EFI_HANDOVER_32);
     P("XLF_EFI_HANDOVER_64", XLF_EFI_HANDOVER_64);
+    P("LINUX_REBOOT_CMD_POWER_OFF", LINUX_REBOOT_CMD_POWER_OFF);
+    P("LINUX_REBOOT_CMD_RESTART", LINUX_REBOOT_CMD_RESTART);
+    P("LINUX_REBOOT_CMD_HALT", LINUX_REBOOT_CMD_HALT);
+    P("LINUX_REBOOT_CMD_KEXEC", LINUX_REBOOT_CMD_KEXEC);
     return 0;
 }
 """
@@ -266,6 +272,17 @@ def test_module_syscall_numbers_match_the_headers(kernel_headers: dict[str, int]
     init = syscalls.SYSCALLS["init_module"][1][abi]
     assert (finit, init) == (h["SYS_finit_module"], h["SYS_init_module"])
     assert (finit, init) == {"x86_64": (313, 175), "i386": (350, 128)}[abi]
+
+
+def test_reboot_commands_match_the_headers(kernel_headers: dict[str, int]) -> None:
+    """The shutdown, as PID 1, ends the machine's life with reboot(2) and these."""
+    h = kernel_headers
+    assert shutdown.REBOOT == {
+        "poweroff": h["LINUX_REBOOT_CMD_POWER_OFF"],
+        "reboot": h["LINUX_REBOOT_CMD_RESTART"],
+        "halt": h["LINUX_REBOOT_CMD_HALT"],
+        "kexec": h["LINUX_REBOOT_CMD_KEXEC"],
+    }
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 tools (xorriso, mtools, blkid, grub-mkimage, isolinux's files) and no QEMU: the layout, the
 El Torito entries, the hybrid MBR and the GPT, the EFI partition, reproducibility, and the
 inputs refused before anything is written. The kernels and initramfs images here are
-tests/unit/fake_boot.py's headers; tests/vm/test_iso_*.py boots Debian's through firmware.
+tests/unit/fake_boot.py's headers; tests/vm/test_9*_iso_*.py boots Debian's through firmware.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Kernels and initramfs images read from their bytes: the bzImage header, the cpio
 archives in each compression the kernel reads, and the checks a medium's boot files pass
 before anything is written. The headers are those of tests/unit/fake_boot.py; Debian's own
-kernels and images are read in the ISO boot tests (tests/vm/test_iso_*.py)."""
+kernels and images are read in the ISO boot tests (tests/vm/test_9*_iso_*.py)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 `_archiso_elf_arch` (initcpio/install/archiso) reads the ELF class and e_machine of a
 file, decompressing a `.ko.zst`, `.ko.xz` or `.ko.gz` module first. Run in bash on
-headers made here; the QEMU tests (tests/vm/test_i686.py) use it on real kernels.
+headers made here; the QEMU tests (tests/vm/test_80_i686.py) use it on real kernels.
 """
 
 from __future__ import annotations

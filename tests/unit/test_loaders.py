@@ -1,6 +1,6 @@
 """The boot menus and loaders of a medium: the configurations isolinux and GRUB read (GRUB's
 checked by its own grub-script-check), what is refused before anything is written, and
-where each distribution keeps the loaders. Booting them is tests/vm/test_iso_*.py's."""
+where each distribution keeps the loaders. Booting them is tests/vm/test_9*_iso_*.py's."""
 
 from __future__ import annotations
 

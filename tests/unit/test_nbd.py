@@ -2,7 +2,8 @@
 server (a thread here) whose every statement must be checked; the netlink packing.
 
 Attaching to /dev/nbd0 needs the nbd module (not on this host): the QEMU tests boot
-from NBD through the kernel's netlink interface, and reconnect it (test_nbd_restart.py).
+from NBD through the kernel's netlink interface, and reconnect it
+(tests/vm/test_52_net_nbd_restart.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The shutdown's decisions that need no kernel: which loop is ours, which pid is the
 watchdog's, and that nothing it meets stops it from returning (as PID 1: powering off).
-Taking real dm devices and loops apart is proven in tests/vm (test_boot, test_faults)."""
+Taking real dm devices and loops apart is proven in tests/vm (test_10_boot, test_70_faults)."""
 
 from __future__ import annotations
 
@@ -151,3 +151,58 @@ def test_release_takes_only_what_is_still_the_hooks(tmp_path: Path) -> None:
     assert f"not releasing {link} (not a regular file): it is no longer the hook's" in (
         out.getvalue()
     )
+
+
+def test_the_state_is_looked_for_where_the_live_systems_run_may_be() -> None:
+    assert shutdown.state_paths() == (
+        "/oldroot/run/archiso/state.json",  # the live system's /run, under the old root
+        "/oldrun/archiso/state.json",  # moved aside (move_run_aside)
+        "/run/archiso/state.json",  # still in the initramfs: a failed boot's retry
+    )
+    assert shutdown.state_paths("/mnt/live")[0] == "/mnt/live/run/archiso/state.json"
+
+
+def test_the_first_state_file_there_is_wins(tmp_path: Path) -> None:
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    first.write_text('{"newroot": "/first"}\n')
+    second.write_text('{"newroot": "/second"}\n')
+    (tmp_path / "dir.json").mkdir()
+    log, out = _log()
+    paths = [str(tmp_path / p) for p in ("none.json", "dir.json", "first.json", "second.json")]
+    state = shutdown.find_state(log, tuple(paths))
+    assert state is not None and state.newroot == "/first"
+    # A directory where the file should be is said, and the next place is tried.
+    assert out.getvalue().count("cannot use the state file") == 1
+    assert shutdown.find_state(log, (str(tmp_path / "none.json"),)) is None
+
+
+@pytest.mark.parametrize(
+    ("path", "root", "under"),
+    [
+        ("/oldroot", "/oldroot", True),
+        ("/oldroot/run/archiso/bootmnt", "/oldroot", True),
+        ("/oldroot2", "/oldroot", False),  # a sibling whose name starts the same
+        ("/old", "/oldroot", False),
+        ("/oldrun/archiso", "/oldrun/", True),
+        ("/", "/oldroot", False),
+    ],
+)
+def test_what_is_under_a_root(path: str, root: str, under: bool) -> None:
+    assert shutdown._under(path, root) is under
+
+
+def test_records_of_devices_that_are_gone_are_not_left_busy(tmp_path: Path) -> None:
+    """A loop no longer bound and an NBD device not connected: nothing to undo, nothing
+    reported busy, nothing said (the host's own loops and mappings are not ours)."""
+    state_file = tmp_path / "state.json"
+    state_file.write_text(
+        '{"newroot": "/new_root", "resources": ['
+        '{"kind": "loop", "device": "/dev/loop4093", "backing": "/run/archiso/a.sfs",'
+        ' "read_only": true},'
+        '{"kind": "nbd", "device": "/dev/nbd4093", "server": "10.0.2.2", "export": "root"}]}\n'
+    )
+    log, out = _log()
+    state = shutdown.find_state(log, (str(state_file),))
+    assert state is not None and len(state.resources) == 2
+    assert shutdown.teardown(state, log, root=str(tmp_path / "oldroot"), also=()) == []
+    assert out.getvalue() == ""

@@ -1,7 +1,7 @@
 """verify= and cms_verify=: gpgv's verdict read from its status lines, and real
 signatures made by the builder (gpg, openssl cms) checked by the boot's own functions
 with the host's gpgv and openssl. The boot's use of them is proven in
-tests/vm/test_signatures.py."""
+tests/vm/test_31_signatures.py."""
 
 from __future__ import annotations
 

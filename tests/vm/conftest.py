@@ -65,6 +65,32 @@ class Lab:
             nics=nics,
         )
 
+    def boot_and_pass(
+        self,
+        name: str,
+        append: str,
+        drives: list[Drive],
+        *,
+        verdict_timeout: float = 200,
+        power_off: bool = False,
+        memory_mib: int = 1024,
+        timeout: float = 240.0,
+        initrd: Path | None = None,
+    ) -> str:
+        """Boot until the live root's verdict, which must be `LAB: PASS`, with no
+        traceback on the way; `power_off`: and until the guest has powered itself off
+        (its disks closed and consistent). The console output."""
+        with self.boot(
+            name, append, drives, memory_mib=memory_mib, timeout=timeout, initrd=initrd
+        ) as guest:
+            guest.expect(r"LAB: (PASS|FAIL)", timeout=verdict_timeout)
+            if power_off:
+                guest.wait(120)
+            output = guest.output
+        assert "LAB: PASS" in output, output[-3000:]
+        assert "Traceback" not in output, output[-3000:]
+        return output
+
     def initramfs_without(self, *modules: str) -> Path:
         """An image whose install hook leaves these modules out (a broken initramfs)."""
         name = "initramfs-without-" + "-".join(modules) + ".img"

@@ -1,7 +1,7 @@
 """An NBD root (copytoram=n) whose server restarts: the watchdog in the live system
 reconnects /dev/nbd0 (nbd.reconnect, NBD_CMD_RECONFIGURE) and the reads that waited
 for the server meanwhile go on. Real nbd-server on 127.0.0.1, reached through QEMU's
-user-mode network (vm/servers.py, as in test_net.py).
+user-mode network (vm/servers.py, as in test_50_net.py).
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.vm.conftest import SHELL_PROMPT
 from vm import lab_dir
 from vm.initramfs import build_initramfs
 from vm.kernel import Kernel, fetch_kernel
@@ -329,9 +330,6 @@ def labnet_initramfs() -> tuple[Kernel, Path]:
         modules=["virtio_pci", "virtio_net", "nfsv4"],
     )
     return kernel, image
-
-
-SHELL_PROMPT = r"\[rootfs [^\]]*\]# "
 
 
 def run(guest: Guest, command: str, timeout: float = 60) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from archiso_hook.boot.cowfile import SNAP_MAGIC
-from tests.vm.conftest import Lab, status_reports
+from tests.vm.conftest import Lab, hook_lines, status_reports
 from vm.disks import Partition, ext4_needs_recovery, make_disk, make_ext4, read_file_from_ext4
 from vm.media import SAMPLE_LABEL
 from vm.qemu import Drive
@@ -21,21 +21,12 @@ BASE = f"archisobasedir=arch archisolabel={SAMPLE_LABEL}"
 BIG_ROOT = "root / x86_64 zstd ext4 512\nshare /usr/share any zstd none 0\n"
 
 
-def hook_lines(output: str) -> list[str]:
-    return [
-        line.split("archiso-hook: ", 1)[1]
-        for line in output.splitlines()
-        if "archiso-hook: " in line
-    ]
-
-
 def test_a_200_mib_write_into_a_32_mib_cowspace_grows_it(lab: Lab) -> None:
     media = lab.media("big-root", aitab=BIG_ROOT)
     append = f"{BASE} cow_spacesize=32M cow_grow_max=240M lab.check=fill,status lab.fill_mib=200"
-    with lab.boot("watch-grow", append, [Drive(media.iso, kind="virtio")], timeout=600) as guest:
-        guest.expect(r"LAB: (PASS|FAIL)", timeout=560)
-        output = guest.output
-    assert "LAB: PASS" in output, output[-3000:]
+    output = lab.boot_and_pass(
+        "watch-grow", append, [Drive(media.iso, kind="virtio")], verdict_timeout=560, timeout=600
+    )
     assert "LAB-RESULT fill written=yes mib=200 intact=yes" in output
     hook = hook_lines(output)
     growth = [line for line in hook if line.startswith("grew the COW of arch_root from ")]
@@ -59,10 +50,9 @@ def test_without_growth_writes_fail_but_the_system_keeps_reading(lab: Lab) -> No
         f"{BASE} cow_spacesize=32M cow_grow=n lab.check=persist-write,fill,persist-read,"
         "files,status lab.fill_mib=64 lab.token=before-the-flood"
     )
-    with lab.boot("watch-nogrow", append, [Drive(media.iso, kind="virtio")], timeout=600) as guest:
-        guest.expect(r"LAB: (PASS|FAIL)", timeout=560)
-        output = guest.output
-    assert "LAB: PASS" in output, output[-3000:]
+    output = lab.boot_and_pass(
+        "watch-nogrow", append, [Drive(media.iso, kind="virtio")], verdict_timeout=560, timeout=600
+    )
     assert re.search(r"LAB-RESULT fill written=no mib=64 error=", output)
     assert "LAB-RESULT persist-read present=yes content=before-the-flood" in output
     assert "LAB-CHECK files ok" in output

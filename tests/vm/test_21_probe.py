@@ -63,17 +63,6 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def boot_to_poweroff(lab: Lab, name: str, append: str, drives: list[Drive]) -> str:
-    """Boot, pass, and wait until the guest has powered itself off (its disks closed)."""
-    with lab.boot(name, append, drives) as guest:
-        guest.expect(r"LAB: (PASS|FAIL)", timeout=200)
-        guest.wait(120)
-        output = guest.output
-    assert "LAB: PASS" in output, output[-3000:]
-    assert "Traceback" not in output
-    return output
-
-
 def marked_media(lab: Lab) -> Media:
     def add_marker(basedir: Path) -> None:
         (basedir.parent / "boot").mkdir()
@@ -96,7 +85,9 @@ def test_the_search_looks_into_a_dirty_ext4_without_writing_it(lab: Lab) -> None
 
     media = marked_media(lab)
     drives = [Drive(disk.path, kind="virtio"), Drive(media.iso, kind="virtio")]
-    output = boot_to_poweroff(lab, "probe-search", f"archisosearchuuid={MARKER} {CHECKS}", drives)
+    output = lab.boot_and_pass(
+        "probe-search", f"archisosearchuuid={MARKER} {CHECKS}", drives, power_off=True
+    )
 
     # The disk first: its journal is still to be replayed, and not one byte changed.
     assert ext4_needs_recovery(disk.path, start)
@@ -130,7 +121,9 @@ def test_an_iso_file_on_a_dirty_ext4_boots_and_the_journal_stays(lab: Lab) -> No
     before = sha256(disk.path)
 
     append = f"img_dev=/dev/vda1 img_loop=/iso/live.iso {CHECKS}"
-    output = boot_to_poweroff(lab, "probe-img-dev", append, [Drive(disk.path, kind="virtio")])
+    output = lab.boot_and_pass(
+        "probe-img-dev", append, [Drive(disk.path, kind="virtio")], power_off=True
+    )
 
     assert ext4_needs_recovery(disk.path, start)
     assert sha256(disk.path) == before

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from archiso_hook.boot.cowfile import SNAP_MAGIC
-from tests.vm.conftest import Lab, status_reports
+from tests.vm.conftest import Lab, hook_lines, status_reports
 from vm.disks import Partition, make_disk, make_ext4, read_file_from_ext4
 from vm.media import SAMPLE_LABEL
 from vm.qemu import Drive
@@ -21,16 +21,6 @@ from vm.qemu import Drive
 pytestmark = pytest.mark.vm
 
 BASE = f"archisobasedir=arch archisolabel={SAMPLE_LABEL}"
-
-
-def boot(lab: Lab, name: str, append: str, drives: list[Drive]) -> str:
-    with lab.boot(name, append, drives) as guest:
-        guest.expect(r"LAB: (PASS|FAIL)", timeout=240)
-        guest.wait(90)  # a clean power-off: the disk is consistent once QEMU exits
-        output = guest.output
-    assert "LAB: PASS" in output, output[-3000:]
-    assert "Traceback" not in output
-    return output
 
 
 def mountinfo(output: str, target: str) -> str:
@@ -52,7 +42,9 @@ def test_cow_device_by_path_with_its_directory_options_and_chunk_size(
         f"{BASE} cow_device=/dev/vda1 cow_directory=mine/x86 cow_flags=noatime "
         "cow_chunksize=16 lab.check=write,mounts,status"
     )
-    output = boot(lab, "param-cow-device", append, drives)
+    output = lab.boot_and_pass(
+        "param-cow-device", append, drives, verdict_timeout=240, power_off=True
+    )
     (report,) = status_reports(output)
     (snapshot,) = report["snapshots"]
     assert re.fullmatch(r"0 \d+ snapshot \d+:\d+ \d+:\d+ P 16", snapshot["table"])
@@ -70,7 +62,7 @@ def test_cow_device_by_tag_with_a_transient_store(lab: Lab, tmp_path: Path) -> N
     disk = make_disk(tmp_path / "tag.img", [Partition(size_mib=128, image=part, name="cowpart")])
     drives = [Drive(media.iso, kind="ide-cdrom"), Drive(disk.path, kind="virtio")]
     append = f"{BASE} cow_device=PARTLABEL=cowpart cow_persistent=N lab.check=write,status"
-    output = boot(lab, "param-cow-tag", append, drives)
+    output = lab.boot_and_pass("param-cow-tag", append, drives, verdict_timeout=240, power_off=True)
     (report,) = status_reports(output)
     (snapshot,) = report["snapshots"]
     assert re.fullmatch(r"0 \d+ snapshot \d+:\d+ \d+:\d+ N 8", snapshot["table"])
@@ -87,7 +79,13 @@ def test_an_iso_file_on_a_disk_by_path_with_img_flags(lab: Lab, tmp_path: Path) 
     part = make_ext4(tree, tmp_path / "store.part", size_mib=size, label="STORE")
     disk = make_disk(tmp_path / "store.img", [Partition(size_mib=size, image=part)])
     append = "img_dev=/dev/vda1 img_loop=/iso/live.iso img_flags=noatime lab.check=files,mounts"
-    output = boot(lab, "param-img-dev", append, [Drive(disk.path, kind="virtio")])
+    output = lab.boot_and_pass(
+        "param-img-dev",
+        append,
+        [Drive(disk.path, kind="virtio")],
+        verdict_timeout=240,
+        power_off=True,
+    )
     img_dev = mountinfo(output, "/run/archiso/img_dev")
     options = img_dev.split()[5].split(",")
     assert "ro" in options and "noatime" in options, img_dev
@@ -96,7 +94,13 @@ def test_an_iso_file_on_a_disk_by_path_with_img_flags(lab: Lab, tmp_path: Path) 
 def test_copytoram_size_too_small_boots_from_the_medium(lab: Lab) -> None:
     media = lab.media("sample")
     append = f"{BASE} copytoram=y copytoram_size=1M lab.check=files,status"
-    output = boot(lab, "param-copy-size", append, [Drive(media.iso, kind="virtio")])
+    output = lab.boot_and_pass(
+        "param-copy-size",
+        append,
+        [Drive(media.iso, kind="virtio")],
+        verdict_timeout=240,
+        power_off=True,
+    )
     assert re.search(
         r"archiso-hook: warning: copytoram=y: not copying to RAM: the images need [0-9.]+ MiB, "
         r"more than copytoram_size= allows \(1\.0 MiB\)",
@@ -114,7 +118,13 @@ def test_archisodevice_by_tag(lab: Lab, tmp_path: Path, tag: str) -> None:
     disk = make_disk(tmp_path / "medium.img", [Partition(size_mib=160, image=part, name="live")])
     value = {"LABEL": "LIVEDISK", "PARTUUID": disk.partition(1).partuuid, "PARTLABEL": "live"}
     append = f"archisobasedir=arch archisodevice={tag}={value[tag]} lab.check=files,bootreport"
-    output = boot(lab, f"param-device-{tag.lower()}", append, [Drive(disk.path, kind="virtio")])
+    output = lab.boot_and_pass(
+        f"param-device-{tag.lower()}",
+        append,
+        [Drive(disk.path, kind="virtio")],
+        verdict_timeout=240,
+        power_off=True,
+    )
     (block,) = re.findall(r"LAB-BOOTREPORT-BEGIN\r?\n(.*?)LAB-BOOTREPORT-END", output, re.S)
     report = json.loads(block)
     link = {"LABEL": "by-label/LIVEDISK", "PARTUUID": f"by-partuuid/{value['PARTUUID']}",
@@ -126,8 +136,14 @@ def test_archisodevice_by_tag(lab: Lab, tmp_path: Path, tag: str) -> None:
 def test_quiet_keeps_the_console_to_warnings_and_errors(lab: Lab) -> None:
     media = lab.media("sample")
     append = f"{BASE} quiet copytoram=y copytoram_size=1M lab.check=files,bootreport"
-    output = boot(lab, "param-quiet", append, [Drive(media.iso, kind="ide-cdrom")])
-    hook = re.findall(r"archiso-hook: (.*?)\r?$", output, re.M)
+    output = lab.boot_and_pass(
+        "param-quiet",
+        append,
+        [Drive(media.iso, kind="ide-cdrom")],
+        verdict_timeout=240,
+        power_off=True,
+    )
+    hook = hook_lines(output)
     assert hook and all(line.startswith(("warning: ", "error: ")) for line in hook), hook
     assert any("not copying to RAM" in line for line in hook)  # a warning still shows
     assert "LAB-BOOTREPORT-BEGIN" in output  # the boot's report is there to read

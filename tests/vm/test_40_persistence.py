@@ -36,24 +36,14 @@ def disk_with(
     return make_disk(tmp / f"{name}.img", [Partition(size_mib=size_mib, image=part, name=name)])
 
 
-def boot(lab: Lab, name: str, append: str, drives: list[Drive]) -> str:
-    with lab.boot(name, append, drives) as guest:
-        guest.expect(r"LAB: (PASS|FAIL)", timeout=200)
-        guest.wait(60)  # a clean power-off: the disk is consistent once QEMU exits
-        output = guest.output
-    assert "LAB: PASS" in output, output[-3000:]
-    return output
-
-
 def test_changes_persist_across_boots_until_cow_reset(lab: Lab, tmp_path: Path) -> None:
     media = lab.media("sample")
     disk = disk_with(tmp_path, "keep", "ext4", size_mib=256, label="KEEP")
     drives = [Drive(media.iso, kind="ide-cdrom"), Drive(disk.path, kind="virtio")]
     base = f"archisolabel={SAMPLE_LABEL} cow_label=KEEP"
 
-    first = boot(
-        lab, "persist-1", f"{base} lab.check=persist-write,status lab.token=kept-1", drives
-    )
+    append = f"{base} lab.check=persist-write,status lab.token=kept-1"
+    first = lab.boot_and_pass("persist-1", append, drives, power_off=True)
     (report,) = status_reports(first)
     (snapshot,) = report["snapshots"]
     assert snapshot["mode"] == "P" and snapshot["state"] == "Active"
@@ -66,11 +56,15 @@ def test_changes_persist_across_boots_until_cow_reset(lab: Lab, tmp_path: Path) 
     assert cow is not None
     assert struct.unpack_from("<2I", cow) == (SNAP_MAGIC, 1)
 
-    second = boot(lab, "persist-2", f"{base} lab.check=persist-read", drives)
+    second = lab.boot_and_pass(
+        "persist-2", f"{base} lab.check=persist-read", drives, power_off=True
+    )
     assert "LAB-RESULT persist-read present=yes content=kept-1" in second
     assert f"archiso-hook: reusing the persistent COW file {COWFILE}" in second
 
-    third = boot(lab, "persist-3", f"{base} cow_reset=y lab.check=persist-read", drives)
+    third = lab.boot_and_pass(
+        "persist-3", f"{base} cow_reset=y lab.check=persist-read", drives, power_off=True
+    )
     assert "LAB-RESULT persist-read present=no" in third
     assert f"archiso-hook: starting {COWFILE} over: cow_reset=y" in third
 
@@ -133,7 +127,9 @@ def test_iso_file_on_an_ext4_partition(lab: Lab, tmp_path: Path) -> None:
     size = media.iso.stat().st_size // (1 << 20) + 32
     disk = disk_with(tmp_path, "isostore", "ext4", size_mib=size, label="ISOSTORE", tree=tree)
     append = "img_label=ISOSTORE img_loop=/iso/live.iso lab.check=write,files,status"
-    output = boot(lab, "iso-file", append, [Drive(disk.path, kind="virtio")])
+    output = lab.boot_and_pass(
+        "iso-file", append, [Drive(disk.path, kind="virtio")], power_off=True
+    )
     (report,) = status_reports(output)
     mounts = {m["target"]: m for m in report["mounts"]}
     assert mounts["/run/archiso/img_dev"]["source"] == "/dev/vda1"
@@ -148,12 +144,8 @@ def test_a_vfat_cow_device_smaller_than_the_image(lab: Lab, tmp_path: Path) -> N
     media = lab.media("sample")
     disk = disk_with(tmp_path, "fat", "vfat", size_mib=40, label="KEEPFAT")
     drives = [Drive(media.iso, kind="ide-cdrom"), Drive(disk.path, kind="virtio")]
-    output = boot(
-        lab,
-        "persist-vfat",
-        f"archisolabel={SAMPLE_LABEL} cow_label=KEEPFAT lab.check=write,status",
-        drives,
-    )
+    append = f"archisolabel={SAMPLE_LABEL} cow_label=KEEPFAT lab.check=write,status"
+    output = lab.boot_and_pass("persist-vfat", append, drives, power_off=True)
     assert "archiso-hook: warning: vfat has no sparse files: the new COW files take" in output
     (report,) = status_reports(output)
     (cow,) = report["cow_files"]

@@ -28,14 +28,6 @@ def iso_uuid(media: Media) -> str:
     ).stdout.strip()
 
 
-def boot_and_pass(lab: Lab, name: str, append: str, drives: list[Drive]) -> str:
-    with lab.boot(name, append, drives) as guest:
-        guest.expect(r"LAB: (PASS|FAIL)", timeout=200)
-        output = guest.output
-    assert "LAB: PASS" in output, output[-3000:]
-    return output
-
-
 def medium_device(output: str) -> str:
     (report,) = status_reports(output)
     return str(next(m["source"] for m in report["mounts"] if m["target"] == "/run/archiso/bootmnt"))
@@ -44,7 +36,7 @@ def medium_device(output: str) -> str:
 def test_archisodevice_by_uuid_tag(lab: Lab) -> None:
     media = lab.media("sample")
     append = f"archisodevice=UUID={iso_uuid(media)} {CHECKS}"
-    output = boot_and_pass(lab, "device-uuid", append, [Drive(media.iso, kind="ide-cdrom")])
+    output = lab.boot_and_pass("device-uuid", append, [Drive(media.iso, kind="ide-cdrom")])
     assert medium_device(output) == "/dev/sr0"
 
 
@@ -60,7 +52,7 @@ def test_archisosearchuuid_finds_the_marker_file_when_no_filesystem_has_the_uuid
     media = lab.media("search-file", edit=add_marker)
     other = lab.media("sample")  # a second disk with a filesystem but without the file
     drives = [Drive(other.iso, kind="virtio"), Drive(media.iso, kind="ide-cdrom")]
-    output = boot_and_pass(lab, "search-file", f"archisosearchuuid={marker} {CHECKS}", drives)
+    output = lab.boot_and_pass("search-file", f"archisosearchuuid={marker} {CHECKS}", drives)
     assert "archiso-hook: /dev/sr0 holds /boot/3f2a7c1e-search-me.uuid" in output
     assert medium_device(output) == "/dev/sr0"
 
@@ -76,7 +68,7 @@ def test_archisosearchfilename_alone_finds_the_medium_holding_the_file(lab: Lab)
     other = lab.media("sample")  # a disk with a filesystem, without the file
     drives = [Drive(other.iso, kind="virtio"), Drive(media.iso, kind="ide-cdrom")]
     append = f"archisosearchfilename=/live/marker.id {CHECKS}"
-    output = boot_and_pass(lab, "search-filename-alone", append, drives)
+    output = lab.boot_and_pass("search-filename-alone", append, drives)
     assert "archiso-hook: /dev/sr0 holds /live/marker.id" in output
     assert medium_device(output) == "/dev/sr0"
     assert "no boot medium given" not in output
@@ -90,7 +82,7 @@ def test_a_cd_boot_takes_ip_and_bootif_for_the_live_system(lab: Lab) -> None:
         f"archisolabel={SAMPLE_LABEL} ip=eth0:dhcp BOOTIF=01-52-54-00-12-34-56 "
         f"lab.check=write,files,status,bootreport"
     )
-    output = boot_and_pass(lab, "cd-ip-bootif", append, [Drive(media.iso, kind="ide-cdrom")])
+    output = lab.boot_and_pass("cd-ip-bootif", append, [Drive(media.iso, kind="ide-cdrom")])
     assert "archiso-hook: live root ready at /new_root" in output
     assert "archiso-hook: warning:" not in output and "archiso-hook: error:" not in output
     assert "network interface" not in output and "DHCP" not in output  # none was brought up
@@ -105,7 +97,7 @@ def test_a_cd_boot_takes_ip_and_bootif_for_the_live_system(lab: Lab) -> None:
 def test_archisosearchuuid_prefers_the_filesystem_with_that_uuid(lab: Lab) -> None:
     media = lab.media("sample")
     append = f"archisosearchuuid={iso_uuid(media)} {CHECKS}"
-    output = boot_and_pass(lab, "search-uuid", append, [Drive(media.iso, kind="scsi-cd")])
+    output = lab.boot_and_pass("search-uuid", append, [Drive(media.iso, kind="scsi-cd")])
     assert "holds /boot" not in output
     assert medium_device(output) == "/dev/sr0"
 
@@ -116,7 +108,7 @@ def test_the_same_iso_written_to_a_disk_or_a_usb_stick(
 ) -> None:
     media = lab.media("sample")
     append = f"archisolabel={SAMPLE_LABEL} {CHECKS}"
-    output = boot_and_pass(lab, f"bus-{kind}", append, [Drive(media.iso, kind=kind)])
+    output = lab.boot_and_pass(f"bus-{kind}", append, [Drive(media.iso, kind=kind)])
     assert medium_device(output) == device
 
 
@@ -125,7 +117,7 @@ def test_other_basedir_prefix_and_arch(lab: Lab) -> None:
     append = (
         f"archisobasedir=live archisolabel={SAMPLE_LABEL} dm_snap_prefix=live arch=x86_64 {CHECKS}"
     )
-    output = boot_and_pass(lab, "basedir-live", append, [Drive(media.iso, kind="ide-cdrom")])
+    output = lab.boot_and_pass("basedir-live", append, [Drive(media.iso, kind="ide-cdrom")])
     (report,) = status_reports(output)
     assert [s["name"] for s in report["snapshots"]] == ["live_root"]
     assert report["loops"][0]["backing"] == "/run/archiso/bootmnt/live/x86_64/root.fs.sfs"

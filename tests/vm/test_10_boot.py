@@ -13,23 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.vm.conftest import Lab, leak_report, status_reports
+from tests.vm.conftest import Lab, fails_cleanly, hook_lines, power_off, status_reports
 from vm.media import SAMPLE_LABEL, STAGE
 from vm.qemu import Drive
 
 pytestmark = pytest.mark.vm
 
-SHELL_PROMPT = r"\[rootfs [^\]]*\]# "
 BASE = f"archisobasedir=arch archisolabel={SAMPLE_LABEL}"
 
 
 def test_iso_on_ide_cdrom_fs_sfs_root_and_sfs_share(lab: Lab) -> None:
     media = lab.media("sample")
     append = f"{BASE} lab.check=status,write,files,mounts,status,bootreport"
-    with lab.boot("iso-ide-cdrom", append, [Drive(media.iso, kind="ide-cdrom")]) as guest:
-        guest.expect(r"LAB: (PASS|FAIL)", timeout=200)
-        output = guest.output
-    assert "LAB: PASS" in output, output[-3000:]
+    output = lab.boot_and_pass("iso-ide-cdrom", append, [Drive(media.iso, kind="ide-cdrom")])
     assert "archiso-hook: live root ready at /new_root" in output
     assert_boot_report(output)
     before, after = status_reports(output)
@@ -101,10 +97,7 @@ def test_the_builder_stays_on_the_build_host(lab: Lab) -> None:
 def test_plain_fs_image(lab: Lab) -> None:
     media = lab.media("plain-fs", aitab="root / x86_64 none ext4 64\n")
     append = f"{BASE} cow_persistent=P lab.check=write,files,status"
-    with lab.boot("plain-fs", append, [Drive(media.iso, kind="ide-cdrom")]) as guest:
-        guest.expect(r"LAB: (PASS|FAIL)", timeout=200)
-        output = guest.output
-    assert "LAB: PASS" in output, output[-3000:]
+    output = lab.boot_and_pass("plain-fs", append, [Drive(media.iso, kind="ide-cdrom")])
     (report,) = status_reports(output)
     (snapshot,) = report["snapshots"]
     assert snapshot["origin"] == report["loops"][0]["device"]
@@ -117,16 +110,13 @@ def test_wrong_label_fails_clearly_within_rootdelay_and_leaves_nothing(lab: Lab)
     media = lab.media("sample")
     append = "archisobasedir=arch archisolabel=NO_SUCH_LABEL rootdelay=3"
     with lab.boot("wrong-label", append, [Drive(media.iso, kind="ide-cdrom")]) as guest:
-        guest.expect(
+        fails_cleanly(
+            guest,
             r"boot medium /dev/disk/by-label/NO_SUCH_LABEL did not appear within 3 s; "
             rf"block devices seen: sr0 \(iso9660, label '{SAMPLE_LABEL}'",
-            timeout=200,
+            r"hint: check archisolabel=",
         )
-        guest.expect(r"hint: check archisolabel=")
-        guest.expect(SHELL_PROMPT)
-        assert leak_report(guest) == []
-        guest.send("poweroff -f")
-        guest.wait(60)
+        power_off(guest)
 
 
 def test_failure_half_way_undoes_everything(lab: Lab) -> None:
@@ -141,22 +131,14 @@ def test_failure_half_way_undoes_everything(lab: Lab) -> None:
     with lab.boot(
         "missing-image", f"{BASE} copytoram=n", [Drive(media.iso, kind="ide-cdrom")]
     ) as guest:
-        guest.expect(
+        fails_cleanly(
+            guest,
             r"image /run/archiso/bootmnt/arch/any/ghost.sfs \(aitab line 2\) "
             r"does not exist on the medium",
-            timeout=200,
         )
-        guest.expect(r"ERROR: the live root could not be mounted")
-        guest.expect(SHELL_PROMPT)
-        assert leak_report(guest) == []
-        guest.send("poweroff -f")
-        guest.wait(60)
+        power_off(guest)
     # The error first, then everything made before it undone, in reverse order.
-    hook = [
-        line.split("archiso-hook: ", 1)[1]
-        for line in guest.output.splitlines()
-        if "archiso-hook: " in line
-    ]
+    hook = hook_lines(guest.output)
     failure = hook.index(
         "error: image /run/archiso/bootmnt/arch/any/ghost.sfs (aitab line 2) "
         "does not exist on the medium"
