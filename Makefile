@@ -252,8 +252,9 @@ test: setup stage iso
 # Figures as ratios to a baseline: see bench/. The four benches, about 30 minutes.
 bench: bench-boot bench-transfer bench-net bench-loaders
 
-# archiso-hook against a busybox shell hook (bench/baseline) on the same media, kernel and
-# QEMU: medians and ratios in bench/results/boot.txt (bench/boot.py says how it times).
+# archiso-hook against two busybox shell hooks (bench/baseline: under udev, and the floor
+# without udev) on the same media, kernel and QEMU: medians and ratios to each in
+# bench/results/boot.txt (bench/boot.py says how it times).
 bench-boot: setup stage
 	$(PY) -m bench.boot
 

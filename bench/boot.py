@@ -1,12 +1,19 @@
-"""The boot bench: archiso-hook against a busybox shell hook doing the same work.
+"""The boot bench: archiso-hook against two busybox shell hooks doing the same work.
 
-Both initramfs images are built by the lab's mkinitcpio emulation around the same
-Debian kernel, with the same modules and udev: (a) `HOOKS=(base udev archiso
-bench_stamps)`, the staged archiso-hook; (b) `HOOKS=(base udev archiso_baseline
-bench_stamps)`, archiso's dm-snapshot flow in busybox sh with losetup, dmsetup and
-mount (`bench/baseline/`). Every boot runs the same QEMU command (TCG, one CPU, 1 GiB)
-with `lab.stamps=y`, so the lab's /init writes `LAB-STAMP` lines to the kernel log
-where the bench times the boot:
+The three initramfs images are built by the lab's mkinitcpio emulation around the same
+Debian kernel: (a) `HOOKS=(base udev archiso bench_stamps)`, the staged archiso-hook;
+(b) `HOOKS=(base udev archiso_baseline bench_stamps)`, archiso's dm-snapshot flow in
+busybox sh with losetup, dmsetup and mount (`bench/baseline/`), with the same modules
+and udev as (a); (c) `HOOKS=(base archiso_floor)`, the floor: the same flow and tools
+with no udev at all. It loads only the modules the lab's disks and the flow need, in
+dependency order (kmod's modprobe, from the same module tree), and polls the block
+devices' labels with blkid for the medium. The emulation builds it as it builds the
+others (nothing in it needs udev), so the three share the lab's /init, its stamps and
+the busybox, kmod and util-linux tools of `base`. (b) is what archiso's hooks did;
+(c) is what the same work costs without udev's coldplug, the number to beat. Every boot
+runs the same QEMU command (TCG, one CPU, 1 GiB, the uncompressed kernel through its
+PVH entry) with `lab.stamps=y`, so the lab's /init writes `LAB-STAMP` lines to the
+kernel log where the bench times the boot:
 
 - `handler-start`: just before /init calls the mount handler: the hook's first line;
 - `handler-end`: the handler returned (the live root is mounted);
@@ -17,13 +24,17 @@ where the bench times the boot:
 - `udev-add DEVICE`, `udev-change DEVICE`: from a udev rule (`bench_stamps`), when udev
   has processed the add (or change: a disc seen in a drive) event of a disk holding a
   filesystem, just before it announces the event to listeners (so a waiting hook cannot
-  have seen it earlier); the medium's last one before its mount is its event;
+  have seen it earlier); the medium's last one before its mount is its event (the
+  floor has no udev, so no events: its rows of events show '-');
 
 and each hook logs `mounted DEVICE ... at /run/archiso/bootmnt` to the kernel log
-right after mount(2) returned. All of these carry the kernel's own timestamp of the
-record (the printk clock, which counts from boot like CLOCK_BOOTTIME, in
-microseconds; /proc/uptime has only 10 ms), so they come from one clock. The live
-root's first line reports its /proc/uptime.
+right after mount(2) returned. The kernel's own first line naming the medium's disk
+(`[sr0]` when sr_mod attaches the drive, `[vda]` when virtio_blk probes the plugged
+disk) is the reference all three hooks have: disk-to-mount is how long after it the
+medium was mounted, udev's coldplug or a hook's polling included. All of these carry
+the kernel's own timestamp of the record (the printk clock, which counts from boot
+like CLOCK_BOOTTIME, in microseconds; /proc/uptime has only 10 ms), so they come from
+one clock. The live root's first line reports its /proc/uptime.
 
 Scenarios: `cold` (the sample medium on an IDE CD-ROM from power-on, as the boot
 tests), `icount` (the same boot with QEMU's `-icount shift=0,sleep=off`: the guest's
@@ -34,7 +45,9 @@ shows; with `entries`, also one boot of 1 and of 50 entries each), `hotplug`
 (no medium at power-on: once the hook says it waits, a virtio disk with the ISO is
 plugged in through QEMU's monitor; event-to-mount then measures how a hook waits) and
 `entries` (1, 10 and 50 aitab lines: the root plus plain squashfs
-images). `python -m bench.boot [--boots N]`; results in bench/results/boot.txt.
+images). All three hooks boot in every scenario, interleaved, so that a slow spell of
+the shared host weighs on each alike; every figure is reported against both shell
+hooks. `python -m bench.boot [--boots N]`; results in bench/results/boot.txt.
 """
 
 from __future__ import annotations
@@ -48,7 +61,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import attrs
@@ -66,6 +79,14 @@ BASELINE_HOOKS = REPO / "bench" / "baseline"
 HOOKS = {
     "archiso-hook": ("base", "udev", "archiso", "bench_stamps"),
     "baseline": ("base", "udev", "archiso_baseline", "bench_stamps"),
+    "floor": ("base", "archiso_floor"),
+}
+#: Each image's own tools (its hook's files, or the binaries a shell hook adds; their
+#: libraries are shared with the rest), for the size of "the hook's own files".
+OWN_FILES = {
+    "archiso-hook": ("usr/lib/archiso-hook",),
+    "baseline": ("usr/bin/losetup", "usr/bin/blockdev", "usr/bin/dmsetup"),
+    "floor": ("usr/bin/losetup", "usr/bin/blockdev", "usr/bin/dmsetup"),
 }
 BOOTMNT = "/run/archiso/bootmnt"
 ENTRY_COUNTS = (1, 10, 50)
@@ -111,6 +132,7 @@ class BootSample:
     liveroot_uptime: float
     event: float | None  # the medium's last udev add event before its mount
     mounted: float | None  # the medium mounted at BOOTMNT
+    disk: float | None  # the kernel's first line naming the medium's disk ([sr0], [vda])
     handler_peak: int | None  # bytes (cgroup memory.peak) at the handler's end
     hook_peak: int | None  # the same at switch_root: the cleanup hooks' too
     rss_mib: float | None  # archiso-hook's own peak RSS report, if any
@@ -129,6 +151,12 @@ class BootSample:
         """From the medium's mount to the live root: the aitab's work without the
         start-up before it, whose noise (tenths of a second) would drown a cost per entry."""
         return None if self.mounted is None else self.handler_end - self.mounted
+
+    @property
+    def disk_to_mount(self) -> float | None:
+        if self.disk is None or self.mounted is None:
+            return None
+        return self.mounted - self.disk
 
     @property
     def event_to_mount(self) -> float | None:
@@ -170,6 +198,8 @@ def parse_boot(output: str, device: str) -> BootSample:
     ]
     rss = _RSS.search(output)
     left = _RAMLEFT.search(output)
+    name = re.escape(device.rpartition("/")[2])
+    disk = re.search(_KTIME + r".*\[" + name + r"\]", output, re.MULTILINE)
     return BootSample(
         handler_start=first["handler-start"].seconds,
         handler_end=first["handler-end"].seconds,
@@ -177,6 +207,7 @@ def parse_boot(output: str, device: str) -> BootSample:
         liveroot_uptime=float(live.group(1)),
         event=events[-1] if events else None,
         mounted=mounted,
+        disk=float(disk.group(1)) if disk else None,
         handler_peak=_peak(first["handler-end"]),
         hook_peak=_peak(first["switch-root"]),
         rss_mib=float(rss.group(1)) if rss else None,
@@ -208,11 +239,13 @@ def slope(points: Sequence[tuple[float, float]]) -> float | None:
 
 @attrs.frozen
 class Row:
-    """One line of the report: a median (or size) for each hook, and their ratio."""
+    """One line of the report: a median (or size) for each hook (a: archiso-hook, b: the
+    udev shell hook, c: the floor), and a's ratios to b and c."""
 
     label: str
     a: float | None
     b: float | None
+    c: float | None = None
     unit: str = ""
     scale: float = 1.0
     digits: int = 2
@@ -222,16 +255,32 @@ def _cell(value: float | None, scale: float, digits: int) -> str:
     return "-" if value is None else f"{value * scale:.{digits}f}"
 
 
+def _ratio_cell(a: float | None, b: float | None) -> str:
+    q = ratio(a, b)
+    return "-" if q is None else f"{q:.2f}"
+
+
+COLUMNS = ("archiso-hook", "udev hook", "floor", "a/udev", "a/floor")
+
+
 def format_table(rows: Sequence[Row]) -> str:
+    """The report's table: the three hooks' figures, then a's ratios to the udev shell
+    hook and to the floor; a missing figure or ratio is '-'."""
     width = max(len(f"{r.label} ({r.unit})" if r.unit else r.label) for r in rows)
-    lines = [f"{'':<{width}} {'archiso-hook':>13} {'baseline':>10} {'ratio a/b':>10}"]
-    for r in rows:
-        label = f"{r.label} ({r.unit})" if r.unit else r.label
-        q = ratio(r.a, r.b)
-        lines.append(
-            f"{label:<{width}} {_cell(r.a, r.scale, r.digits):>13} "
-            f"{_cell(r.b, r.scale, r.digits):>10} {'-' if q is None else f'{q:.2f}':>10}"
+
+    def line(first: str, cells: Sequence[str]) -> str:
+        return " ".join(
+            [
+                first.ljust(width),
+                *(c.rjust(max(len(h), 8)) for c, h in zip(cells, COLUMNS, strict=True)),
+            ]
         )
+
+    lines = [line("", COLUMNS)]
+    for r in rows:
+        cells = [_cell(v, r.scale, r.digits) for v in (r.a, r.b, r.c)]
+        cells += [_ratio_cell(r.a, r.b), _ratio_cell(r.a, r.c)]
+        lines.append(line(f"{r.label} ({r.unit})" if r.unit else r.label, cells))
     return "\n".join(lines)
 
 
@@ -242,10 +291,31 @@ def _med(samples: Samples, hook: str, get: Callable[[BootSample], float | None])
     return median(get(s) for s in samples.get(hook, []))
 
 
-def _both(
-    samples: Samples, label: str, get: Callable[[BootSample], float | None], **kw: object
+def _by_hook(
+    label: str,
+    values: Mapping[str, float | None],
+    *,
+    unit: str = "",
+    scale: float = 1.0,
+    digits: int = 2,
 ) -> Row:
-    return Row(label, _med(samples, "archiso-hook", get), _med(samples, "baseline", get), **kw)  # type: ignore[arg-type]
+    """A row of one figure for each hook, by its name in HOOKS."""
+    a, b, c = (values.get(hook) for hook in HOOKS)
+    return Row(label, a, b, c, unit=unit, scale=scale, digits=digits)
+
+
+def _all(
+    samples: Samples,
+    label: str,
+    get: Callable[[BootSample], float | None],
+    *,
+    unit: str = "",
+    scale: float = 1.0,
+    digits: int = 2,
+) -> Row:
+    """A row of each hook's median of `get` over its boots in `samples`."""
+    medians = {hook: _med(samples, hook, get) for hook in HOOKS}
+    return _by_hook(label, medians, unit=unit, scale=scale, digits=digits)
 
 
 @attrs.frozen
@@ -269,51 +339,66 @@ def report_rows(
     mib = 1 / 2**20
     counted = counted or {}
     rows = [
-        _both(cold, "hook: first line to switch_root", lambda s: s.hook_seconds, unit="s"),
-        _both(cold, "  of which the mount handler", lambda s: s.handler_seconds, unit="s"),
-        _both(
+        _all(cold, "hook: first line to switch_root", lambda s: s.hook_seconds, unit="s"),
+        _all(cold, "  of which the mount handler", lambda s: s.handler_seconds, unit="s"),
+        _all(
             counted,
             "hook: first line to switch_root, guest instructions",
             lambda s: s.hook_seconds,
             unit="10^9",
         ),
-        _both(
+        _all(
             counted,
             "  of which the mount handler, guest instructions",
             lambda s: s.handler_seconds,
             unit="10^9",
         ),
-        Row(
+        _all(
+            hotplug,
             "event to mount, medium plugged in while waiting",
-            _med(hotplug, "archiso-hook", lambda s: s.event_to_mount),
-            _med(hotplug, "baseline", lambda s: s.event_to_mount),
+            lambda s: s.event_to_mount,
             unit="ms",
             scale=1000,
             digits=1,
         ),
-        Row(
+        _all(
+            cold,
             "event to mount, medium there at power-on",
-            _med(cold, "archiso-hook", lambda s: s.event_to_mount),
-            _med(cold, "baseline", lambda s: s.event_to_mount),
+            lambda s: s.event_to_mount,
             unit="ms",
             scale=1000,
             digits=1,
         ),
-        _both(
-            cold, "power-on to the live root's first line", lambda s: s.liveroot_uptime, unit="s"
+        _all(
+            hotplug,
+            "disk to mount: the kernel's line for the plugged disk to its mount",
+            lambda s: s.disk_to_mount,
+            unit="ms",
+            scale=1000,
+            digits=1,
         ),
-        Row(
+        _all(
+            cold,
+            "disk to mount: the kernel's line for the CD drive to the mount",
+            lambda s: s.disk_to_mount,
+            unit="ms",
+            scale=1000,
+            digits=1,
+        ),
+        _all(cold, "power-on to the hook's first line", lambda s: s.handler_start, unit="s"),
+        _all(cold, "power-on to the live root's first line", lambda s: s.liveroot_uptime, unit="s"),
+        _all(
+            cold,
             "peak memory of the hook (cgroup, with its /run/initramfs copy)",
-            _med(cold, "archiso-hook", lambda s: s.hook_peak),
-            _med(cold, "baseline", lambda s: s.hook_peak),
+            lambda s: s.hook_peak,
             unit="MiB",
             scale=mib,
             digits=1,
         ),
-        Row(
+        _all(
+            cold,
             "RAM left behind after switch_root (/run/initramfs and the watchdog)",
-            _med(cold, "archiso-hook", lambda s: s.ram_left),
-            _med(cold, "baseline", lambda s: s.ram_left),
+            lambda s: s.ram_left,
             unit="MiB",
             scale=mib,
             digits=1,
@@ -327,28 +412,13 @@ def report_rows(
         ),
     ]
     if sizes:
-        a, b = sizes.get("archiso-hook"), sizes.get("baseline")
-        rows.append(
-            Row(
-                "initramfs, zstd",
-                a.initramfs if a else None,
-                b.initramfs if b else None,
-                unit="MiB",
-                scale=mib,
-            )
-        )
-        rows.append(
-            Row(
-                "  the hook's own files in it, zstd",
-                a.tree if a else None,
-                b.tree if b else None,
-                unit="MiB",
-                scale=mib,
-            )
-        )
+        images = {hook: float(size.initramfs) for hook, size in sizes.items()}
+        trees = {hook: size.tree for hook, size in sizes.items()}
+        rows.append(_by_hook("initramfs, zstd", images, unit="MiB", scale=mib))
+        rows.append(_by_hook("  the hook's own files in it, zstd", trees, unit="MiB", scale=mib))
     for n in sorted(entries):
         rows.append(
-            _both(
+            _all(
                 entries[n],
                 f"mount handler, {n} aitab entr{'y' if n == 1 else 'ies'}",
                 lambda s: s.handler_seconds,
@@ -362,9 +432,7 @@ def report_rows(
     for samples, label, unit in slopes:
         if len(samples) >= 2:
             per = _per_entry(samples)
-            rows.append(
-                Row(label, per["archiso-hook"], per["baseline"], unit=unit, scale=1000, digits=1)
-            )
+            rows.append(_by_hook(label, per, unit=unit, scale=1000, digits=1))
     return rows
 
 
@@ -389,7 +457,7 @@ def bench_dir() -> Path:
 
 
 def build_images(kernel: Kernel, stage: Path = STAGE) -> tuple[dict[str, Path], dict[str, Sizes]]:
-    """Both initramfs images, and their sizes with the share of each hook's own files.
+    """The three initramfs images, and their sizes with the share of each hook's own files.
 
     `stage`: where archiso-hook is installed (`make stage`'s tree, or another build's).
     """
@@ -410,12 +478,7 @@ def build_images(kernel: Kernel, stage: Path = STAGE) -> tuple[dict[str, Path], 
             env={"ARCHISO_HOOK_SYSROOT": str(stage)},
             builddir=root,
         )
-        own = (
-            ["usr/lib/archiso-hook"]
-            if hook == "archiso-hook"
-            else ["usr/bin/losetup", "usr/bin/blockdev", "usr/bin/dmsetup"]
-        )
-        sizes[hook] = Sizes(out.stat().st_size, _compressed_size(root, own))
+        sizes[hook] = Sizes(out.stat().st_size, _compressed_size(root, OWN_FILES[hook]))
         shutil.rmtree(root)
     return images, sizes
 
@@ -506,6 +569,11 @@ def boot_once(
 SCENARIOS = ("cold", "icount", "hotplug", "entries")
 
 
+def _ms(seconds: float | None, unit: str = " ms") -> str:
+    """Seconds as milliseconds for the progress lines; '-' when missing."""
+    return "-" if seconds is None else f"{seconds * 1000:.1f}{unit}"
+
+
 def run(
     boots: int,
     entry_boots: int,
@@ -518,7 +586,7 @@ def run(
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     load_before = os.getloadavg()[0]
     kernel = fetch_kernel()
-    log("building both initramfs images")
+    log("building the three initramfs images")
     images, sizes = build_images(kernel, stage)
     with tempfile.TemporaryDirectory(prefix="bench-boot-") as tmp:
         log("building the media")
@@ -528,14 +596,17 @@ def run(
     counted: Samples = {hook: [] for hook in HOOKS}
     hot: Samples = {hook: [] for hook in HOOKS}
     entries: dict[int, Samples] = {n: {hook: [] for hook in HOOKS} for n in ENTRY_COUNTS}
-    # Interleaved, so that a slow spell of the host weighs on both hooks alike.
+    # Interleaved, so that a slow spell of the host weighs on the three hooks alike.
     for i in range(boots):
         for hook in HOOKS:
             if "cold" in scenarios:
                 iso = media["sample"].iso
                 sample = boot_once(kernel, images[hook], f"bench-cold-{hook}", iso)
                 cold[hook].append(sample)
-                log(f"cold {hook} #{i + 1}: hook {sample.hook_seconds:.2f} s")
+                log(
+                    f"cold {hook} #{i + 1}: hook {sample.hook_seconds:.2f} s, "
+                    f"live root at {sample.liveroot_uptime:.2f} s"
+                )
             if "icount" in scenarios and i < icount_boots:
                 iso = media["sample"].iso
                 sample = boot_once(kernel, images[hook], f"bench-icount-{hook}", iso, icount=True)
@@ -545,8 +616,10 @@ def run(
                 iso = media["sample"].iso
                 sample = boot_once(kernel, images[hook], f"bench-hotplug-{hook}", iso, hotplug=True)
                 hot[hook].append(sample)
-                e2m = sample.event_to_mount
-                log(f"hotplug {hook} #{i + 1}: event to mount {e2m and e2m * 1000:.1f} ms")
+                log(
+                    f"hotplug {hook} #{i + 1}: event to mount {_ms(sample.event_to_mount)}, "
+                    f"disk to mount {_ms(sample.disk_to_mount)}"
+                )
     if "entries" not in scenarios:
         entries = {}
         entry_boots = 0
@@ -560,7 +633,7 @@ def run(
                 sample = boot_once(kernel, images[hook], name, iso, icount=True)
                 counted_entries[n][hook] = [sample]
                 after = sample.after_medium_seconds
-                log(f"icount {n} entries {hook}: {after and after * 1000:.1f} x 10^6 instructions")
+                log(f"icount {n} entries {hook}: {_ms(after, ' x 10^6 instructions')}")
     for i in range(entry_boots):
         for n in ENTRY_COUNTS:
             for hook in HOOKS:
@@ -571,8 +644,10 @@ def run(
     rows = report_rows(cold, hot, entries, sizes, counted=counted, counted_entries=counted_entries)
     header = (
         f"# bench boot, {started}: Debian's kernel {kernel.version} in QEMU (TCG, 1 CPU, "
-        f"1 GiB); a = archiso-hook, b = busybox sh with losetup/dmsetup/mount "
-        f"(bench/baseline); medians of {boots} boots ({entry_boots} for the aitab sizes, "
+        "1 GiB); a = archiso-hook; udev hook = busybox sh with losetup/dmsetup/mount under "
+        "udev (bench/baseline/hooks/archiso_baseline); floor = the same flow without udev "
+        "(bench/baseline/hooks/archiso_floor); ratios are a's to each; "
+        f"medians of {boots} boots ({entry_boots} for the aitab sizes, "
         f"{min(icount_boots, boots)} counting instructions); "
         "times from kernel-log stamps (see bench/boot.py); the host's load average "
         f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (a guest "
