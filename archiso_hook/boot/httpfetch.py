@@ -186,6 +186,7 @@ def fetch(
     `deadline` the seconds the whole download may take.
     """
     hasher = hashlib.new(algorithm) if algorithm else None
+    buffer = memoryview(bytearray(CHUNK))  # each chunk received into it, written, hashed
     offset = 0
     resumed = restarts = attempt = 0
     failing_since: float | None = None
@@ -210,10 +211,9 @@ def fetch(
                     if first and size is not None and room:
                         room(size)
                     window_start, window_bytes = time.monotonic(), 0
-                    # read1: what has arrived, without waiting to fill CHUNK, so that a
-                    # trickle is seen as one (as fast as readinto into one buffer, here).
-                    while chunk := response.read1(CHUNK):
-                        n = len(chunk)
+                    receive = _receiver(response)
+                    while n := receive(buffer):
+                        chunk = buffer[:n]
                         cap = size if size is not None else limit
                         if cap is not None and offset + n > cap:
                             raise _refused(url, f"it sent more than {cap} bytes", size)
@@ -283,6 +283,32 @@ def fetch(
             )
             time.sleep(delay)
     return Fetched(url, path, offset, hasher.hexdigest() if hasher else None, resumed)
+
+
+def _receiver(response: Any) -> Callable[[memoryview], int]:
+    """What reads the body into a buffer: as much as has arrived, without waiting to fill
+    it (so that a trickle is seen as one), never past the announced length (as read1).
+    A body of known length is received straight into the buffer (readinto1); a chunked
+    one, or one that ends with the connection, through read1 and a copy."""
+    fp: Any = getattr(response, "fp", None)
+    if response.chunked or response.length is None or not hasattr(fp, "readinto1"):
+
+        def copy(buffer: memoryview) -> int:
+            data = response.read1(len(buffer))
+            buffer[: len(data)] = data
+            return len(data)
+
+        return copy
+
+    def receive(buffer: memoryview) -> int:
+        want = min(len(buffer), response.length)
+        if not want:
+            return 0
+        n: int = fp.readinto1(buffer[:want])
+        response.length -= n
+        return n
+
+    return receive
 
 
 def _check_answer(

@@ -6,6 +6,12 @@ no byte passes through Python on its way to RAM. Hashing follows the reader, one
 worker per image and at most one per core, reading back what was just read: the
 copy in RAM, or the page cache when there is no copy. So the medium is read once,
 and several images are hashed at the same time while the next one is being read.
+
+OpenSSL's hashes (hashlib with _hashlib) let go of the GIL while they work, so the
+workers are threads. Python's built-in ones (an initramfs without TLS has no _hashlib)
+hold it: two threads would take turns, so there each worker hashes in a forked child
+process, which the thread tells how far the reader got and which answers with the
+digest.
 """
 
 from __future__ import annotations
@@ -13,9 +19,11 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import attrs
 
@@ -216,31 +224,152 @@ class _Transfer:
     def hash(self, job: Job, index: int, tracker: _Progress) -> None:
         """Hash what the reader has read so far, again and again, until the end."""
         assert job.algorithm is not None
-        hasher = hashlib.new(job.algorithm)
         # Read back the copy in RAM, or the page cache the reader just filled.
         path = job.destination or job.source
-        position = 0
-        fd: int | None = None
         try:
-            while not self.errors:
-                available, done = tracker.wait_beyond(position)
-                if self.errors:
-                    return
-                if fd is None:
-                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                while position < available:
-                    data = os.pread(fd, min(CHUNK, available - position), position)
-                    if not data:
-                        raise OSError(errno.EIO, f"{path} ended early")
-                    hasher.update(data)
-                    position += len(data)
-                if done:
-                    break
-            if not self.errors:
-                self.results[index] = Result(job, position, hasher.hexdigest())
+            hasher = hashlib.new(job.algorithm)
+            if _holds_gil(hasher):
+                outcome = self._hash_in_child(hasher, path, tracker)
+            else:
+                outcome = self._hash_here(hasher, path, tracker)
+            if outcome is not None and not self.errors:
+                self.results[index] = Result(job, outcome[0], outcome[1])
         except OSError as e:
             self.errors.append(KernelError(f"cannot read {path}: {e.strerror}", e.errno or 0))
         finally:
+            self.slots.release()
+
+    def _follow(self, tracker: _Progress) -> Iterator[tuple[int, bool]]:
+        """How far the reader got, each time it got further, until the end (or an error)."""
+        position = 0
+        while not self.errors:
+            available, done = tracker.wait_beyond(position)
+            if self.errors:
+                return
+            yield available, done
+            if done:
+                return
+            position = available
+
+    def _hash_here(self, hasher: Any, path: str, tracker: _Progress) -> tuple[int, str] | None:
+        fd: int | None = None
+        position = 0
+        view = memoryview(bytearray(CHUNK))
+        try:
+            for available, done in self._follow(tracker):
+                if fd is None:
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                position = _hash_range(
+                    fd, hasher, view, position=position, end=available, path=path
+                )
+                if done:
+                    return position, hasher.hexdigest()
+            return None
+        finally:
             if fd is not None:
                 os.close(fd)
-            self.slots.release()
+
+    def _hash_in_child(self, hasher: Any, path: str, tracker: _Progress) -> tuple[int, str] | None:
+        """The same in a child process, which gets each offset the reader reached through
+        a pipe (8 bytes: offset << 1 | done) and answers `<size> <digest>\\n`, or
+        `error <errno> <message>\\n`, through another."""
+        commands, to_child = os.pipe()
+        from_child, answers = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:
+            for fd in (commands, to_child, from_child, answers):
+                os.close(fd)
+            raise
+        if pid == 0:  # the child: never returns into the caller's code
+            status = 1
+            try:
+                _close_all_but(commands, answers)
+                _child_hash(hasher, path, commands, answers)
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(commands)
+        os.close(answers)
+        answer = b""
+        try:
+            ended = False
+            try:
+                for available, done in self._follow(tracker):
+                    os.write(to_child, ((available << 1) | done).to_bytes(8, "little"))
+                    ended = done
+            except BrokenPipeError:  # the child stopped early: its answer says why
+                ended = True
+            while ended and not answer.endswith(b"\n") and (more := os.read(from_child, 512)):
+                answer += more
+        finally:
+            if not answer:  # an error elsewhere, or the child is stuck: not wanted any more
+                os.kill(pid, signal.SIGKILL)
+            os.close(to_child)
+            os.close(from_child)
+            os.waitpid(pid, 0)
+        if not answer:
+            if self.errors:
+                return None
+            raise OSError(errno.EIO, f"the process hashing {path} ended without an answer")
+        first, second, *rest = answer.decode("utf-8", "replace").rstrip("\n").split(" ", 2)
+        if first == "error":
+            raise OSError(int(second), rest[0] if rest else "")
+        return int(first), second
+
+
+def _holds_gil(hasher: Any) -> bool:
+    """Whether this hash object keeps the GIL while it hashes: all but OpenSSL's, in the
+    Pythons this runs on (3.11's built-in sha512 and md5 do)."""
+    return type(hasher).__module__ != "_hashlib"
+
+
+def _hash_range(
+    fd: int, hasher: Any, view: memoryview, *, position: int, end: int, path: str
+) -> int:
+    """Hash bytes `position` to `end` of `fd` (through the buffer `view`); the new position."""
+    while position < end:
+        n = os.preadv(fd, [view[: min(len(view), end - position)]], position)
+        if not n:
+            raise OSError(errno.EIO, f"{path} ended early")
+        hasher.update(view[:n])
+        position += n
+    return position
+
+
+def _close_all_but(*keep: int) -> None:
+    """In a forked child: close every descriptor but stdio and `keep` (the parent's other
+    pipes and files must not be held open by this process)."""
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+
+
+def _child_hash(hasher: Any, path: str, commands: int, answers: int) -> None:
+    """The child of _hash_in_child: hash `path` as far as each command says; the answer."""
+    fd: int | None = None
+    try:
+        view = memoryview(bytearray(CHUNK))
+        position = 0
+        while True:
+            message = b""
+            while len(message) < 8:
+                more = os.read(commands, 8 - len(message))
+                if not more:
+                    return  # the parent gave up
+                message += more
+            word = int.from_bytes(message, "little")
+            if fd is None:  # only now: the reader has created the copy
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            position = _hash_range(fd, hasher, view, position=position, end=word >> 1, path=path)
+            if word & 1:
+                break
+        answer = f"{position} {hasher.hexdigest()}\n"
+    except OSError as e:
+        answer = f"error {e.errno or errno.EIO} {e.strerror or e}\n"
+    finally:
+        if fd is not None:
+            os.close(fd)
+    os.write(answers, answer.encode())

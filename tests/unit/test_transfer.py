@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import errno
 import hashlib
+import importlib
 import os
 from pathlib import Path
 
@@ -21,8 +23,16 @@ def make(path: Path, size: int, seed: bytes) -> bytes:
     return bytes(data[:size])
 
 
+@pytest.fixture(params=["thread", "process"])
+def hashing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test twice: hashing in threads (OpenSSL's hashes let go of the GIL), and in
+    forked children (as with Python's built-in ones, when there is no _hashlib)."""
+    monkeypatch.setattr(transfer, "_holds_gil", lambda hasher: request.param == "process")
+    return str(request.param)
+
+
 @pytest.mark.parametrize("workers", [1, 2, 4])
-def test_one_read_copies_and_hashes_every_image(tmp_path: Path, workers: int) -> None:
+def test_one_read_copies_and_hashes_every_image(tmp_path: Path, workers: int, hashing: str) -> None:
     sources = [tmp_path / f"img{i}" for i in range(5)]
     contents = [
         make(p, size, bytes([i]))
@@ -46,7 +56,7 @@ def test_one_read_copies_and_hashes_every_image(tmp_path: Path, workers: int) ->
     assert lines and lines[-1].startswith("copying: ")
 
 
-def test_hash_only_and_copy_only(tmp_path: Path) -> None:
+def test_hash_only_and_copy_only(tmp_path: Path, hashing: str) -> None:
     data = make(tmp_path / "a", 100_000, b"a")
     (result,) = transfer.run([transfer.Job(str(tmp_path / "a"), None, "md5")])
     assert result.digest == hashlib.md5(data).hexdigest()
@@ -54,7 +64,7 @@ def test_hash_only_and_copy_only(tmp_path: Path) -> None:
     assert result.digest is None and (tmp_path / "b").read_bytes() == data
 
 
-def test_a_failure_removes_every_partial_copy(tmp_path: Path) -> None:
+def test_a_failure_removes_every_partial_copy(tmp_path: Path, hashing: str) -> None:
     make(tmp_path / "a", 50_000, b"a")
     jobs = [
         transfer.Job(str(tmp_path / "a"), str(tmp_path / "a.copy"), "sha512"),
@@ -69,6 +79,49 @@ def test_a_destination_that_cannot_be_written_is_an_error(tmp_path: Path) -> Non
     make(tmp_path / "a", 10_000, b"a")
     with pytest.raises(HookError, match=r"cannot write .*/nodir/a: No such file"):
         transfer.run([transfer.Job(str(tmp_path / "a"), str(tmp_path / "nodir" / "a"), None)])
+
+
+def test_which_hashes_keep_the_gil() -> None:
+    # Python's built-in sha512: what hashlib falls back to without OpenSSL (_hashlib).
+    builtin = importlib.import_module("_sha512")
+    assert transfer._holds_gil(builtin.sha512())
+    assert transfer._holds_gil(hashlib.new("sha512")) == (
+        type(hashlib.new("sha512")).__module__ != "_hashlib"
+    )
+
+
+def child_answer(path: Path, *offsets: tuple[int, bool]) -> bytes:
+    """What the hashing child (run here, not forked) answers to these commands."""
+    commands, to_child = os.pipe()
+    from_child, answers = os.pipe()
+    for offset, done in offsets:
+        os.write(to_child, ((offset << 1) | done).to_bytes(8, "little"))
+    os.close(to_child)
+    try:
+        transfer._child_hash(hashlib.sha512(), str(path), commands, answers)
+        os.close(answers)
+        with os.fdopen(from_child, "rb") as f:
+            return f.read()
+    finally:
+        os.close(commands)
+
+
+def test_the_hashing_child_answers_the_digest_or_the_error(tmp_path: Path) -> None:
+    data = make(tmp_path / "a", 3 * transfer.CHUNK + 5, b"c")
+    n = len(data)
+    digest = hashlib.sha512(data).hexdigest()
+    assert child_answer(tmp_path / "a", (7, False), (n - 1, False), (n, True)) == (
+        f"{n} {digest}\n".encode()
+    )
+    # A file shorter than the reader said: an error, with its errno, for the parent.
+    assert child_answer(tmp_path / "a", (n + 10, True)) == (
+        f"error {errno.EIO} {tmp_path / 'a'} ended early\n".encode()
+    )
+    assert child_answer(tmp_path / "missing", (1, True)).startswith(
+        f"error {errno.ENOENT} No such file".encode()
+    )
+    # The parent gave up (its end of the pipe closed before the end): no answer.
+    assert child_answer(tmp_path / "a", (10, False)) == b""
 
 
 def test_progress_line() -> None:
