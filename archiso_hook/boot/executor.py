@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import sys
 import time
 from collections.abc import Callable
 from functools import partial
@@ -270,6 +271,8 @@ class Boot:
         finally:
             if self._dm is not None:
                 self._dm.close()
+            if "archiso_hook.boot.coldplug" in sys.modules:  # the hook was its own coldplug
+                sys.modules["archiso_hook.boot.coldplug"].stop()
         # Our fds go; autoclear now ties each loop device to the mount or dm table using it.
         for ref in list(self.refs.values()):
             if isinstance(ref, loop.LoopDevice):

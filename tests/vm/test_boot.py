@@ -22,14 +22,21 @@ SHELL_PROMPT = r"\[rootfs [^\]]*\]# "
 BASE = f"archisobasedir=arch archisolabel={SAMPLE_LABEL}"
 
 
-def test_iso_on_ide_cdrom_fs_sfs_root_and_sfs_share(lab: Lab) -> None:
+@pytest.mark.parametrize("udev", [False, True], ids=["own-coldplug", "after-udev"])
+def test_iso_on_ide_cdrom_fs_sfs_root_and_sfs_share(lab: Lab, udev: bool) -> None:
+    """HOOKS=(base archiso), the hook its own coldplug; and HOOKS=(base udev archiso)."""
     media = lab.media("sample")
     append = f"{BASE} lab.check=status,write,files,mounts,status,bootreport"
-    with lab.boot("iso-ide-cdrom", append, [Drive(media.iso, kind="ide-cdrom")]) as guest:
+    initrd = lab.udev_initrd if udev else None
+    name = "iso-ide-cdrom" + ("-udev" if udev else "")
+    with lab.boot(name, append, [Drive(media.iso, kind="ide-cdrom")], initrd=initrd) as guest:
         guest.expect(r"LAB: (PASS|FAIL)", timeout=200)
         output = guest.output
     assert "LAB: PASS" in output, output[-3000:]
     assert "archiso-hook: live root ready at /new_root" in output
+    # Without udev the hook loads the drivers itself (ata_piix, then sr_mod for the drive).
+    own = re.search(r"archiso-hook: no udev: loaded (\d+) driver\(s\)", output)
+    assert (own is None) == udev, output[-3000:]
     assert_boot_report(output)
     before, after = status_reports(output)
     (snapshot,) = after["snapshots"]
