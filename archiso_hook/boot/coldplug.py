@@ -14,6 +14,7 @@ takes over: its coldplug sees every device and makes the links.
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections.abc import Iterator
 
@@ -46,6 +47,46 @@ def bus_modaliases(sys_bus: str = SYS_BUS) -> Iterator[str]:
                 continue
             if alias:
                 yield alias
+
+
+def static_nodes(text: str) -> list[tuple[str, str, int, int]]:
+    """modules.devname's nodes: (name under /dev, 'c' or 'b', major, minor), as `kmod
+    static-nodes` reads them; malformed lines are skipped."""
+    nodes = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) != 3 or line.startswith("#"):
+            continue
+        _module, name, spec = fields
+        kind, numbers = spec[:1], spec[1:]
+        major, sep, minor = numbers.partition(":")
+        if kind in ("c", "b") and sep and major.isdigit() and minor.isdigit():
+            nodes.append((name, kind, int(major), int(minor)))
+    return nodes
+
+
+def make_static_nodes(root: str, dev: str = "/dev") -> list[str]:
+    """The nodes whose opening loads their module (loop-control, mapper/control...), as
+    the udev hook makes them with `kmod static-nodes`: without them a path that opens
+    /dev/loop-control before loop is loaded (an ISO file on a disk) finds nothing."""
+    try:
+        with open(os.path.join(root, "modules.devname"), encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        return []
+    made = []
+    for name, kind, major, minor in static_nodes(text):
+        path = os.path.join(dev, name)
+        if name.startswith("/") or ".." in name.split("/") or os.path.lexists(path):
+            continue
+        mode = (stat.S_IFCHR if kind == "c" else stat.S_IFBLK) | 0o600
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.mknod(path, mode, os.makedev(major, minor))
+        except OSError:
+            continue
+        made.append(path)
+    return made
 
 
 class Coldplug:
@@ -118,6 +159,9 @@ def start(log: Log) -> Coldplug:
     global _running  # noqa: PLW0603  (one event subscription per process)
     if _running is None:
         _running = Coldplug(log)
+        made = make_static_nodes(_running.index.root)
+        if made:
+            log.debug(f"static device nodes: {', '.join(made)}")
         _running.scan()
         log.info(
             f"no udev: loaded {len(_running.loaded)} driver(s) for the devices present "

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from archiso_hook.boot.coldplug import Coldplug, bus_modaliases
+from archiso_hook.boot.coldplug import Coldplug, bus_modaliases, static_nodes
 from archiso_hook.kernel.uevent import Uevent, device_node
 from archiso_hook.log import Log
-from tests.unit.test_kmod import FakeKernel, fixture_index
+from tests.unit.test_kmod import FIXTURE, FakeKernel, fixture_index
 
 # What the kernel sends when virtio_pci finds a virtio block device (kobject_uevent_env).
 VIRTIO_ADD = (
@@ -95,3 +95,9 @@ def test_device_nodes_are_made_only_for_add_events_with_a_safe_name(tmp_path: Pa
         made = device_node(event("add", "mapper/made"), str(tmp_path))
         assert made == str(tmp_path / "mapper" / "made")
         assert os.major(os.stat(made).st_rdev) == 7
+
+
+def test_static_nodes_are_those_of_modules_devname() -> None:
+    text = (FIXTURE / "modules.devname").read_text()
+    assert static_nodes(text) == [("loop-control", "c", 10, 237), ("mapper/control", "c", 10, 236)]
+    assert static_nodes("# comment\nfuse fuse x10:229\nbad line\nbtrfs btrfs-control c10\n") == []
