@@ -301,8 +301,9 @@ PARAMETERS: tuple[Parameter, ...] = (
       since="≤ 2011"),
     P("archisodevice", "device", _device_spec("archisodevice"),
       "a /dev/... path, or UUID=, LABEL=, PARTUUID=, PARTLABEL= and the value",
-      "device of the boot medium; tags are looked up through udev's /dev/disk/by-* links "
-      "(a space is \\x20, as udev encodes it)",
+      "device of the boot medium; tags name the /dev/disk/by-* links udev makes (a space "
+      "is \\x20, as udev encodes it); without udev the hook reads each device's label, "
+      "UUID, PARTUUID and PARTLABEL itself and finds the device the link would name",
       default="/dev/disk/by-label/<archisolabel>", since="≤ 2011; the tags 2023 (6fe2c48)"),
     P("archisosearchuuid", "search_uuid", _uuid, "a filesystem UUID",
       "boot from the device with this filesystem UUID, or else from the first device "

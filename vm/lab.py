@@ -11,9 +11,14 @@ from vm.initramfs import build_initramfs
 from vm.kernel import Kernel
 from vm.media import I386_ROOT, STAGE
 
-HOOKS = ("base", "udev", "archiso")
-#: The same with the network boot hooks, as archiso's releng HOOKS list them.
-PXE_HOOKS = (*HOOKS, "archiso_pxe_common", "archiso_pxe_http", "archiso_pxe_nbd", "archiso_pxe_nfs")
+#: What the README recommends: the hook is its own coldplug, without udev.
+HOOKS = ("base", "archiso")
+#: The hook after udev's coldplug, waiting on udev's events (kept, and tested).
+UDEV_HOOKS = ("base", "udev", "archiso")
+#: The network boot hooks, as archiso's releng HOOKS list them (after udev).
+PXE_HOOKS = (
+    *UDEV_HOOKS, "archiso_pxe_common", "archiso_pxe_http", "archiso_pxe_nbd", "archiso_pxe_nfs"
+)  # fmt: skip
 
 
 def staged_hook() -> Path:
@@ -25,12 +30,19 @@ def staged_hook() -> Path:
 
 
 def archiso_initramfs(kernel: Kernel, out: Path | None = None, *, hwdb: bool = False) -> Path:
-    """HOOKS=(base udev archiso) for `kernel`, with the staged archiso-hook. `hwdb`: with
-    udev's hardware database, as Arch's mkinitcpio (v41) adds it."""
+    """HOOKS=(base archiso) for `kernel`, with the staged archiso-hook. `hwdb`: instead
+    HOOKS=(base udev archiso) with udev's hardware database, as Arch's mkinitcpio (v41)
+    adds it."""
     if hwdb:
         out = out or lab_dir() / "initramfs-archiso-hwdb.img"
-        return _staged_initramfs(kernel, HOOKS, out, env={"LAB_UDEV_HWDB": "1"})
+        return _staged_initramfs(kernel, UDEV_HOOKS, out, env={"LAB_UDEV_HWDB": "1"})
     return _staged_initramfs(kernel, HOOKS, out or lab_dir() / "initramfs-archiso.img")
+
+
+def udev_initramfs(kernel: Kernel, out: Path | None = None) -> Path:
+    """HOOKS=(base udev archiso): the hook waits on udev's events and links."""
+    out = out or lab_dir() / "initramfs-archiso-udev.img"
+    return _staged_initramfs(kernel, UDEV_HOOKS, out)
 
 
 def pxe_initramfs(
@@ -52,7 +64,7 @@ def signing_initramfs(
     cert: Path | None = None,
     ca: Path | None = None,
 ) -> Path:
-    """HOOKS=(base udev archiso) with the keys verify= and cms_verify= check signatures
+    """HOOKS=(base archiso) with the keys verify= and cms_verify= check signatures
     against, handed to the install hook as mkarchiso hands them: open descriptors in
     ARCHISO_GNUPG_FD (public keys), ARCHISO_TLS_FD and ARCHISO_TLSCA_FD."""
     fds = {
@@ -66,9 +78,9 @@ def signing_initramfs(
 
 
 def archiso_initramfs_i686(kernel: Kernel, out: Path | None = None) -> Path:
-    """HOOKS=(base udev archiso) for Debian's 686 `kernel`, built inside the i386 root
+    """HOOKS=(base archiso) for Debian's 686 `kernel`, built inside the i386 root
     (`make stage` makes it, tools/i386-root) as archiso builds i686 images in an i686
-    chroot: the image gets i386 busybox, udev and the i686 archiso-hook."""
+    chroot: the image gets i386 busybox and kmod and the i686 archiso-hook."""
     out = out or lab_dir() / "initramfs-archiso-i686.img"
     return _staged_initramfs(kernel, HOOKS, out, chroot=I386_ROOT)
 

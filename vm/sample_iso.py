@@ -4,7 +4,7 @@
 
 Both architectures on one medium (`DUAL_AITAB`: the demo's x86_64 and i686 live roots and
 the shared /usr/share), with Debian's amd64 and 686 kernels and an initramfs for each built
-with HOOKS=(base udev archiso): the x86_64 one by the lab's mkinitcpio, the i686 one inside
+with HOOKS=(base archiso): the x86_64 one by the lab's mkinitcpio, the i686 one inside
 the i386 root. The installed `archiso-hook build` (`make stage`'s frozen binary, as the
 package ships it) lays it out and writes the ISO, with `--serial` and a menu that boots
 its default entry after `TIMEOUT` seconds; that entry carries the lab's checks, so an

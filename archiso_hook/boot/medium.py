@@ -1,4 +1,9 @@
-"""Finding the boot medium: wait for its device node on udev events, bounded in time."""
+"""Finding the boot medium: wait for its device node on udev events, bounded in time.
+
+Without udevd (`HOOKS=(base archiso)`: /run/udev/control absent) the hook is its own
+coldplug (boot/coldplug.py): it loads the drivers, wakes on the kernel's own events and
+resolves /dev/disk/by-* names by reading labels and UUIDs itself (boot/blockid.py).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,9 @@ import time
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
+from archiso_hook.boot.blockid import Identity, identify
 from archiso_hook.boot.fsprobe import journal_needs_recovery, probe, read_head
-from archiso_hook.cmdline import device_path
+from archiso_hook.cmdline import device_path, udev_encode
 from archiso_hook.errors import HookError
 from archiso_hook.log import Log
 from archiso_hook.paths import SEARCH_MNT
@@ -49,7 +55,13 @@ class MediumNotFoundError(HookError):
 
 
 def present(path: str) -> str | None:
-    """The real device behind `path` if it is a block device holding data (media inserted)."""
+    """The real device behind `path` if it is a block device holding data (media inserted).
+
+    A /dev/disk/by-* link that udev would make is found by its device's identity when
+    udevd does not run."""
+    if path.startswith(DISK_LINKS) and not os.path.lexists(path) and not udevd_running():
+        found = find_by_link(path)
+        return found if found and has_medium(found) else None
     try:
         real = os.path.realpath(path)
         if not stat.S_ISBLK(os.stat(real).st_mode):
@@ -57,6 +69,56 @@ def present(path: str) -> str | None:
     except OSError:
         return None
     return real if has_medium(real) else None
+
+
+DISK_LINKS = "/dev/disk/"
+_LINK_FIELDS = {"by-label": "label", "by-uuid": "uuid", "by-partuuid": "partuuid",
+                "by-partlabel": "partlabel"}  # fmt: skip
+_identities: dict[tuple[str, int], Identity | None] = {}
+
+
+def block_devices() -> list[str]:
+    """Kernel names of the disks and partitions that may hold a medium (not the hook's own
+    loop and dm devices, nor RAM disks), with data: an empty drive has size 0."""
+    try:
+        names = sorted(os.listdir("/sys/class/block"))
+    except OSError:
+        return []
+    return [
+        name
+        for name in names
+        if not name.startswith(("loop", "ram", "zram", "dm-"))
+        and _sysfs_int(f"/sys/class/block/{name}/size") > 0
+    ]
+
+
+def identity(name: str) -> Identity | None:
+    """blockid's reading of a device, kept while its size stays the same (a new disc in a
+    drive changes it; `forget_identities` drops them all on a media change)."""
+    key = (name, _sysfs_int(f"/sys/class/block/{name}/size"))
+    if key not in _identities:
+        _identities[key] = identify(name)
+    return _identities[key]
+
+
+def forget_identities() -> None:
+    _identities.clear()
+
+
+def find_by_link(path: str) -> str | None:
+    """The device a /dev/disk/by-label|uuid|partuuid|partlabel link names, found as udev
+    would name it: the first disk or partition whose identity, encoded as udev encodes
+    link names, is the link's name."""
+    kind, _, name = path.removeprefix(DISK_LINKS).partition("/")
+    field = _LINK_FIELDS.get(kind)
+    if field is None or not name or "/" in name:
+        return None
+    for device in block_devices():
+        found = identity(device)
+        value = getattr(found, field) if found is not None else None
+        if value is not None and udev_encode(value) == name:
+            return f"/dev/{device}"
+    return None
 
 
 MEDIA_POLL = "/sys/module/block/parameters/events_dfl_poll_msecs"
@@ -108,6 +170,10 @@ def wait_until(
     Returns what `find` answered (None on timeout) and, on timeout, a description of
     the block devices that were present, for the error message.
     """
+    if not udevd_running():
+        return _wait_without_udev(
+            find, timeout, what, log, subsystem=subsystem, meanwhile=meanwhile
+        )
     found = find()
     if found:
         return found, ""
@@ -135,6 +201,52 @@ def wait_until(
             pending.pop(0)()
             continue
         monitor.poll(timeout=remaining)
+
+
+def _wait_without_udev(
+    find: Callable[[], str | None],
+    timeout: float,
+    what: str,
+    log: Log,
+    *,
+    subsystem: str,
+    meanwhile: Sequence[Callable[[], None]],
+) -> tuple[str | None, str]:
+    """wait_until's loop as its own coldplug: the drivers of what is there first (all of
+    them, as udev's coldplug loads them: the emergency shell's keyboard too), then of
+    each device the kernel adds, looking again after each batch of events."""
+    from archiso_hook.boot import coldplug  # noqa: PLC0415  (only without udev)
+
+    plug = coldplug.start(log)
+    if subsystem == "block":
+        enable_media_polling(log)
+    # From here, as rootdelay counts with udev from its settled coldplug.
+    start = time.monotonic()
+    deadline = start + timeout
+    pending = list(meanwhile)
+    waiting = False
+    while True:
+        found = find()
+        if found:
+            if waiting:
+                log.info(f"found {what}: {found}, after {time.monotonic() - start:.2f} s")
+            return found, ""
+        if not waiting:
+            log.info(f"waiting up to {timeout:g} s for {what}")
+            waiting = True
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None, describe_devices() if subsystem == "block" else ""
+        events = plug.events.read()
+        if events:
+            if any(e.action == "change" for e in events):
+                forget_identities()
+            plug.handle(events)
+            continue
+        if pending:
+            pending.pop(0)()
+            continue
+        plug.events.wait(remaining)
 
 
 def wait_for_device(
@@ -254,6 +366,26 @@ def _unclean(device: str, fstype: str) -> bool:
         return journal_needs_recovery(read_head(device), fstype)
     except OSError:
         return False
+
+
+def describe_devices() -> str:
+    """describe_block_devices without udev's records: the hook's own reading."""
+    parts = []
+    for name in sorted(os.listdir("/sys/class/block")):
+        if name.startswith(("loop", "ram", "zram", "dm-")):
+            continue
+        if not has_medium(f"/dev/{name}"):
+            parts.append(f"{name} (no medium)")
+            continue
+        found = identity(name) or Identity(None)
+        size = human(_sysfs_int(f"/sys/class/block/{name}/size") * 512)
+        facts = [found.fstype or "no filesystem"]
+        if found.label is not None:
+            facts.append(f"label '{found.label}'")
+        if found.uuid is not None:
+            facts.append(f"uuid {found.uuid}")
+        parts.append(f"{name} ({', '.join(facts)}, {size})")
+    return "; ".join(parts) or "none"
 
 
 def describe_block_devices(pyudev: ModuleType, context: object) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -270,6 +271,10 @@ class LiveKernel:
         if self._dm is not None:
             self._dm.close()
             self._dm = None
+        # The hook was its own coldplug (no udev): its uevent listener goes with the boot.
+        coldplug = sys.modules.get("archiso_hook.boot.coldplug")
+        if coldplug is not None:
+            coldplug.stop()
 
 
 def busy_retried(action: Callable[[], None], last_resort: Callable[[], None]) -> None:

@@ -437,12 +437,12 @@ def check_boot_files(arch: str, kernel_path: Path, initramfs_path: Path) -> Boot
         )
         raise InputError(
             f"{initramfs_path} has no archiso-hook ({what}): build it with "
-            "HOOKS=(base udev archiso) and archiso-hook installed"
+            "HOOKS=(base archiso) and archiso-hook installed"
         )
     if not initramfs.runtime_hook:
         raise InputError(
             f"{initramfs_path} has archiso-hook's files but not its runtime hook "
-            "/hooks/archiso: build it with HOOKS=(base udev archiso)"
+            "/hooks/archiso: build it with HOOKS=(base archiso)"
         )
     releases = initramfs.module_releases
     if kernel.release and releases and kernel.release not in releases:

@@ -80,6 +80,14 @@ def test_sysfs_numbers_read_as_zero_when_they_are_not_numbers(tmp_path: Path) ->
     assert medium._sysfs_int(str(tmp_path / "missing")) == 0
 
 
+@pytest.fixture
+def under_udev(monkeypatch: pytest.MonkeyPatch) -> None:
+    """wait_until's loop with udev running (on events from the host's kernel): without it
+    the hook would be its own coldplug, and load drivers for the host's devices."""
+    monkeypatch.setattr(medium, "udevd_running", lambda: True)
+
+
+@pytest.mark.usefixtures("under_udev")
 def test_a_device_there_at_once_needs_no_wait() -> None:
     log, out = _log()
     ran: list[str] = []
@@ -94,6 +102,7 @@ def _after(ran: list[str], name: str) -> Callable[[], None]:
     return lambda: ran.append(name)
 
 
+@pytest.mark.usefixtures("under_udev")
 def test_the_device_is_looked_for_after_each_piece_of_work() -> None:
     """The work meanwhile (loading modules) is done piece by piece, each followed by a
     look: the device waits for one piece at most, and the rest is left for later."""
@@ -115,6 +124,7 @@ def test_the_device_is_looked_for_after_each_piece_of_work() -> None:
     assert "found the boot medium: /dev/sr0, after " in lines[1]
 
 
+@pytest.mark.usefixtures("under_udev")
 def test_a_wait_that_runs_out_answers_none() -> None:
     log, _ = _log()
     ran: list[str] = []

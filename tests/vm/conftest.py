@@ -1,8 +1,9 @@
-"""The lab for boot tests: Debian's kernel, an initramfs with HOOKS=(base udev archiso)
+"""The lab for boot tests: Debian's kernel, an initramfs with HOOKS=(base archiso)
 built from the staged install (`make stage`), and the sample media sources."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -16,7 +17,7 @@ import pytest
 from vm import lab_dir
 from vm.initramfs import build_initramfs
 from vm.kernel import Kernel, fetch_kernel
-from vm.lab import archiso_initramfs, pxe_initramfs, staged_hook
+from vm.lab import HOOKS, archiso_initramfs, pxe_initramfs, staged_hook, udev_initramfs
 from vm.media import STAGE, Media, build_media, make_sources
 from vm.qemu import SEABIOS, Drive, Firmware, Guest, Nic
 
@@ -35,6 +36,11 @@ class Lab:
         self.initrd = initrd
         self.src = src
         self._media: dict[str, Media] = {}
+
+    @functools.cached_property
+    def udev_initrd(self) -> Path:
+        """HOOKS=(base udev archiso): the hook after udev's coldplug."""
+        return udev_initramfs(self.kernel)
 
     def media(self, name: str, **kwargs: object) -> Media:
         if name not in self._media:
@@ -106,7 +112,7 @@ class Lab:
         install.write_text(text)
         return build_initramfs(
             self.kernel,
-            ["base", "udev", "archiso"],
+            list(HOOKS),
             lab_dir() / name,
             hook_dirs=[hooks],
             env={"ARCHISO_HOOK_SYSROOT": str(STAGE)},

@@ -22,11 +22,18 @@ pytestmark = pytest.mark.vm
 BASE = f"archisobasedir=arch archisolabel={SAMPLE_LABEL}"
 
 
-def test_iso_on_ide_cdrom_fs_sfs_root_and_sfs_share(lab: Lab) -> None:
+@pytest.mark.parametrize("udev", [False, True], ids=["own-coldplug", "after-udev"])
+def test_iso_on_ide_cdrom_fs_sfs_root_and_sfs_share(lab: Lab, udev: bool) -> None:
+    """HOOKS=(base archiso), the hook its own coldplug; and HOOKS=(base udev archiso)."""
     media = lab.media("sample")
     append = f"{BASE} lab.check=status,write,files,mounts,status,bootreport"
-    output = lab.boot_and_pass("iso-ide-cdrom", append, [Drive(media.iso, kind="ide-cdrom")])
+    initrd = lab.udev_initrd if udev else None
+    name = "iso-ide-cdrom" + ("-udev" if udev else "")
+    output = lab.boot_and_pass(name, append, [Drive(media.iso, kind="ide-cdrom")], initrd=initrd)
     assert "archiso-hook: live root ready at /new_root" in output
+    # Without udev the hook loads the drivers itself (ata_piix, then sr_mod for the drive).
+    own = re.search(r"archiso-hook: no udev: loaded (\d+) driver\(s\)", output)
+    assert (own is None) == udev, output[-3000:]
     assert_boot_report(output)
     before, after = status_reports(output)
     (snapshot,) = after["snapshots"]

@@ -33,6 +33,24 @@ def medium_device(output: str) -> str:
     return str(next(m["source"] for m in report["mounts"] if m["target"] == "/run/archiso/bootmnt"))
 
 
+@pytest.mark.parametrize("udev", [False, True], ids=["own-coldplug", "after-udev"])
+def test_a_disk_plugged_in_while_the_hook_waits(lab: Lab, udev: bool) -> None:
+    """No medium at power-on: a virtio disk with the ISO plugged in once the hook waits.
+    Without udev, its driver (virtio_blk) is loaded from the kernel's event for it."""
+    media = lab.media("sample")
+    append = f"archisobasedir=arch archisolabel={SAMPLE_LABEL} {CHECKS}"
+    initrd = lab.udev_initrd if udev else None
+    name = "hotplug" + ("-udev" if udev else "")
+    with lab.boot(name, append, [], initrd=initrd) as guest:
+        guest.expect(r"waiting up to \d+ s for the boot medium", timeout=200)
+        guest.monitor(f"drive_add 0 if=none,id=hot,file={media.iso},format=raw,readonly=on")
+        guest.monitor("device_add virtio-blk-pci,drive=hot,id=hot-dev")
+        guest.expect(r"LAB: (PASS|FAIL)", timeout=200)
+        output = guest.output
+    assert "LAB: PASS" in output, output[-3000:]
+    assert re.search(r"found the boot medium \S+: /dev/vda, after", output), output[-3000:]
+
+
 def test_archisodevice_by_uuid_tag(lab: Lab) -> None:
     media = lab.media("sample")
     append = f"archisodevice=UUID={iso_uuid(media)} {CHECKS}"
