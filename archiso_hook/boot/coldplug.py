@@ -16,9 +16,9 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 
-from archiso_hook.boot import modules
+from archiso_hook.boot import medium, modules
 from archiso_hook.errors import HookError
 from archiso_hook.kernel import kmod
 from archiso_hook.kernel.uevent import Uevent, UeventSocket, device_node
@@ -178,3 +178,47 @@ def stop() -> None:
     if _running is not None:
         _running.close()
         _running = None
+
+
+def wait_until(
+    find: Callable[[], str | None],
+    timeout: float,
+    what: str,
+    log: Log,
+    *,
+    subsystem: str,
+    meanwhile: Sequence[Callable[[], None]],
+) -> tuple[str | None, str]:
+    """medium.wait_until as the hook's own coldplug: the drivers of what is there first (all of
+    them, as udev's coldplug loads them: the emergency shell's keyboard too), then of
+    each device the kernel adds, looking again after each batch of events."""
+    plug = start(log)
+    if subsystem == "block":
+        medium.enable_media_polling(log)
+    # From here, as rootdelay counts with udev from its settled coldplug.
+    began = time.monotonic()
+    deadline = began + timeout
+    pending = list(meanwhile)
+    waiting = False
+    while True:
+        found = find()
+        if found:
+            if waiting:
+                log.info(f"found {what}: {found}, after {time.monotonic() - began:.2f} s")
+            return found, ""
+        if not waiting:
+            log.info(f"waiting up to {timeout:g} s for {what}")
+            waiting = True
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None, medium.describe_devices() if subsystem == "block" else ""
+        events = plug.events.read()
+        if events:
+            if any(e.action == "change" for e in events):
+                medium.forget_identities()
+            plug.handle(events)
+            continue
+        if pending:
+            pending.pop(0)()
+            continue
+        plug.events.wait(remaining)

@@ -1,6 +1,7 @@
-"""Finding the boot medium: wait for its device node on udev events, bounded in time.
+"""Finding the boot medium: wait for its device node on device events, bounded in time.
 
-Without udevd (`HOOKS=(base archiso)`: /run/udev/control absent) the hook is its own
+With udevd (`HOOKS=(base udev archiso)`) a wait wakes on udev's events (boot/udev.py).
+Without it (`HOOKS=(base archiso)`: /run/udev/control absent) the hook is its own
 coldplug (boot/coldplug.py): it loads the drivers, wakes on the kernel's own events and
 resolves /dev/disk/by-* names by reading labels and UUIDs itself (boot/blockid.py).
 """
@@ -11,39 +12,18 @@ import contextlib
 import errno
 import os
 import stat
-import time
 from collections.abc import Callable, Sequence
-from types import ModuleType
 
+from archiso_hook.boot import lookonly, modules
 from archiso_hook.boot.blockid import Identity, identify
 from archiso_hook.boot.fsprobe import journal_needs_recovery, probe, read_head
 from archiso_hook.cmdline import device_path, udev_encode
 from archiso_hook.errors import HookError
+from archiso_hook.kernel import syscalls
+from archiso_hook.lazy import function
 from archiso_hook.log import Log
 from archiso_hook.paths import SEARCH_MNT
 from archiso_hook.sizes import human
-
-# pyudev loads libudev with ctypes.util.find_library(), which runs ldconfig or gcc:
-# neither exists in an initramfs. Name the sonames directly instead.
-_SONAMES = {"udev": "libudev.so.1", "c": "libc.so.6"}
-
-
-def import_pyudev() -> ModuleType:
-    """pyudev, made loadable in an initramfs (imported only when the hook has to wait)."""
-    import ctypes.util  # noqa: PLC0415  (pulls in subprocess: not at start-up)
-
-    find_library = ctypes.util.find_library
-    if not getattr(find_library, "by_soname", False):
-
-        def find_by_soname(name: str) -> str | None:
-            return _SONAMES.get(name) or find_library(name)
-
-        find_by_soname.by_soname = True  # type: ignore[attr-defined]
-        ctypes.util.find_library = find_by_soname
-    import pyudev  # noqa: PLC0415
-
-    module: ModuleType = pyudev
-    return module
 
 
 def udevd_running() -> bool:
@@ -170,83 +150,16 @@ def wait_until(
     Returns what `find` answered (None on timeout) and, on timeout, a description of
     the block devices that were present, for the error message.
     """
-    if not udevd_running():
-        return _wait_without_udev(
-            find, timeout, what, log, subsystem=subsystem, meanwhile=meanwhile
-        )
-    found = find()
-    if found:
-        return found, ""
-    if subsystem == "block":
-        enable_media_polling(log)
-    pyudev = import_pyudev()
-    context = pyudev.Context()
-    # udevd creates the /dev/disk/by-* links; without it only kernel names appear.
-    monitor = pyudev.Monitor.from_netlink(context, source="udev" if udevd_running() else "kernel")
-    monitor.filter_by(subsystem)
-    monitor.start()
-    start = time.monotonic()
-    deadline = start + timeout
-    log.info(f"waiting up to {timeout:g} s for {what}")
-    pending = list(meanwhile)
-    while True:
-        found = find()  # after subscribing, so no event can slip by unseen
-        if found:
-            log.info(f"found {what}: {found}, after {time.monotonic() - start:.2f} s")
-            return found, ""
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return None, describe_block_devices(pyudev, context) if subsystem == "block" else ""
-        if pending:
-            pending.pop(0)()
-            continue
-        monitor.poll(timeout=remaining)
+    wait = function(WAITS[udevd_running()])
+    waited: tuple[str | None, str] = wait(
+        find, timeout, what, log, subsystem=subsystem, meanwhile=meanwhile
+    )
+    return waited
 
 
-def _wait_without_udev(
-    find: Callable[[], str | None],
-    timeout: float,
-    what: str,
-    log: Log,
-    *,
-    subsystem: str,
-    meanwhile: Sequence[Callable[[], None]],
-) -> tuple[str | None, str]:
-    """wait_until's loop as its own coldplug: the drivers of what is there first (all of
-    them, as udev's coldplug loads them: the emergency shell's keyboard too), then of
-    each device the kernel adds, looking again after each batch of events."""
-    from archiso_hook.boot import coldplug  # noqa: PLC0415  (only without udev)
-
-    plug = coldplug.start(log)
-    if subsystem == "block":
-        enable_media_polling(log)
-    # From here, as rootdelay counts with udev from its settled coldplug.
-    start = time.monotonic()
-    deadline = start + timeout
-    pending = list(meanwhile)
-    waiting = False
-    while True:
-        found = find()
-        if found:
-            if waiting:
-                log.info(f"found {what}: {found}, after {time.monotonic() - start:.2f} s")
-            return found, ""
-        if not waiting:
-            log.info(f"waiting up to {timeout:g} s for {what}")
-            waiting = True
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return None, describe_devices() if subsystem == "block" else ""
-        events = plug.events.read()
-        if events:
-            if any(e.action == "change" for e in events):
-                forget_identities()
-            plug.handle(events)
-            continue
-        if pending:
-            pending.pop(0)()
-            continue
-        plug.events.wait(remaining)
+# How a wait wakes: on udev's events and links when udevd runs (boot/udev.py, with
+# pyudev), else as the hook's own coldplug (boot/coldplug.py, on the kernel's uevents).
+WAITS = {True: "archiso_hook.boot.udev:wait_until", False: "archiso_hook.boot.coldplug:wait_until"}
 
 
 def wait_for_device(
@@ -335,9 +248,6 @@ def _holds_file(device: str, fstype: str, filename: str, log: Log) -> bool:
     """Mount for a moment and look, writing nothing to the device: read-only, without
     replaying a journal, the device itself read-only meanwhile (see lookonly). A device
     that cannot be mounted so, or made read-only, does not hold the file."""
-    from archiso_hook.boot import lookonly, modules  # noqa: PLC0415
-    from archiso_hook.kernel import syscalls  # noqa: PLC0415
-
     os.makedirs(SEARCH_MNT, mode=0o700, exist_ok=True)
     with contextlib.ExitStack() as stack:
         try:
@@ -369,7 +279,7 @@ def _unclean(device: str, fstype: str) -> bool:
 
 
 def describe_devices() -> str:
-    """describe_block_devices without udev's records: the hook's own reading."""
+    """udev.describe_block_devices without udev's records: the hook's own reading."""
     parts = []
     for name in sorted(os.listdir("/sys/class/block")):
         if name.startswith(("loop", "ram", "zram", "dm-")):
@@ -388,37 +298,10 @@ def describe_devices() -> str:
     return "; ".join(parts) or "none"
 
 
-def describe_block_devices(pyudev: ModuleType, context: object) -> str:
-    """`sr0 (iso9660 'ARCH_2026', uuid ...)`, ... for every disk or partition present."""
-    parts = []
-    for device in pyudev.Enumerator(context).match_subsystem("block"):
-        name = device.sys_name
-        if name.startswith(("loop", "ram", "zram", "dm-")):
-            continue
-        if not has_medium(f"/dev/{name}"):
-            parts.append(f"{name} (no medium)")
-            continue
-        props = device.properties
-        fstype = props.get("ID_FS_TYPE") or probe(f"/dev/{name}")
-        size = human(_sysfs_int(f"/sys/class/block/{name}/size") * 512)
-        facts = [fstype or "no filesystem"]
-        if props.get("ID_FS_LABEL"):
-            facts.append(f"label '{props.get('ID_FS_LABEL')}'")
-        if props.get("ID_FS_UUID"):
-            facts.append(f"uuid {props.get('ID_FS_UUID')}")
-        parts.append(f"{name} ({', '.join(facts)}, {size})")
-    return "; ".join(parts) or "none"
-
-
 def filesystem_type(device: str) -> str | None:
     """The medium's filesystem: its superblock, else what udev recorded."""
     fstype = probe(device)
-    if fstype:
+    if fstype or not udevd_running():
         return fstype
-    try:
-        pyudev = import_pyudev()
-        props = pyudev.Devices.from_device_file(pyudev.Context(), device).properties
-        value = props.get("ID_FS_TYPE")
-        return str(value) if value else None
-    except Exception:  # noqa: BLE001  (no udev database: nothing more to learn)
-        return None
+    recorded: str | None = function("archiso_hook.boot.udev:recorded_fstype")(device)
+    return recorded

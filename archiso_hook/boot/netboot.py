@@ -84,7 +84,7 @@ def fetch_http(boot: Boot, step: FetchHttp) -> None:
     url = _server(boot, step.url, "archiso_http_srv")
     start = time.monotonic()
     fetched = boot.call(
-        "archiso_hook.boot.httpfetch:fetch_medium",
+        "archiso_hook.boot.httpmedium:fetch_medium",
         url,
         step.basedir,
         step.arch,

@@ -8,7 +8,7 @@ import time
 from typing import TYPE_CHECKING
 
 from archiso_hook import checksums
-from archiso_hook.boot import httpfetch, transfer
+from archiso_hook.boot import httpfetch, httpmedium, transfer
 from archiso_hook.errors import HookError, InputError, printable
 from archiso_hook.log import Log
 from archiso_hook.sizes import human
@@ -74,7 +74,7 @@ def _transfer_urls(args: argparse.Namespace, log: Log) -> int:
     for url in args.images:
         name = os.path.basename(url.split("?", 1)[0].rstrip("/"))
         try:
-            got = httpfetch.fetch_checked(
+            got = httpmedium.fetch_checked(
                 url,
                 os.path.join(args.to, name),
                 log,

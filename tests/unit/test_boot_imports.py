@@ -28,8 +28,8 @@ BOOT_PATH = (
 # the parameters' reference (paramdoc).
 FORBIDDEN = (
     "argparse", "archiso_hook.cli", "subprocess", "hashlib", "pathlib", "socket", "asyncio",
-    "tempfile",
-    "shutil", "psutil", "pyroute2", "archiso_hook.build", "archiso_hook.boot.httpfetch",
+    "tempfile", "shutil", "psutil", "pyroute2", "archiso_hook.build",
+    "archiso_hook.boot.httpfetch", "archiso_hook.boot.httpmedium",
     "archiso_hook.paramdoc", "archiso_hook.boot.netboot", "archiso_hook.boot.prepare",
     "archiso_hook.boot.signatures", "archiso_hook.kernel.nbd",
 )  # fmt: skip

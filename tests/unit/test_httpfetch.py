@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from archiso_hook.boot import httpfetch
+from archiso_hook.boot import httpfetch, httpmedium
 from archiso_hook.cli import main as cli_main
 from archiso_hook.errors import HookError
 from archiso_hook.log import Log
@@ -114,7 +114,7 @@ def test_fetches_this_arch_only_and_verifies(
     data = medium(handler)
     out = tmp_path / "out"
     out.mkdir()
-    got = httpfetch.fetch_medium(url, "arch", "x86_64", str(out), log(), require_checksums=True)
+    got = httpmedium.fetch_medium(url, "arch", "x86_64", str(out), log(), require_checksums=True)
     assert [f.size for f in got] == [len(data)]
     assert (out / "arch/x86_64/root.fs.sfs").read_bytes() == data
     assert not any("i686" in r for r in handler.requests)
@@ -155,16 +155,20 @@ def test_a_corrupt_image_is_refused_naming_both_digests(
     with pytest.raises(
         HookError, match=r"root.fs.sfs is corrupt: its sha512 is [0-9a-f]{128}, but"
     ):
-        httpfetch.fetch_medium(url, "arch", "x86_64", str(tmp_path), log(), require_checksums=False)
+        httpmedium.fetch_medium(
+            url, "arch", "x86_64", str(tmp_path), log(), require_checksums=False
+        )
 
 
 def test_missing_aitab_and_checksums(server: tuple[str, type[Handler]], tmp_path: Path) -> None:
     url, handler = server
     with pytest.raises(HookError, match=r"arch/aitab is not on the server \(HTTP 404\)"):
-        httpfetch.fetch_medium(url, "arch", "x86_64", str(tmp_path), log(), require_checksums=False)
+        httpmedium.fetch_medium(
+            url, "arch", "x86_64", str(tmp_path), log(), require_checksums=False
+        )
     medium(handler, sums=False)
     with pytest.raises(HookError, match=r"checksum=y, but the server has no checksum of .*root"):
-        httpfetch.fetch_medium(url, "arch", "x86_64", str(tmp_path), log(), require_checksums=True)
+        httpmedium.fetch_medium(url, "arch", "x86_64", str(tmp_path), log(), require_checksums=True)
 
 
 def test_images_larger_than_the_space_are_refused_before_writing(
@@ -179,7 +183,9 @@ def test_images_larger_than_the_space_are_refused_before_writing(
 
     monkeypatch.setattr(os, "statvfs", lambda p: Small if str(p) == str(tmp_path) else real(p))
     with pytest.raises(HookError, match=r"the images do not fit in RAM: 3\.0 MiB so far, and "):
-        httpfetch.fetch_medium(url, "arch", "x86_64", str(tmp_path), log(), require_checksums=False)
+        httpmedium.fetch_medium(
+            url, "arch", "x86_64", str(tmp_path), log(), require_checksums=False
+        )
 
 
 def test_gives_up_when_the_server_stays_away(
@@ -587,7 +593,7 @@ def test_archisos_2011_layout_on_a_server(
     out = tmp_path / "out"
     out.mkdir()
     text = io.StringIO()
-    got = httpfetch.fetch_medium(
+    got = httpmedium.fetch_medium(
         url, "arch", "x86_64", str(out), Log(stream=text), require_checksums=True
     )
     assert [f.size for f in got] == [len(data)]
@@ -598,7 +604,7 @@ def test_archisos_2011_layout_on_a_server(
     # A changed aitab is refused before any image is fetched.
     (arch / "aitab").write_bytes(aitab + b"# changed\n")
     with pytest.raises(HookError, match=rf"^{url}arch/aitab is corrupt: its md5 is "):
-        httpfetch.fetch_medium(url, "arch", "x86_64", str(tmp_path / "o2"), log(),
+        httpmedium.fetch_medium(url, "arch", "x86_64", str(tmp_path / "o2"), log(),
                                require_checksums=False)  # fmt: skip
 
 
@@ -610,7 +616,7 @@ def test_signature_files_are_fetched_beside_their_images(
     (handler.root / "arch/x86_64/root.fs.sfs.sig").write_bytes(b"a signature")
     out = tmp_path / "out"
     out.mkdir()
-    httpfetch.fetch_medium(
+    httpmedium.fetch_medium(
         url, "arch", "x86_64", str(out), log(), require_checksums=False,
         signatures=(".sig", ".cms.sig"),
     )  # fmt: skip

@@ -63,13 +63,6 @@ def inside(name: str, package: str) -> bool:
     return name == package or name.startswith(package + ".")
 
 
-# Being split (issue 20); each entry goes when its module is. Empty when the work is done.
-STILL_OVER = {
-    "archiso_hook.boot.httpfetch",
-}  # fmt: skip
-STILL_CROSSING: set[tuple[str, str]] = set()
-
-
 ALL = modules()
 
 
@@ -82,7 +75,6 @@ def test_kernel_imports_only_the_standard_library_and_errors(name: str) -> None:
             top(imported) == "archiso_hook"
             and imported != "archiso_hook.errors"
             and not inside(imported, "archiso_hook.kernel")
-            and (name, imported) not in STILL_CROSSING
         )
         or (
             top(imported) != "archiso_hook"
@@ -122,15 +114,10 @@ def test_only_the_command_line_imports_the_builder(name: str) -> None:
     assert not wrong, f"{name} imports {wrong}"
 
 
-@pytest.mark.parametrize("name", [n for n in ALL if n not in STILL_OVER])
+@pytest.mark.parametrize("name", sorted(ALL))
 def test_no_module_is_over_500_lines(name: str) -> None:
     lines = len(ALL[name].read_text().splitlines())
     assert lines <= MAX_LINES, f"{ALL[name]} has {lines} lines: split it by what its parts do"
-
-
-@pytest.mark.parametrize("name", sorted(STILL_OVER))
-def test_a_module_being_split_is_listed_only_while_it_is_over(name: str) -> None:
-    assert len(ALL[name].read_text().splitlines()) > MAX_LINES, f"{name}: take it off STILL_OVER"
 
 
 def test_the_reader_sees_a_boundary_crossed(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ decompressed here when the kernel cannot; `LiveKernel`, the only part that is no
 from __future__ import annotations
 
 import errno
+import importlib
 import os
 from collections.abc import Callable
 from typing import Protocol
@@ -105,16 +106,17 @@ def compression_of(head: bytes) -> str | None:
     return None
 
 
+# The compressions Python can undo, by the standard module that does: imported only for
+# a compressed module, which a kernel that decompresses them itself never needs.
+_DECOMPRESSORS = {"gzip": "gzip", "xz": "lzma"}
+
+
 def decompress(name: str, data: bytes, compression: str) -> bytes:
     """A module's ELF image, decompressed in Python for kernels that cannot."""
-    if compression == "gzip":
-        import gzip  # noqa: PLC0415  (a compressed module: not at start-up)
-
-        return gzip.decompress(data)
-    if compression == "xz":
-        import lzma  # noqa: PLC0415  (a compressed module: not at start-up)
-
-        return lzma.decompress(data, format=lzma.FORMAT_XZ)
+    module = _DECOMPRESSORS.get(compression)
+    if module is not None:
+        decompressed: bytes = importlib.import_module(module).decompress(data)
+        return decompressed
     raise HookError(
         f"cannot load kernel module {name}: it is {compression}-compressed and the running"
         " kernel cannot decompress modules (no CONFIG_MODULE_DECOMPRESS)",
