@@ -135,3 +135,11 @@ def test_the_reader_sees_a_boundary_crossed(tmp_path: Path) -> None:
     found = imports(source, "archiso_hook.kernel.probe")
     assert {"os", "archiso_hook.plan", "archiso_hook.live.watch"} <= found
     assert "archiso_hook.build.builder" in found
+
+
+def test_no_import_is_deferred_by_hand() -> None:
+    """Deferral comes from structure (a table of "module:function" names, a module
+    imported only where it is needed), not from an import inside a function that ruff's
+    PLC0415 would flag and a noqa would silence."""
+    silenced = [name for name, path in ALL.items() if "noqa: PLC0415" in path.read_text()]
+    assert not silenced, silenced
