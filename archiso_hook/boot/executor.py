@@ -22,7 +22,7 @@ from archiso_hook.aitab import parse_aitab
 from archiso_hook.boot import decisions, procfs, report, resources
 from archiso_hook.boot.failure import BootFailedError, report_failure
 from archiso_hook.boot.seam import Kernel, LiveKernel, LoopHandle, Network
-from archiso_hook.boot.state import State, StateBusyError, locked
+from archiso_hook.boot.state import State, StateBusyError, locked, release_earlier
 from archiso_hook.errors import HookError, InputError
 from archiso_hook.lazy import function
 from archiso_hook.log import Log
@@ -179,7 +179,7 @@ class Boot:
     def _mount_live_root(self) -> BootPlan:
         if not os.path.isdir(self.newroot):
             raise InputError(f"new root {self.newroot} is not a directory")
-        self._release_earlier()
+        self.state.leftovers = release_earlier(self.state_file, self.log)
         self.state.save(self.state_file)  # resources are appended to it as they appear
         self._saved = True
         if self.kernel.mounted(BOOTMNT):  # another hook (loop_mnt, pxe) mounted it
@@ -208,33 +208,6 @@ class Boot:
     def execute(self, steps: Iterable[Step]) -> None:
         for step in steps:
             self.do(step)
-
-    def _release_earlier(self) -> None:
-        """An earlier attempt's records (killed half-way, or a rollback that failed): what
-        is still set up is released first; what cannot be stays recorded as leftovers."""
-        try:
-            earlier, problems = State.read(self.state_file)
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as e:
-            self.log.warning(f"{e}: set aside as {self.state_file}.bad")
-            with contextlib.suppress(OSError):
-                os.replace(self.state_file, f"{self.state_file}.bad")
-            return
-        for problem in problems:
-            self.log.warning(problem)
-        if earlier.complete:
-            raise HookError(
-                f"{self.state_file} records a live root already set up at {earlier.newroot}",
-                hint="`archiso-hook status` shows what it holds; unmount it first, or boot "
-                "with what is there",
-            )
-        records = earlier.every_record()
-        if records:
-            self.log.warning(
-                f"an earlier attempt left {len(records)} thing(s) set up: releasing them first"
-            )
-            self.state.leftovers = self.call("archiso_hook.boot.release:release", records, self.log)
 
     def _rollback(self) -> None:
         if any(release is not None for _, release in self.held):

@@ -33,6 +33,8 @@ from archiso_hook.boot.resources import flag as _flag
 from archiso_hook.boot.resources import path as _path
 from archiso_hook.errors import HookError
 from archiso_hook.kernel import syscalls
+from archiso_hook.lazy import function
+from archiso_hook.log import Log
 from archiso_hook.paths import STATE_FILE
 
 VERSION = 1
@@ -260,3 +262,33 @@ def already_mounted(newroot: str, state_file: str = STATE_FILE) -> bool:
     except (OSError, ValueError, TypeError):
         return False
     return state.complete and state.newroot == newroot and syscalls.is_mountpoint(newroot)
+
+
+def release_earlier(state_file: str, log: Log) -> list[dict[str, Any]]:
+    """Before a boot: an earlier attempt's records (killed half-way, or a rollback that
+    failed). What is still set up is released first (boot/release.py, imported only
+    then); what cannot be is returned, to stay recorded as leftovers. A state file that
+    cannot be read is set aside as STATE.bad; one of a complete boot is an error."""
+    try:
+        earlier, problems = State.read(state_file)
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as e:
+        log.warning(f"{e}: set aside as {state_file}.bad")
+        with contextlib.suppress(OSError):
+            os.replace(state_file, f"{state_file}.bad")
+        return []
+    for problem in problems:
+        log.warning(problem)
+    if earlier.complete:
+        raise HookError(
+            f"{state_file} records a live root already set up at {earlier.newroot}",
+            hint="`archiso-hook status` shows what it holds; unmount it first, or boot "
+            "with what is there",
+        )
+    records = earlier.every_record()
+    if not records:
+        return []
+    log.warning(f"an earlier attempt left {len(records)} thing(s) set up: releasing them first")
+    left: list[dict[str, Any]] = function("archiso_hook.boot.release:release")(records, log)
+    return left

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
@@ -10,7 +11,17 @@ from pathlib import Path
 import pytest
 
 from archiso_hook.boot import resources
-from archiso_hook.boot.state import RECORDS, VERSION, State, StateBusyError, check_record, locked
+from archiso_hook.boot.state import (
+    RECORDS,
+    VERSION,
+    State,
+    StateBusyError,
+    check_record,
+    locked,
+    release_earlier,
+)
+from archiso_hook.errors import HookError
+from archiso_hook.log import Log
 
 LOOP0 = {"device": "/dev/loop0", "backing": "/run/archiso/bootmnt/a.sfs", "read_only": True}
 LOOP1 = {"device": "/dev/loop1", "backing": "/run/archiso/bootmnt/b.sfs", "read_only": True}
@@ -214,3 +225,40 @@ def test_two_writers_never_share_a_temporary_file(tmp_path: Path) -> None:
     State("/a").save(path)
     assert State.load(path) == State("/a")
     assert sorted(os.listdir(tmp_path)) == ["state.json"]
+
+
+def _quiet_log() -> tuple[Log, io.StringIO]:
+    out = io.StringIO()
+    return Log(stream=out, kmsg=False), out
+
+
+def test_release_earlier_with_no_earlier_state_releases_nothing(tmp_path: Path) -> None:
+    log, out = _quiet_log()
+    assert release_earlier(str(tmp_path / "state.json"), log) == []
+    assert out.getvalue() == ""
+
+
+def test_release_earlier_sets_an_unreadable_state_aside(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    path.write_text("{not json")
+    log, out = _quiet_log()
+    assert release_earlier(str(path), log) == []
+    assert not path.exists() and (tmp_path / "state.json.bad").read_text() == "{not json"
+    assert "set aside as" in out.getvalue()
+
+
+def test_release_earlier_refuses_over_a_complete_boot(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    State(newroot="/new_root", complete=True).save(str(path))
+    log, _ = _quiet_log()
+    with pytest.raises(HookError, match="records a live root already set up at /new_root"):
+        release_earlier(str(path), log)
+    assert path.exists()  # the live root's record stays
+
+
+def test_release_earlier_of_an_attempt_that_left_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    State(newroot="/new_root").save(str(path))
+    log, out = _quiet_log()
+    assert release_earlier(str(path), log) == []
+    assert "earlier attempt" not in out.getvalue()
