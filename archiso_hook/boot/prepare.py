@@ -5,7 +5,6 @@ threads); the decision to is images.prepare_images's."""
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -21,7 +20,17 @@ if TYPE_CHECKING:
 
 
 def copy_and_verify(boot: Boot, step: PrepareImages, sizes: Sequence[int], *, copy: bool) -> None:
-    expected = [expected_checksum(boot, path) for path in step.images] if step.verify else []
+    arches = (str(boot.options.arch),)
+    expected = [
+        transfer.expected_digest(
+            path,
+            arches,
+            required_by="checksum=y",
+            hint="make the medium with archiso-hook build, which writes them, or boot "
+            "without checksum=y",
+        )
+        for path in step.images
+    ] if step.verify else []  # fmt: skip
     if copy:
         boot.do(
             Mount(
@@ -32,26 +41,18 @@ def copy_and_verify(boot: Boot, step: PrepareImages, sizes: Sequence[int], *, co
                 options=f"size={step.copy_size},mode=0755",
             )
         )
-    jobs = [
-        transfer.Job(
-            path,
-            f"{step.copy_to}/{os.path.basename(path)}" if copy else None,
-            expected[i].algorithm if expected else None,
-        )
-        for i, path in enumerate(step.images)
-    ]
+    destinations = [f"{step.copy_to}/{os.path.basename(p)}" if copy else None for p in step.images]
     what = " and ".join(w for w, on in (("copying to RAM", copy), ("verifying", step.verify)) if on)
-    start = time.monotonic()
-    results = transfer.run(jobs, progress=transfer.Progress(what, sum(sizes), boot.log.progress))
-    seconds = time.monotonic() - start
-    for result, want in zip(results, expected, strict=False):
-        if result.digest != want.digest:
-            raise HookError(
-                f"{result.job.source} is corrupt: its {want.algorithm} is {result.digest}, "
-                f"but {want.source} says {want.digest}",
-                hint="the download or the copy of the medium is damaged: fetch or write "
-                "it again; nothing was mounted from it",
-            )
+    progress = transfer.Progress(what, sum(sizes), boot.log.progress)
+    checked = transfer.read_checked(step.images, destinations, expected, progress)
+    if checked.corrupt:
+        raise HookError(
+            checked.corrupt[0],
+            hint="the download or the copy of the medium is damaged: fetch or write "
+            "it again; nothing was mounted from it",
+        )
+    seconds = checked.seconds
+    jobs = [result.job for result in checked.results]
     rate = sum(sizes) / seconds if seconds else 0.0
     boot.log.info(
         f"{what}: {len(jobs)} image(s), {human(sum(sizes))} in {seconds:.1f} s "
@@ -98,20 +99,6 @@ def check_aitab(boot: Boot, path: str, data: bytes) -> None:
         if checksums.check_aitab(text, source, path, data):
             boot.log.info(f"{path}: md5 checksum verified against {source.path}")
         return
-
-
-def expected_checksum(boot: Boot, image: str) -> checksums.Expected:
-    arches = (str(boot.options.arch),)
-    source = checksums.find(image, arches)
-    if source is None:
-        raise HookError(
-            f"checksum=y, but {image} has no checksum: "
-            + checksums.describe_sources(image, arches),
-            hint="make the medium with archiso-hook build, which writes them, or boot "
-            "without checksum=y",
-        )
-    with open(source.path, encoding="utf-8", errors="replace") as f:
-        return checksums.parse_source(f.read(), source)
 
 
 def _copy_small(source: str, destination: str, limit: int = 1 << 20) -> None:

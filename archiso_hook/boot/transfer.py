@@ -27,6 +27,7 @@ from typing import Any
 
 import attrs
 
+from archiso_hook import checksums
 from archiso_hook.errors import HookError, KernelError
 from archiso_hook.sizes import human
 
@@ -92,6 +93,53 @@ def run(
     if transfer.errors:
         raise transfer.errors[0]
     return [r for r in transfer.results if r is not None]
+
+
+def expected_digest(
+    image: str, arches: tuple[str, ...], *, required_by: str | None, hint: str | None = None
+) -> checksums.Expected:
+    """What the image's checksum file (the first of checksums.sources) says its digest
+    is; a HookError when it has none (`required_by`: what asked for one, said first)."""
+    source = checksums.find(image, arches)
+    if source is None:
+        asked = f"{required_by}, but " if required_by else ""
+        raise HookError(
+            f"{asked}{image} has no checksum: {checksums.describe_sources(image, arches)}",
+            hint=hint,
+        )
+    with open(source.path, encoding="utf-8", errors="replace") as f:
+        return checksums.parse_source(f.read(), source)
+
+
+@attrs.frozen
+class Checked:
+    results: list[Result]
+    seconds: float
+    corrupt: list[str]  # a sentence for each image whose digest is not the expected one
+
+
+def read_checked(
+    images: Sequence[str],
+    destinations: Sequence[str | None],
+    expected: Sequence[checksums.Expected],
+    progress: Progress,
+) -> Checked:
+    """Read the images once: each copied to its destination (None: not copied) and, if
+    `expected` (one for each image, or none) is given, hashed and compared with it."""
+    jobs = [
+        Job(image, destination, expected[i].algorithm if expected else None)
+        for i, (image, destination) in enumerate(zip(images, destinations, strict=True))
+    ]
+    start = time.monotonic()
+    results = run(jobs, progress=progress)
+    seconds = time.monotonic() - start
+    corrupt = [
+        f"{result.job.source} is corrupt: its {want.algorithm} is {result.digest}, "
+        f"but {want.source} says {want.digest}"
+        for result, want in zip(results, expected, strict=False)
+        if result.digest != want.digest
+    ]
+    return Checked(results, seconds, corrupt)
 
 
 class _Progress:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from archiso_hook import checksums
 from archiso_hook.boot import httpfetch, httpmedium, transfer
-from archiso_hook.errors import HookError, InputError, printable
+from archiso_hook.errors import InputError, printable
 from archiso_hook.log import Log
 from archiso_hook.sizes import human
 
@@ -23,41 +23,25 @@ def run(args: argparse.Namespace) -> int:
         return _transfer_urls(args, log)
     if args.timeout is not None:
         raise InputError("--timeout is for URLs: a file on this machine is read as it is")
-    expected = []
-    if args.verify:
-        for image in args.images:
-            arches = checksums.arches_of(image)
-            source = checksums.find(image, arches)
-            if source is None:
-                raise HookError(
-                    f"{image} has no checksum: {checksums.describe_sources(image, arches)}"
-                )
-            with open(source.path, encoding="utf-8", errors="replace") as f:
-                expected.append(checksums.parse_source(f.read(), source))
-    jobs = [
-        transfer.Job(
-            image,
-            os.path.join(args.to, os.path.basename(image)) if args.to else None,
-            expected[i].algorithm if expected else None,
-        )
-        for i, image in enumerate(args.images)
-    ]
+    expected = [
+        transfer.expected_digest(image, checksums.arches_of(image), required_by=None)
+        for image in args.images
+    ] if args.verify else []  # fmt: skip
+    destinations = [os.path.join(args.to, os.path.basename(i)) if args.to else None
+                    for i in args.images]  # fmt: skip
     total = sum(os.stat(image).st_size for image in args.images)
     what = " and ".join(w for w, on in (("copying", args.to), ("verifying", args.verify)) if on)
-    start = time.monotonic()
-    results = transfer.run(jobs, progress=transfer.Progress(what or "reading", total, log.progress))
-    seconds = time.monotonic() - start
-    bad = [(r, e) for r, e in zip(results, expected, strict=False) if r.digest != e.digest]
-    for result, want in bad:
-        log.error(
-            f"{result.job.source} is corrupt: its {want.algorithm} is {result.digest}, "
-            f"but {want.source} says {want.digest}"
-        )
+    progress = transfer.Progress(what or "reading", total, log.progress)
+    checked = transfer.read_checked(args.images, destinations, expected, progress)
+    for line in checked.corrupt:
+        log.error(line)
+    seconds = checked.seconds
     print(
-        f"{what or 'read'}: {len(jobs)} image(s), {total} bytes in {seconds:.3f} s "
-        f"({human(total / seconds if seconds else 0)}/s){'; checksums match' * (not bad)}"
+        f"{what or 'read'}: {len(checked.results)} image(s), {total} bytes in {seconds:.3f} s "
+        f"({human(total / seconds if seconds else 0)}/s)"
+        + ("; checksums match" if not checked.corrupt else "")
     )
-    return 1 if bad else 0
+    return 1 if checked.corrupt else 0
 
 
 def _transfer_urls(args: argparse.Namespace, log: Log) -> int:

@@ -180,3 +180,54 @@ def test_the_builders_checksum_files_are_read(tmp_path: Path) -> None:
     expected = checksums.parse(checksum.read_text(), str(checksum), image.name)
     assert expected.digest == hashlib.sha512(data).hexdigest()
     assert os.path.basename(str(checksum)) == "root.fs.sfs.sha512"
+
+
+def _medium(tmp_path: Path) -> tuple[Path, Path]:
+    """arch/x86_64/root.sfs and share.sfs, each with its .sha512; share's is wrong."""
+    images = tmp_path / "arch" / "x86_64"
+    images.mkdir(parents=True)
+    root, share = images / "root.sfs", images / "share.sfs"
+    root.write_bytes(os.urandom(300_000))
+    share.write_bytes(os.urandom(1000))
+    for image in (root, share):
+        digest = hashlib.sha512(image.read_bytes()).hexdigest()
+        if image is share:
+            digest = "0" * 128
+        (image.parent / f"{image.name}.sha512").write_text(f"{digest}  {image.name}\n")
+    return root, share
+
+
+def test_the_boot_and_the_command_read_and_check_images_the_same_way(tmp_path: Path) -> None:
+    root, share = _medium(tmp_path)
+    arches = ("x86_64",)
+    expected = [
+        transfer.expected_digest(str(p), arches, required_by="checksum=y") for p in (root, share)
+    ]
+    out = tmp_path / "ram"
+    out.mkdir()
+    lines: list[str] = []
+    checked = transfer.read_checked(
+        [str(root), str(share)],
+        [str(out / "root.sfs"), None],
+        expected,
+        transfer.Progress("copying", root.stat().st_size + share.stat().st_size, lines.append),
+    )
+    assert (out / "root.sfs").read_bytes() == root.read_bytes()
+    assert not (out / "share.sfs").exists()  # None: hashed, not copied
+    assert checked.corrupt == [
+        f"{share} is corrupt: its sha512 is {hashlib.sha512(share.read_bytes()).hexdigest()}, "
+        f"but {share}.sha512 says {'0' * 128}"
+    ]
+    # Without expected digests nothing is hashed, and nothing is corrupt.
+    unchecked = transfer.read_checked([str(root)], [None], [], transfer.Progress("r", 1, print))
+    assert unchecked.corrupt == [] and unchecked.results[0].digest is None
+
+
+def test_an_image_without_a_checksum_names_what_asked_for_one(tmp_path: Path) -> None:
+    root, _ = _medium(tmp_path)
+    (root.parent / "root.sfs.sha512").unlink()
+    with pytest.raises(HookError, match=r"^checksum=y, but .*root\.sfs has no checksum: no ") as e:
+        transfer.expected_digest(str(root), ("x86_64",), required_by="checksum=y", hint="h")
+    assert e.value.hint == "h"
+    with pytest.raises(HookError, match=r"^/.*root\.sfs has no checksum: no "):
+        transfer.expected_digest(str(root), ("x86_64",), required_by=None)
