@@ -9,7 +9,9 @@ shutdown. The shutdown uses its ownership checks for its own rounds.
 A record is a claim, not a fact: the kernel is asked before anything is touched.
 - a mount: still mounted there, with the recorded filesystem type;
 - a dm device: still carries the uuid the hook gives it, ARCHISO-<name>;
-- a loop device: still bound to the recorded file;
+- a loop device: still bound to the recorded file (a mount of it under /run/archiso that
+  no record names, made by a hook killed before it could record it, goes first);
+- a dm device's mounts, unrecorded for the same reason, go before it;
 - a COW file the hook made (not a kept one): still a regular file, not a link.
 What is no longer ours is forgotten with a warning, never touched.
 """
@@ -29,7 +31,7 @@ from archiso_hook.errors import HookError, KernelError
 from archiso_hook.kernel import dm, loop, syscalls
 from archiso_hook.lazy import function
 from archiso_hook.log import Log
-from archiso_hook.paths import DM_UUID_PREFIX
+from archiso_hook.paths import DM_UUID_PREFIX, RUN_DIR
 
 ROUNDS = 16
 PATIENCE = 4  # rounds without progress, WAIT apart, before a lazy unmount and the end
@@ -141,7 +143,13 @@ class Releaser:
         try:
             mapper.remove(name)
         except KernelError as e:
-            return Outcome.BUSY, f"{what}: {os.strerror(e.errno)}"
+            # Ours by its uuid, so is any mount of it (anywhere: the live root's too).
+            if e.errno != errno.EBUSY or not self._unrecorded_mounts(what, under=None):
+                return Outcome.BUSY, f"{what}: {os.strerror(e.errno)}"
+            try:
+                mapper.remove(name)
+            except KernelError as again:
+                return Outcome.BUSY, f"{what}: {os.strerror(again.errno)}"
         dm.remove_node(name)
         return Outcome.RELEASED, f"removed {what}"
 
@@ -152,9 +160,36 @@ class Releaser:
             return Outcome.GONE, device
         if not same_backing(r["backing"], bound, self.moved):
             return Outcome.FOREIGN, f"{device} (bound to {bound}, recorded as {r['backing']})"
-        if not detach_loop(device):
+        if not detach_loop(device) and not (
+            self._unrecorded_mounts(device, under=self._run_dirs()) and detach_loop(device)
+        ):
             return Outcome.BUSY, f"{device}: still in use"
         return Outcome.RELEASED, f"detached {device}"
+
+    def _run_dirs(self) -> tuple[str, ...]:
+        """The hook's run directory, and where it is now if it moved (/oldrun/archiso)."""
+        moved = (new + RUN_DIR[len(old) :] for old, new in self.moved if RUN_DIR.startswith(old))
+        return (RUN_DIR, *moved)
+
+    def _unrecorded_mounts(self, source: str, *, under: tuple[str, ...] | None) -> bool:
+        """Unmount the mounts of `source`, a device of ours, that no record names: a hook
+        killed between a mount(2) and its record leaves one, and the device busy. Only
+        below the directories `under` (None: anywhere), deepest first. Whether any was."""
+        targets = [
+            target
+            for target, (mounted, _) in syscalls.mountpoints().items()
+            if mounted == source
+            and (under is None or any(target.startswith(d + "/") for d in under))
+        ]
+        done = False
+        for target in sorted(targets, key=len, reverse=True):
+            try:
+                syscalls.umount(target, syscalls.MNT_DETACH if self.lazy else 0)
+            except KernelError:
+                continue
+            self.log.info(f"released: unmounted {target} ({source}; the record was not written)")
+            done = True
+        return done
 
     def _nbd(self, r: dict[str, Any]) -> tuple[Outcome, str]:
         device = r["device"]

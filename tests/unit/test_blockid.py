@@ -17,8 +17,10 @@ from archiso_hook.boot.blockid import Identity, identify_file, partition_entry
 TOOLS = ("blkid", "mke2fs", "mkfs.vfat", "mkfs.btrfs", "xorriso", "sfdisk")
 
 
-def _run(*cmd: str, stdin: str | None = None) -> str:
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, input=stdin).stdout
+def _run(*cmd: str, stdin: str | None = None, env: dict[str, str] | None = None) -> str:
+    return subprocess.run(
+        cmd, check=True, capture_output=True, text=True, input=stdin, env=env
+    ).stdout
 
 
 def _blkid(path: Path) -> Identity:
@@ -38,7 +40,10 @@ def _blkid(path: Path) -> Identity:
 
 
 def _iso(out: Path, tree: Path, *args: str) -> None:
-    _run("xorriso", "-outdev", str(out), *args, "-map", str(tree), "/")
+    # Without SOURCE_DATE_EPOCH (make exports it): xorriso would let it override the
+    # volume dates these images set.
+    env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
+    _run("xorriso", "-outdev", str(out), *args, "-map", str(tree), "/", env=env)
 
 
 @pytest.fixture(scope="module")
