@@ -27,6 +27,14 @@ KILL_HALF_WAY = (
     "until dmesg | grep -q 'archiso-hook: attached '; do usleep 20000; done; "
     "kill -9 $!; wait; echo KILLED-$((1+1))"
 )
+# Then what a kill between a mount(2) and its record leaves, made sure of (the kill above
+# may or may not fall in that window): the first loop device the dead hook attached,
+# mounted under /run/archiso where no record names it, so that the loop device is busy.
+UNRECORDED_MOUNT = (
+    "dev=$(dmesg | sed -n 's|.*archiso-hook: attached .* to \\(/dev/loop[0-9]*\\) "
+    "read-only.*|\\1|p' | head -n 1); mkdir -p /run/archiso/sfs/unrecorded && "
+    "mount -t squashfs -o ro $dev /run/archiso/sfs/unrecorded && echo UNRECORDED-$((1+1)) $dev"
+)
 
 
 def test_the_hook_killed_half_way_then_mount_from_the_emergency_shell(lab: Lab) -> None:
@@ -39,6 +47,9 @@ def test_the_hook_killed_half_way_then_mount_from_the_emergency_shell(lab: Lab) 
         left = leak_report(guest)
         # It did leave something behind, or this test would prove nothing.
         assert any(" /run/archiso/bootmnt " in line for line in left), left
+        guest.send(UNRECORDED_MOUNT)
+        guest.expect(r"UNRECORDED-2 /dev/loop\d+", timeout=60)
+        device = guest.output[guest.output.rindex("UNRECORDED-2 ") :].split()[1]
         guest.send("archiso-hook mount /new_root")
         guest.expect(
             r"an earlier attempt left \d+ thing\(s\) set up: releasing them first", timeout=60
@@ -51,6 +62,8 @@ def test_the_hook_killed_half_way_then_mount_from_the_emergency_shell(lab: Lab) 
     # The mounts go; their loop devices with them (autoclear), the others at the kill.
     released = [line for line in hook if line.startswith("released: ")]
     assert "released: unmounted /run/archiso/bootmnt" in released, hook
+    unrecorded = f"released: unmounted /run/archiso/sfs/unrecorded ({device}; the record was"
+    assert any(line.startswith(unrecorded) for line in released), hook
     assert not any(line.startswith("warning: could not release") for line in hook)
     assert "Traceback" not in guest.output
 
