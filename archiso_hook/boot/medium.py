@@ -12,7 +12,7 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from archiso_hook.boot import lookonly, modules
 from archiso_hook.boot.blockid import Identity, identify
@@ -52,6 +52,8 @@ def present(path: str) -> str | None:
 
 
 DISK_LINKS = "/dev/disk/"
+# Block devices that never hold a medium: the hook's own loop and dm devices, RAM disks.
+NOT_MEDIA = ("loop", "ram", "zram", "dm-")
 _LINK_FIELDS = {"by-label": "label", "by-uuid": "uuid", "by-partuuid": "partuuid",
                 "by-partlabel": "partlabel"}  # fmt: skip
 _identities: dict[tuple[str, int], Identity | None] = {}
@@ -67,8 +69,7 @@ def block_devices() -> list[str]:
     return [
         name
         for name in names
-        if not name.startswith(("loop", "ram", "zram", "dm-"))
-        and _sysfs_int(f"/sys/class/block/{name}/size") > 0
+        if not name.startswith(NOT_MEDIA) and _sysfs_int(f"/sys/class/block/{name}/size") > 0
     ]
 
 
@@ -222,7 +223,7 @@ def _candidates() -> list[tuple[str, str, int]]:
     removable devices first: the medium a user just plugged in is the likely one."""
     out = []
     for name in sorted(os.listdir("/sys/class/block")):
-        if name.startswith(("loop", "ram", "zram", "dm-")):
+        if name.startswith(NOT_MEDIA):
             continue
         size = _sysfs_int(f"/sys/class/block/{name}/size")
         device = f"/dev/{name}"
@@ -278,16 +279,20 @@ def _unclean(device: str, fstype: str) -> bool:
         return False
 
 
-def describe_devices() -> str:
-    """udev.describe_block_devices without udev's records: the hook's own reading."""
+def describe_devices(
+    names: Iterable[str] | None = None, read: Callable[[str], Identity | None] = identity
+) -> str:
+    """`sr0 (iso9660, label 'ARCH_2026', uuid ..., 1.0 GiB); sda (no medium)` for every
+    disk or partition present (`names`: sysfs's, unless given), with what `read` says of
+    each: the hook's own reading, or under udev its records (boot/udev.py)."""
     parts = []
-    for name in sorted(os.listdir("/sys/class/block")):
-        if name.startswith(("loop", "ram", "zram", "dm-")):
+    for name in sorted(os.listdir("/sys/class/block")) if names is None else names:
+        if name.startswith(NOT_MEDIA):
             continue
         if not has_medium(f"/dev/{name}"):
             parts.append(f"{name} (no medium)")
             continue
-        found = identity(name) or Identity(None)
+        found = read(name) or Identity(None)
         size = human(_sysfs_int(f"/sys/class/block/{name}/size") * 512)
         facts = [found.fstype or "no filesystem"]
         if found.label is not None:

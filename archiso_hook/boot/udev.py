@@ -10,9 +10,9 @@ import time
 from collections.abc import Callable, Sequence
 
 from archiso_hook.boot import medium
+from archiso_hook.boot.blockid import Identity
 from archiso_hook.boot.fsprobe import probe
 from archiso_hook.log import Log
-from archiso_hook.sizes import human
 
 # pyudev loads libudev with ctypes.util.find_library(), which runs ldconfig or gcc:
 # neither exists in an initramfs. It is given the sonames directly instead.
@@ -67,25 +67,21 @@ def wait_until(
 
 
 def describe_block_devices(context: pyudev.Context) -> str:
-    """`sr0 (iso9660 'ARCH_2026', uuid ...)`, ... for every disk or partition present."""
-    parts = []
-    for device in pyudev.Enumerator(context).match_subsystem("block"):
-        name = device.sys_name
-        if name.startswith(("loop", "ram", "zram", "dm-")):
-            continue
-        if not medium.has_medium(f"/dev/{name}"):
-            parts.append(f"{name} (no medium)")
-            continue
-        props = device.properties
-        fstype = props.get("ID_FS_TYPE") or probe(f"/dev/{name}")
-        size = human(medium._sysfs_int(f"/sys/class/block/{name}/size") * 512)
-        facts = [fstype or "no filesystem"]
-        if props.get("ID_FS_LABEL"):
-            facts.append(f"label '{props.get('ID_FS_LABEL')}'")
-        if props.get("ID_FS_UUID"):
-            facts.append(f"uuid {props.get('ID_FS_UUID')}")
-        parts.append(f"{name} ({', '.join(facts)}, {size})")
-    return "; ".join(parts) or "none"
+    """medium.describe_devices with what udev recorded of each device (its blkid
+    builtin's ID_FS_*; the superblock's type when udev has none)."""
+    recorded = {
+        d.sys_name: d.properties for d in pyudev.Enumerator(context).match_subsystem("block")
+    }
+
+    def read(name: str) -> Identity:
+        props = recorded[name]
+        return Identity(
+            props.get("ID_FS_TYPE") or probe(f"/dev/{name}"),
+            label=props.get("ID_FS_LABEL") or None,
+            uuid=props.get("ID_FS_UUID") or None,
+        )
+
+    return medium.describe_devices(recorded, read)
 
 
 def recorded_fstype(device: str) -> str | None:

@@ -113,10 +113,17 @@ def test_plain_fs_image(lab: Lab) -> None:
     assert snapshot["metadata_sectors"] > 0  # a persistent store writes metadata
 
 
-def test_wrong_label_fails_clearly_within_rootdelay_and_leaves_nothing(lab: Lab) -> None:
+@pytest.mark.parametrize("udev", [False, True], ids=["own-coldplug", "after-udev"])
+def test_wrong_label_fails_clearly_within_rootdelay_and_leaves_nothing(
+    lab: Lab, udev: bool
+) -> None:
+    """The devices seen, as the hook reads them, or as udev recorded them."""
     media = lab.media("sample")
     append = "archisobasedir=arch archisolabel=NO_SUCH_LABEL rootdelay=3"
-    with lab.boot("wrong-label", append, [Drive(media.iso, kind="ide-cdrom")]) as guest:
+    initrd = lab.udev_initrd if udev else None
+    name = "wrong-label" + ("-udev" if udev else "")
+    drives = [Drive(media.iso, kind="ide-cdrom")]
+    with lab.boot(name, append, drives, initrd=initrd) as guest:
         fails_cleanly(
             guest,
             r"boot medium /dev/disk/by-label/NO_SUCH_LABEL did not appear within 3 s; "
