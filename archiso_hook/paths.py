@@ -44,3 +44,9 @@ OLDRUN = "/oldrun"
 DM_UUID_PREFIX = "ARCHISO-"
 DM_UUID_LEN = 129
 DM_NAME_MAX = DM_UUID_LEN - 1 - len(DM_UUID_PREFIX)
+
+
+def under(path: str, root: str) -> bool:
+    """Whether `path` is `root` or below it (by its components: /run/archiso2 is not below
+    /run/archiso)."""
+    return path == root or path.startswith(root.rstrip("/") + "/")

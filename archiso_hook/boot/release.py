@@ -31,7 +31,7 @@ from archiso_hook.errors import HookError, KernelError
 from archiso_hook.kernel import dm, loop, syscalls
 from archiso_hook.lazy import function
 from archiso_hook.log import Log
-from archiso_hook.paths import DM_UUID_PREFIX, RUN_DIR
+from archiso_hook.paths import DM_UUID_PREFIX, RUN_DIR, under
 
 ROUNDS = 16
 PATIENCE = 4  # rounds without progress, WAIT apart, before a lazy unmount and the end
@@ -144,7 +144,7 @@ class Releaser:
             mapper.remove(name)
         except KernelError as e:
             # Ours by its uuid, so is any mount of it (anywhere: the live root's too).
-            if e.errno != errno.EBUSY or not self._unrecorded_mounts(what, under=None):
+            if e.errno != errno.EBUSY or not self._unrecorded_mounts(what, below=None):
                 return Outcome.BUSY, f"{what}: {os.strerror(e.errno)}"
             try:
                 mapper.remove(name)
@@ -161,7 +161,7 @@ class Releaser:
         if not same_backing(r["backing"], bound, self.moved):
             return Outcome.FOREIGN, f"{device} (bound to {bound}, recorded as {r['backing']})"
         if not detach_loop(device) and not (
-            self._unrecorded_mounts(device, under=self._run_dirs()) and detach_loop(device)
+            self._unrecorded_mounts(device, below=self._run_dirs()) and detach_loop(device)
         ):
             return Outcome.BUSY, f"{device}: still in use"
         return Outcome.RELEASED, f"detached {device}"
@@ -171,18 +171,17 @@ class Releaser:
         moved = (new + RUN_DIR[len(old) :] for old, new in self.moved if RUN_DIR.startswith(old))
         return (RUN_DIR, *moved)
 
-    def _unrecorded_mounts(self, source: str, *, under: tuple[str, ...] | None) -> bool:
+    def _unrecorded_mounts(self, source: str, *, below: tuple[str, ...] | None) -> bool:
         """Unmount the mounts of `source`, a device of ours, that no record names: a hook
         killed between a mount(2) and its record leaves one, and the device busy. Only
-        below the directories `under` (None: anywhere), deepest first. Whether any was."""
+        in the directories `below` (None: anywhere), deepest first. Whether any was."""
         targets = [
             target
             for target, (mounted, _) in syscalls.mountpoints().items()
-            if mounted == source
-            and (under is None or any(target.startswith(d + "/") for d in under))
+            if mounted == source and (below is None or any(under(target, d) for d in below))
         ]
         done = False
-        for target in sorted(targets, key=len, reverse=True):
+        for target in sorted(targets, key=lambda t: t.count("/"), reverse=True):
             try:
                 syscalls.umount(target, syscalls.MNT_DETACH if self.lazy else 0)
             except KernelError:

@@ -27,16 +27,12 @@ from archiso_hook.kernel import dm, syscalls
 from archiso_hook.lazy import function
 from archiso_hook.live import pidfile
 from archiso_hook.log import Log
-from archiso_hook.paths import OLDROOT, OLDRUN, PID_FILE, RUN_DIR, STATE_FILE
+from archiso_hook.paths import OLDROOT, OLDRUN, PID_FILE, RUN_DIR, STATE_FILE, under
 
 REBOOT = {"poweroff": 0x4321FEDC, "reboot": 0x01234567, "halt": 0xCDEF0123,
           "kexec": 0x45584543}  # fmt: skip
 _API_FILESYSTEMS = (("proc", "/proc", "proc"), ("sysfs", "/sys", "sysfs"),
                     ("devtmpfs", "/dev", "devtmpfs"))  # fmt: skip
-
-
-def _under(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def mount_api_filesystems() -> None:
@@ -160,7 +156,7 @@ def teardown(
             if not progress:
                 break
         left = [
-            f"mount {t}" for t in syscalls.mountpoints() if any(_under(t, r) for r in (root, *also))
+            f"mount {t}" for t in syscalls.mountpoints() if any(under(t, r) for r in (root, *also))
         ]
         if mapper is not None:
             names = {name for name, _, _ in mapper.list_devices()}
@@ -197,7 +193,7 @@ def _detach_nbd(ours: list[dict[str, str]], log: Log) -> list[str]:
 def _unmount_round(root: str, log: Log) -> bool:
     progress = False
     # Deepest first; among equals, the later mount first (it may sit on the earlier).
-    targets = [t for t in syscalls.mountpoints() if _under(t, root)]
+    targets = [t for t in syscalls.mountpoints() if under(t, root)]
     for target in sorted(targets, key=lambda t: t.count("/"), reverse=True):
         try:
             syscalls.umount(target)

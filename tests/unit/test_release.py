@@ -48,7 +48,7 @@ def test_only_mounts_of_the_device_under_the_run_directory_deepest_first(
     unmounted: list[str],
 ) -> None:
     releaser, out = _releaser()
-    assert releaser._unrecorded_mounts("/dev/loop0", under=releaser._run_dirs())
+    assert releaser._unrecorded_mounts("/dev/loop0", below=releaser._run_dirs())
     assert unmounted == ["/run/archiso/sfs/root/deeper", "/run/archiso/sfs/root"]
     assert "released: unmounted /run/archiso/sfs/root (/dev/loop0; the record was not" in (
         out.getvalue()
@@ -58,13 +58,13 @@ def test_only_mounts_of_the_device_under_the_run_directory_deepest_first(
 def test_where_the_run_directory_moved_at_shutdown(unmounted: list[str]) -> None:
     releaser, _ = _releaser(moved=(("/run/", "/oldrun/"),))
     assert releaser._run_dirs() == ("/run/archiso", "/oldrun/archiso")
-    releaser._unrecorded_mounts("/dev/loop0", under=releaser._run_dirs())
+    releaser._unrecorded_mounts("/dev/loop0", below=releaser._run_dirs())
     assert "/mnt/user" not in unmounted  # never outside the hook's directories
     assert "/oldrun/archiso/sfs/share" not in unmounted  # busy: left for the next round
 
 
 def test_a_dm_device_of_ours_anywhere(unmounted: list[str]) -> None:
     releaser, _ = _releaser()
-    assert releaser._unrecorded_mounts("/dev/mapper/arch_root", under=None)
+    assert releaser._unrecorded_mounts("/dev/mapper/arch_root", below=None)
     assert unmounted == ["/new_root"]
-    assert not releaser._unrecorded_mounts("/dev/loop9", under=None)
+    assert not releaser._unrecorded_mounts("/dev/loop9", below=None)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from archiso_hook import paths
 from archiso_hook.boot import release
 from archiso_hook.live import pidfile, shutdown
 from archiso_hook.log import Log
@@ -177,7 +178,7 @@ def test_the_first_state_file_there_is_wins(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("path", "root", "under"),
+    ("path", "root", "below"),
     [
         ("/oldroot", "/oldroot", True),
         ("/oldroot/run/archiso/bootmnt", "/oldroot", True),
@@ -187,8 +188,8 @@ def test_the_first_state_file_there_is_wins(tmp_path: Path) -> None:
         ("/", "/oldroot", False),
     ],
 )
-def test_what_is_under_a_root(path: str, root: str, under: bool) -> None:
-    assert shutdown._under(path, root) is under
+def test_what_is_under_a_root(path: str, root: str, below: bool) -> None:
+    assert paths.under(path, root) is below
 
 
 def test_records_of_devices_that_are_gone_are_not_left_busy(tmp_path: Path) -> None:
