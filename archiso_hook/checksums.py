@@ -37,6 +37,16 @@ class Expected:
     digest: str  # lower-case hex
     source: str  # the checksum file
 
+    def mismatch(self, name: str, digest: str | None) -> str | None:
+        """The sentence saying that `name`, whose digest is `digest`, is corrupt; None
+        when the digest is the one expected."""
+        if digest == self.digest:
+            return None
+        return (
+            f"{name} is corrupt: its {self.algorithm} is {digest}, "
+            f"but {self.source} says {self.digest}"
+        )
+
 
 @attrs.frozen
 class Source:
@@ -119,12 +129,9 @@ def check_aitab(text: str, source: Source, aitab: str, data: bytes) -> bool:
     if not any(line.rstrip("\r").endswith(" aitab") for line in text.splitlines()):
         return False
     expected = parse_source(text, source)
-    digest = hashlib.md5(data).hexdigest()
-    if digest != expected.digest:
-        raise HookError(
-            f"{aitab} is corrupt: its md5 is {digest}, but {source.path} says {expected.digest}",
-            hint="write the medium again (or fix the server's copy of it)",
-        )
+    corrupt = expected.mismatch(aitab, hashlib.md5(data).hexdigest())
+    if corrupt:
+        raise HookError(corrupt, hint="write the medium again (or fix the server's copy of it)")
     return True
 
 

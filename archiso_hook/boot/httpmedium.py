@@ -221,11 +221,10 @@ def fetch_checked(
         + (f", resumed {got.resumed} time(s)" if got.resumed else "")
     )
     if expected is not None:
-        if got.digest != expected.digest:
+        corrupt = expected.mismatch(url, got.digest)
+        if corrupt:
             raise FetchError(
-                f"{url} is corrupt: its {expected.algorithm} is {got.digest}, "
-                f"but {expected.source} says {expected.digest}",
-                hint="fix the copy on the server; nothing was mounted from it",
+                corrupt, hint="fix the copy on the server; nothing was mounted from it"
             )
         log.info(f"{name}: {expected.algorithm} checksum verified")
     return got

@@ -133,12 +133,10 @@ def read_checked(
     start = time.monotonic()
     results = run(jobs, progress=progress)
     seconds = time.monotonic() - start
-    corrupt = [
-        f"{result.job.source} is corrupt: its {want.algorithm} is {result.digest}, "
-        f"but {want.source} says {want.digest}"
-        for result, want in zip(results, expected, strict=False)
-        if result.digest != want.digest
-    ]
+    found = (
+        want.mismatch(r.job.source, r.digest) for r, want in zip(results, expected, strict=False)
+    )
+    corrupt = [sentence for sentence in found if sentence]
     return Checked(results, seconds, corrupt)
 
 
