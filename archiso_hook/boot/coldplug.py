@@ -216,9 +216,12 @@ def wait_until(
         if events:
             if any(e.action == "change" for e in events):
                 medium.forget_identities()
+            elif any(e.subsystem == "block" for e in events):
+                medium.forget_unidentified()
             plug.handle(events)
             continue
         if pending:
             pending.pop(0)()
             continue
-        plug.events.wait(remaining)
+        # Woken by an event, or to look again at what did not read yet (medium.identity).
+        plug.events.wait(min(remaining, medium.REREAD_UNIDENTIFIED))

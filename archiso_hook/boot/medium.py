@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import stat
+import time
 from collections.abc import Callable, Iterable, Sequence
 
 from archiso_hook.boot import lookonly, modules
@@ -56,7 +57,12 @@ DISK_LINKS = "/dev/disk/"
 NOT_MEDIA = ("loop", "ram", "zram", "dm-")
 _LINK_FIELDS = {"by-label": "label", "by-uuid": "uuid", "by-partuuid": "partuuid",
                 "by-partlabel": "partlabel"}  # fmt: skip
-_identities: dict[tuple[str, int], Identity | None] = {}
+_identities: dict[tuple[str, int], Identity] = {}
+# A device that showed no filesystem (or could not be read) is read again after this many
+# seconds, while the hook waits: a disk can be seen before it reads (a USB drive that is
+# not ready yet, a disk whose driver is still probing it), and no event follows.
+REREAD_UNIDENTIFIED = 0.5
+_unidentified: dict[tuple[str, int], tuple[float, Identity | None]] = {}
 
 
 def block_devices() -> list[str]:
@@ -75,15 +81,36 @@ def block_devices() -> list[str]:
 
 def identity(name: str) -> Identity | None:
     """blockid's reading of a device, kept while its size stays the same (a new disc in a
-    drive changes it; `forget_identities` drops them all on a media change)."""
+    drive changes it; `forget_identities` drops them all on a media change). A reading
+    that found no filesystem is kept REREAD_UNIDENTIFIED seconds only."""
     key = (name, _sysfs_int(f"/sys/class/block/{name}/size"))
-    if key not in _identities:
-        _identities[key] = identify(name)
-    return _identities[key]
+    known = _identities.get(key)
+    if known is not None:
+        return known
+    now = time.monotonic()
+    last = _unidentified.get(key)
+    if last is not None and now - last[0] < REREAD_UNIDENTIFIED:
+        return last[1]
+    found = identify(name)
+    if found is not None and found.fstype is not None:
+        _identities[key] = found
+        _unidentified.pop(key, None)
+    else:
+        _unidentified[key] = (now, found)
+    return found
 
 
 def forget_identities() -> None:
     _identities.clear()
+    _unidentified.clear()
+
+
+def forget_unidentified() -> None:
+    """A block device appeared: read again those that showed no filesystem. (A disk is
+    in sysfs, with its node, before the kernel has scanned its partitions and sent its
+    add event; read then, it showed nothing in the lab, a USB stick's disk whose driver
+    was probing it in the background.)"""
+    _unidentified.clear()
 
 
 def find_by_link(path: str) -> str | None:

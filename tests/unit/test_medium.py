@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from archiso_hook.boot import medium
+from archiso_hook.boot.blockid import Identity
 from archiso_hook.cmdline import device_path
 from archiso_hook.log import Log
 
@@ -143,3 +144,43 @@ def test_the_filesystem_of_an_image(tmp_path: Path) -> None:
     blank = tmp_path / "blank.img"
     blank.write_bytes(b"\0" * 65536)
     assert medium.filesystem_type(str(blank)) is None  # and udev knows no regular file
+
+
+def test_a_device_without_a_filesystem_yet_is_read_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk can be seen before it reads (a USB drive not ready yet, a driver still
+    probing it), and no event follows: its empty reading is kept REREAD_UNIDENTIFIED
+    seconds only, where a filesystem found is kept until the media change."""
+    readings = iter([None, Identity(None), Identity("iso9660", "ARCH")])
+    calls: list[str] = []
+
+    def identify(name: str) -> Identity | None:
+        calls.append(name)
+        return next(readings)
+
+    monkeypatch.setattr(medium, "identify", identify)
+    monkeypatch.setattr(medium, "_sysfs_int", lambda path, default=0: 27992)
+    monkeypatch.setattr(medium, "_identities", {})
+    monkeypatch.setattr(medium, "_unidentified", {})
+    monkeypatch.setattr(medium, "REREAD_UNIDENTIFIED", 3600.0)
+    assert medium.identity("sda") is None
+    assert medium.identity("sda") is None and calls == ["sda"]  # not read again so soon
+    monkeypatch.setattr(medium, "REREAD_UNIDENTIFIED", 0.0)
+    assert medium.identity("sda") == Identity(None)
+    assert medium.identity("sda") == Identity("iso9660", "ARCH")
+    assert medium.identity("sda") == Identity("iso9660", "ARCH")
+    assert calls == ["sda"] * 3  # the filesystem found is kept
+    medium.forget_identities()
+    with pytest.raises(StopIteration):  # a media change: read again
+        medium.identity("sda")
+
+
+def test_a_block_event_has_what_did_not_read_read_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    readings = iter([None, Identity("iso9660", "ARCH")])
+    monkeypatch.setattr(medium, "identify", lambda name: next(readings))
+    monkeypatch.setattr(medium, "_sysfs_int", lambda path, default=0: 27992)
+    monkeypatch.setattr(medium, "_identities", {})
+    monkeypatch.setattr(medium, "_unidentified", {})
+    monkeypatch.setattr(medium, "REREAD_UNIDENTIFIED", 3600.0)
+    assert medium.identity("sda") is None
+    medium.forget_unidentified()  # the disk's add event, after its partitions' scan
+    assert medium.identity("sda") == Identity("iso9660", "ARCH")
