@@ -91,7 +91,13 @@ OWN_FILES = {
 }
 BOOTMNT = "/run/archiso/bootmnt"
 ENTRY_COUNTS = (1, 10, 50)
-APPEND = f"archisobasedir=arch archisolabel={SAMPLE_LABEL} lab.stamps=y lab.check=ramleft"
+# cow_spacesize=32M: a COW smaller than its origin (64 MiB), so that the watchdog runs and
+# "RAM left behind" counts it (with the default 256M the COW holds all the origin can
+# change, nothing can fill, and archiso-hook starts none: live/watch.nothing_to_watch).
+APPEND = (
+    f"archisobasedir=arch archisolabel={SAMPLE_LABEL} cow_spacesize=32M lab.stamps=y "
+    "lab.check=ramleft"
+)
 _KTIME = r"^\[\s*(\d+\.\d+)\] "
 _STAMP = re.compile(_KTIME + r"LAB-STAMP (\S+)(.*)$", re.MULTILINE)
 _MOUNTED = re.compile(

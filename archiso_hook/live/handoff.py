@@ -15,8 +15,9 @@ import os
 import stat
 import time
 
+from archiso_hook.boot.state import State
 from archiso_hook.live import pidfile
-from archiso_hook.live.watch import ARGV0, run_foreground
+from archiso_hook.live.watch import ARGV0, nothing_to_watch, run_foreground
 from archiso_hook.log import Log
 from archiso_hook.paths import HANDED_OFF, PID_FILE, READY_FILE, SHUTDOWN_ROOT, STATE_FILE
 from archiso_hook.sizes import human
@@ -165,6 +166,13 @@ def wait_ready(pid: int, timeout: float = 60.0) -> bool:
 def start_watch(log: Log, *, from_copy: bool) -> None:
     """Start the watchdog from the copy (a fork when this process runs from it)."""
     if not os.path.exists(STATE_FILE):
+        return
+    try:
+        reason = nothing_to_watch(State.load(STATE_FILE))
+    except (OSError, ValueError, TypeError):
+        reason = None  # the watchdog says what it cannot read
+    if reason:
+        log.info(f"no watchdog: {reason}")
         return
     start = time.monotonic()
     binary = f"{SHUTDOWN_ROOT}/usr/lib/archiso-hook/archiso-hook"

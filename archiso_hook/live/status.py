@@ -11,6 +11,7 @@ from archiso_hook.boot.state import State
 from archiso_hook.errors import HookError
 from archiso_hook.kernel import dm, syscalls
 from archiso_hook.live import pidfile
+from archiso_hook.live.watch import nothing_to_watch
 from archiso_hook.paths import COWSPACE, PID_FILE, STATE_FILE
 from archiso_hook.sizes import human
 
@@ -37,7 +38,7 @@ def collect(state_file: str = STATE_FILE) -> dict[str, Any]:
         "cow_files": [],
         "cow_policy": state.cow,
         "leftovers": len(state.leftovers),
-        "watch": _watchdog(),
+        "watch": _watchdog() | {"not_needed": nothing_to_watch(state)},
         **_system(state.cow.get("space") or COWSPACE),
     }
     mapper: dm.DeviceMapper | None = None
@@ -205,6 +206,8 @@ def format_text(status: dict[str, Any]) -> str:
             f"  watch    pid {watch['pid']} ({watch['state']}), {human(watch['rss_bytes'])} "
             f"RSS, {watch['cpu_seconds']:g} s CPU, {growth}"
         )
+    elif watch.get("not_needed"):
+        lines.append(f"  watch    not needed: {watch['not_needed']}")
     elif status.get("cow_policy"):
         lines.append("  watch    NOT RUNNING: COW files will not grow, nor warn when full")
     memory = status.get("memory")

@@ -229,6 +229,33 @@ def nbd_records(state: State) -> list[dict[str, Any]]:
     return [r for r in state.resources if r.get("kind") == "nbd"]
 
 
+def nothing_to_watch(state: State) -> str | None:
+    """Why the live system needs no watchdog, as the log says it; None if it does.
+
+    It does for an NBD root (kept connected), and for a snapshot in RAM whose COW file
+    is smaller than the most its origin can ever need (`cow_need`): that COW could fill,
+    so it is grown, and warned about. A COW that holds all its origin can change never
+    fills, and a warning that it is 80 % full would be a false alarm: with only such
+    snapshots there is nothing to do, and the watchdog's memory (a Python heap, about
+    10 MiB, until the power-off) is better left to the live system.
+    """
+    if nbd_records(state):
+        return None
+    snapshots = [r for r in state.resources if r.get("kind") == "dm" and "cow_file" in r]
+    if not state.cow or not snapshots:
+        return "no snapshot in RAM to watch, no NBD root to keep connected"
+    for record in snapshots:
+        try:
+            if os.stat(record["cow_file"]).st_size < record["cow_need"]:
+                return None
+        except (OSError, KeyError, TypeError):
+            return None  # the watchdog will say what is wrong
+    return (
+        f"the COW of each snapshot ({len(snapshots)}) holds all that its origin can change: "
+        "none can fill, and there is no NBD root to keep connected"
+    )
+
+
 def run_foreground(log: Log, interval: float) -> int:
     try:
         state = State.load()
@@ -238,8 +265,9 @@ def run_foreground(log: Log, interval: float) -> int:
         log.error(f"watch: cannot read the boot's state, nothing to watch: {e}")
         return 1
     else:
-        if not state.cow and not nbd_records(state):
-            log.info("watch: no snapshot in RAM to watch, no NBD root to keep connected")
+        reason = nothing_to_watch(state)
+        if reason:
+            log.info(f"watch: not needed: {reason}")
             return 0
     watchdog = Watchdog(log, interval=interval)
 

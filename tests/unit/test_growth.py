@@ -4,10 +4,14 @@ snapshot is proven in tests/vm/test_60_watch.py."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from archiso_hook.boot.state import State
 from archiso_hook.live.growth import (
     MIN_HEADROOM,
     RAM_RESERVE,
@@ -18,6 +22,7 @@ from archiso_hook.live.growth import (
     headroom,
     warning_level,
 )
+from archiso_hook.live.watch import nothing_to_watch
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -133,3 +138,46 @@ def test_the_rate_keeps_two_samples_and_never_goes_below_zero() -> None:
     same = RateMeter()
     same.add(5.0, 0)
     assert same.add(5.0, 100 * MiB) == 0.0  # two samples at one instant: no rate, no error
+
+
+# ------------------------------------------------- whether the live system needs a watchdog
+
+
+def _state_with_cows(tmp_path: Path, *sizes_and_needs: tuple[int, int]) -> State:
+    state = State(newroot="/new_root", complete=True)
+    state.cow = {"space": str(tmp_path), "tmpfs": True, "grow": True, "grow_max": 1 << 30}
+    for i, (size, need) in enumerate(sizes_and_needs):
+        cow = tmp_path / f"{i}.cow"
+        with cow.open("wb") as f:
+            f.truncate(size)
+        state.add("dm", name=f"arch_{i}", cow=f"/dev/loop{i}", cow_file=str(cow),
+                  chunk_sectors=8, cow_need=need)  # fmt: skip
+    return state
+
+
+def test_a_cow_that_holds_all_its_origin_can_change_needs_no_watchdog(tmp_path: Path) -> None:
+    state = _state_with_cows(tmp_path, (64 << 20, 64 << 20), (80 << 20, 70 << 20))
+    reason = nothing_to_watch(state)
+    assert reason == (
+        "the COW of each snapshot (2) holds all that its origin can change: none can fill, "
+        "and there is no NBD root to keep connected"
+    )
+
+
+def test_a_cow_that_could_fill_or_an_nbd_root_needs_the_watchdog(tmp_path: Path) -> None:
+    assert (
+        nothing_to_watch(_state_with_cows(tmp_path, (64 << 20, 64 << 20), (32 << 20, 65 << 20)))
+        is None
+    )
+    state = _state_with_cows(tmp_path, (64 << 20, 64 << 20))
+    state.add("nbd", device="/dev/nbd0", server="127.0.0.1", port=10809, export="root")
+    assert nothing_to_watch(state) is None
+    # A COW file that cannot be looked at: the watchdog starts, and says what is wrong.
+    state = _state_with_cows(tmp_path, (64 << 20, 64 << 20))
+    os.remove(tmp_path / "0.cow")
+    assert nothing_to_watch(state) is None
+
+
+def test_without_snapshots_in_ram_there_is_nothing_to_watch(tmp_path: Path) -> None:
+    state = State(newroot="/new_root", complete=True)
+    assert nothing_to_watch(state) == "no snapshot in RAM to watch, no NBD root to keep connected"

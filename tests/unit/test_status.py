@@ -107,6 +107,8 @@ def test_snapshots_show_their_use_their_state_or_why_they_are_missing() -> None:
         ({"running": False}, {"grow": True, "grow_max": GiB},
          "  watch    NOT RUNNING: COW files will not grow, nor warn when full"),
         ({"pid": 42, "running": False}, {}, None),  # no COW to watch: nothing to say
+        ({"running": False, "not_needed": "none can fill"}, {"grow": True, "grow_max": GiB},
+         "  watch    not needed: none can fill"),
     ],
 )  # fmt: skip
 def test_the_watchdog_line(watch: dict[str, Any], policy: dict[str, Any], line: str | None) -> None:

@@ -35,8 +35,11 @@ def test_copytoram_and_checksum_then_the_stick_is_pulled_out(lab: Lab) -> None:
     # psutil's view, from the frozen hook in the live system.
     assert 0 < report["memory"]["available_bytes"] < report["memory"]["total_bytes"]
     assert report["cowspace"]["path"] == "/run/archiso/cowspace"
-    assert report["watch"]["running"] and report["watch"]["rss_bytes"] > 0
-    assert report["watch"]["state"] in ("sleeping", "running")
+    # The sample's COW holds all its origin can change: nothing to watch, and status says
+    # why (tests/vm/test_60_watch.py sees a running watchdog through psutil; the text form
+    # is tests/unit/test_status.py's).
+    assert not report["watch"]["running"]
+    assert report["watch"]["not_needed"].startswith("the COW of each snapshot (1) holds all")
     targets = [m["target"] for m in report["mounts"]]
     assert "/run/archiso/bootmnt" not in targets and "/run/archiso/copytoram" in targets
     assert all(
