@@ -51,11 +51,6 @@ TIMEOUT = 20.0  # seconds without a byte before a connection counts as broken
 GIVE_UP = 120.0  # seconds of failed attempts in a row (no chunk gained) before giving up
 BACKOFF = (1.0, 2.0, 4.0, 8.0, 15.0)
 MIN_RATE = 32 << 10  # bytes per second; slower over STALL_WINDOW counts as broken
-# SO_RCVLOWAT of a body's connection: the kernel wakes the fetcher when this much has
-# arrived, not at each packet (thousands a second, each a pass through Python's loop:
-# the fetcher's time under emulation). A connection that brings less in TIMEOUT seconds
-# (6.4 KiB/s, a fifth of MIN_RATE) times out, and is resumed, as a broken one.
-LOW_WATER = 128 << 10
 STALL_WINDOW = 60.0
 MAX_RESTARTS = 32  # resumes and restarts of one file
 SMALL_LIMIT = 1 << 20  # the aitab and checksum files
@@ -288,23 +283,11 @@ def fetch(
     return Fetched(url, path, offset, hasher.hexdigest() if hasher else None, resumed)
 
 
-def _low_water(fp: Any, size: int) -> bool:
-    """Set the SO_RCVLOWAT of the connection under `fp` (through a duplicate of its
-    descriptor: the socket object is the response's); False where that cannot be."""
-    try:
-        with socket.fromfd(fp.fileno(), socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, size)
-    except (OSError, AttributeError, ValueError):
-        return False
-    return True
-
-
 def _receiver(response: Any) -> Callable[[memoryview], int]:
-    """What reads the body into a buffer: what has arrived once LOW_WATER bytes have (or
-    the rest of the body, if less), without waiting to fill it, never past the announced
-    length (as read1). A body of known length is received straight into the buffer
-    (readinto1); a chunked one, or one that ends with the connection, through read1 and
-    a copy, at each packet."""
+    """What reads the body into a buffer: as much as has arrived, without waiting to fill
+    it (so that a trickle is seen as one), never past the announced length (as read1).
+    A body of known length is received straight into the buffer (readinto1); a chunked
+    one, or one that ends with the connection, through read1 and a copy."""
     fp: Any = getattr(response, "fp", None)
     if response.chunked or response.length is None or not hasattr(fp, "readinto1"):
 
@@ -315,18 +298,10 @@ def _receiver(response: Any) -> Callable[[memoryview], int]:
 
         return copy
 
-    # Not under TLS: OpenSSL waits for whole records, whose bytes need not reach a
-    # low-water mark set from the body's length (and it reads a record at a time).
-    plain = str(response.geturl()).lower().startswith("http:")
-    low = LOW_WATER if plain and LOW_WATER > 1 and _low_water(fp, LOW_WATER) else 1
-
     def receive(buffer: memoryview) -> int:
-        nonlocal low
         want = min(len(buffer), response.length)
         if not want:
             return 0
-        if want < low:  # the body's last bytes: wake on them, not on the connection's end
-            low = want if _low_water(fp, want) else 1
         n: int = fp.readinto1(buffer[:want])
         response.length -= n
         return n
@@ -371,7 +346,7 @@ def _describe(error: BaseException) -> str:
         reason = error.reason
         return reason.strerror or str(reason) if isinstance(reason, OSError) else str(reason)
     if isinstance(error, socket.timeout | TimeoutError):
-        return f"nothing, or less than {human(LOW_WATER)}, arrived in {TIMEOUT:g} s"
+        return f"no data for {TIMEOUT:g} s"
     if isinstance(error, http.client.IncompleteRead):
         return "the connection closed early"
     if isinstance(error, OSError) and error.strerror:

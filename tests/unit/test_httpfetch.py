@@ -383,10 +383,7 @@ def test_a_dripping_server_is_broken_off_and_given_up_on(
     liar: tuple[str, type[Liar]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One byte every 50 ms, where at least MIN_RATE is needed over each STALL_WINDOW:
-    each connection counts as broken, and MAX_RESTARTS bounds the whole download. (A
-    link that slow brings less than LOW_WATER per TIMEOUT, which the next test covers:
-    here each byte wakes the fetcher, to see the window's own check.)"""
-    monkeypatch.setattr(httpfetch, "LOW_WATER", 1)
+    each connection counts as broken, and MAX_RESTARTS bounds the whole download."""
     monkeypatch.setattr(httpfetch, "STALL_WINDOW", 0.3)
     monkeypatch.setattr(httpfetch, "MAX_RESTARTS", 2)
     url, handler = liar
@@ -396,72 +393,6 @@ def test_a_dripping_server_is_broken_off_and_given_up_on(
     ):
         _fetch(url, tmp_path)
     assert len(handler.requests) == 3
-
-
-def test_a_trickle_below_the_low_water_mark_times_out(
-    liar: tuple[str, type[Liar]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Fewer than LOW_WATER bytes in TIMEOUT seconds: the connection counts as broken
-    (the kernel never wakes the fetcher for so little), and is resumed, then given up."""
-    monkeypatch.setattr(httpfetch, "TIMEOUT", 0.3)
-    monkeypatch.setattr(httpfetch, "MAX_RESTARTS", 1)
-    url, handler = liar
-    handler.script = [(200, {"Content-Length": str(len(DATA))}, DATA[:40], 0.05)]
-    message = r"less than 128\.0 KiB, arrived in 0\.3 s; the transfer broke off 2 times"
-    with pytest.raises(HookError, match=message):
-        _fetch(url, tmp_path)
-    assert len(handler.requests) == 2
-
-
-class Pieces(http.server.BaseHTTPRequestHandler):
-    """DATA in 4 KiB writes a millisecond apart, over a connection kept open after it
-    (HTTP/1.1 keep-alive, whatever the client asked): a packet, or a few, at a time."""
-
-    protocol_version = "HTTP/1.1"
-    requests: list[str]
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        type(self).requests.append(self.headers.get("Range", ""))
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(DATA)))
-        self.end_headers()
-        self.close_connection = False
-        with contextlib.suppress(OSError):
-            for i in range(0, len(DATA), 4096):
-                self.wfile.write(DATA[i : i + 4096])
-                self.wfile.flush()
-                time.sleep(0.001)
-            time.sleep(5)  # the connection stays open, idle, until the client goes
-
-
-def test_the_fetcher_wakes_per_low_water_mark_not_per_packet(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Each read brings at least LOW_WATER bytes (or the rest of the body), where the
-    kernel would otherwise wake the fetcher for each write; and the body's end is seen at
-    its last byte, not when the server hangs up (it does not here), nor at TIMEOUT."""
-    monkeypatch.setattr(httpfetch, "TIMEOUT", 3.0)
-    handler: type[Pieces] = type("P", (Pieces,), {"requests": []})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
-    steps: list[int] = []
-    try:
-        url = f"http://127.0.0.1:{httpd.server_address[1]}/f"
-        fetched = _fetch(url, tmp_path, algorithm="sha256", progress=lambda n, _: steps.append(n))
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-    assert fetched.digest == hashlib.sha256(DATA).hexdigest()
-    assert fetched.resumed == 0
-    assert handler.requests == [""]  # one request: no time-out, no resume
-    assert sum(steps) == len(DATA)
-    # Only the first read may be short: the bytes buffered with the headers.
-    assert all(n >= httpfetch.LOW_WATER for n in steps[1:-1]), steps
-    assert len(steps) <= len(DATA) // httpfetch.LOW_WATER + 2, steps
 
 
 def test_restarts_are_capped(
