@@ -38,12 +38,8 @@ def _read_cmdline() -> str:
 
 @functools.cache
 def default_index() -> ModuleIndex:
-    """The running kernel's modules in the initramfs, shared by the whole process, loaded
-    with `async_probe` (kernel/kmod/load.py): a driver's slow probe (the ATA ports',
-    a USB bus's) goes on while the hook loads the next module and awaits the medium."""
-    return ModuleIndex(
-        kernel=LiveKernel(options=cmdline_module_options(_read_cmdline()), async_probe=True)
-    )
+    """The running kernel's modules in the initramfs, shared by the whole process."""
+    return ModuleIndex(kernel=LiveKernel(options=cmdline_module_options(_read_cmdline())))
 
 
 def ensure_modules(*names: str) -> list[str]:

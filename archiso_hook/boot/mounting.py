@@ -20,14 +20,10 @@ from archiso_hook.steps import FindMedium, LoadModules, MakeDirectory, Mount, Re
 if TYPE_CHECKING:
     from archiso_hook.boot.executor import Boot
 
-# Loaded while the medium is awaited, one at a time and only while it is still absent
-# (wait_until looks again between two): what an ISO 9660 medium needs, so that no module
-# is loaded between the medium's event and its mount, then what the images of most
-# aitabs need (loop, squashfs, a snapshot over ext4), which the step that loads the
-# aitab's modules then finds loaded. The drivers' probes go on meanwhile (modules.py:
-# async_probe), so this is time the hook would otherwise sleep; a medium that arrives
-# during a load waits for that one.
-PRELOAD = ("fs-iso9660", "loop", "squashfs", "dm_snapshot", "fs-ext4")
+# Loaded while the medium is awaited: what an ISO 9660 medium needs, so that no module
+# is loaded between the medium's event and its mount. (Not more: a medium arriving
+# during a load waits for it.)
+PRELOAD = ("fs-iso9660",)
 
 
 def load(boot: Boot, names: Sequence[str]) -> None:

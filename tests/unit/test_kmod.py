@@ -739,19 +739,6 @@ def test_the_process_shares_one_index_of_the_running_kernel() -> None:
     # The kernel command line's module parameters reach the loader (kernel/ cannot read
     # them itself: it does not import the command line's parser).
     assert index.kernel.options == cmdline_module_options(Path("/proc/cmdline").read_text())
-    # Drivers probe in the background while the boot goes on (LiveKernel.async_probe).
-    assert index.kernel.async_probe
-
-
-def test_async_probe_is_added_unless_the_command_line_says(tmp_path: Path) -> None:
-    fake = RecordingSyscalls()
-    options = cmdline_module_options("dm-mod.use_blk_mq=y ata_piix.async_probe=0")
-    kernel = LiveKernel(syscalls=fake.syscalls(), options=options, async_probe=True)
-    assert kernel.insert(module_file(tmp_path, None))
-    assert fake.calls == [("finit_module", (len(ELF), b"use_blk_mq=y async_probe", 0))]
-    assert kernel.parameters("loop") == b"async_probe"
-    assert kernel.parameters("ata_piix") == b"async_probe=0"  # the user's word wins
-    assert LiveKernel(options=options).parameters("loop") == b""  # off by default
 
 
 def test_module_options_from_the_kernel_command_line() -> None:

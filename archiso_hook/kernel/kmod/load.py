@@ -148,31 +148,11 @@ class LiveKernel:
 
     `options` are each module's parameters, as modprobe passes them to the kernel
     (`{"loop": b"max_loop=8"}`): the caller reads them from the kernel command line.
-
-    `async_probe`: load every module with the kernel's generic `async_probe` parameter
-    (Linux 4.2; older kernels ignore it with a warning). Without it finit_module(2)
-    returns only once all of the kernel's asynchronous work is done, its own and
-    anyone's: loading ata_piix waits for the ATA ports' probe (a reset and its
-    timeouts, most of a second in QEMU), and so does any module loaded while that
-    probe runs. With it the module's init runs as before (its filesystems, block
-    and misc devices are there when the call returns), and the devices its driver
-    probes appear later, with their uevents: what the hook waits on. A module's own
-    `async_probe=` on the command line (`ata_piix.async_probe=0`) wins.
     """
 
     sysfs: str = attrs.field(default=SYSFS_MODULES, converter=fs_path)
     syscalls: Syscalls | None = None
     options: dict[str, bytes] = attrs.Factory(dict)
-    async_probe: bool = False
-
-    def parameters(self, name: str) -> bytes:
-        """What finit_module(2) gets for module `name`."""
-        params = self.options.get(name, b"")
-        if self.async_probe and not any(
-            word.partition(b"=")[0] == b"async_probe" for word in params.split()
-        ):
-            params = (params + b" async_probe").lstrip()
-        return params
 
     def release(self) -> str:
         return os.uname().release
@@ -203,7 +183,7 @@ class LiveKernel:
         with os.fdopen(fd, "rb") as file:
             compression = compression_of(file.read(6))
             flags = 0 if compression is None else MODULE_INIT_COMPRESSED_FILE
-            params = self.parameters(module.name)
+            params = self.options.get(module.name, b"")
             try:
                 self.syscalls.finit_module(fd, params, flags)
                 return True
