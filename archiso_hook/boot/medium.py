@@ -108,8 +108,8 @@ def forget_identities() -> None:
 def forget_unidentified() -> None:
     """A block device appeared: read again those that showed no filesystem. (A disk is
     in sysfs, with its node, before the kernel has scanned its partitions and sent its
-    add event; read then, it showed nothing in the lab, a USB stick's disk whose driver
-    was probing it in the background.)"""
+    add event; read then, a USB stick's disk, which usb-storage scans in the background,
+    showed nothing in the lab.)"""
     _unidentified.clear()
 
 
