@@ -96,8 +96,7 @@ class Watchdog:
         self.policy: dict[str, Any] = self.state.cow
         self.snapshots = [
             Watched(r["name"], r["cow"], r["cow_file"], r["chunk_sectors"] * 512, r["cow_need"])
-            for r in self.state.resources
-            if r["kind"] == "dm" and "cow_file" in r
+            for r in cow_file_records(self.state)
         ]
         self.mapper = dm.DeviceMapper()
         self.wake = threading.Event()
@@ -224,6 +223,11 @@ class Watchdog:
             self.log.warning(f"watch: could not record the new size in {self.state_file}: {e}")
 
 
+def cow_file_records(state: State) -> list[dict[str, Any]]:
+    """The snapshots whose COW is a file: what the watchdog watches and grows."""
+    return [r for r in state.resources if r.get("kind") == "dm" and "cow_file" in r]
+
+
 def nbd_records(state: State) -> list[dict[str, Any]]:
     """The NBD devices the boot left attached: the live root is on the server."""
     return [r for r in state.resources if r.get("kind") == "nbd"]
@@ -241,7 +245,7 @@ def nothing_to_watch(state: State) -> str | None:
     """
     if nbd_records(state):
         return None
-    snapshots = [r for r in state.resources if r.get("kind") == "dm" and "cow_file" in r]
+    snapshots = cow_file_records(state)
     if not state.cow or not snapshots:
         return "no snapshot in RAM to watch, no NBD root to keep connected"
     for record in snapshots:
